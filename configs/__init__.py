@@ -1,0 +1,139 @@
+"""Config loading: defaults <- YAML (with ``_BASE_`` inheritance) <- command-line ``KEY VALUE`` pairs."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Sequence
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from configs.defaults import get_defaults
+
+BASE_KEY = "_BASE_"
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied; the message names the file and key."""
+
+
+def _read_yaml_with_bases(path: str, chain: tuple[str, ...] = ()) -> dict:
+    """Read ``path`` and merge the files named by its ``_BASE_`` (one path or a list) beneath it."""
+    path = os.path.abspath(path)
+    if path in chain:
+        cycle = " -> ".join(chain + (path,))
+        raise ConfigError(f"_BASE_ cycle in config files: {cycle}. Remove one of the _BASE_ links.")
+    if not os.path.isfile(path):
+        where = f" (named by _BASE_ in {chain[-1]})" if chain else ""
+        raise ConfigError(f"Config file not found: {path}{where}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Invalid YAML in {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        _deep_update(merged, _read_yaml_with_bases(base_path, chain + (path,)))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(target: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def _check_keys(node: CN, data: dict, source: str, prefix: str = "") -> None:
+    """Raise a ConfigError naming the first key of ``data`` that the defaults do not have."""
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in node:
+            close = [k for k in node.keys() if k.lower() == str(key).lower()]
+            hint = f" Did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(f"Unknown config key {full} in {source}.{hint} See configs/defaults.py for the keys.")
+        if isinstance(node[key], CN):
+            if not isinstance(value, dict):
+                raise ConfigError(f"Config key {full} in {source} must be a mapping of sub-keys, got {value!r}")
+            _check_keys(node[key], value, source, full + ".")
+
+
+def _merge(cfg: CN, data: dict, source: str) -> None:
+    _check_keys(cfg, data, source)
+    try:
+        cfg.merge_from_other_cfg(CN(data))
+    except (ValueError, KeyError, AssertionError) as exc:
+        raise ConfigError(f"Cannot apply {source}: {exc}") from exc
+
+
+def _parse_override(value: str) -> Any:
+    """Command-line values are YAML scalars/lists: '0.1' -> 0.1, '[1,2]' -> [1, 2], 'abc' -> 'abc'."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _apply_overrides(cfg: CN, opts: Sequence[str]) -> None:
+    if len(opts) % 2:
+        raise ConfigError(f"Command-line overrides must be KEY VALUE pairs; got an odd count: {list(opts)}")
+    for key, raw in zip(opts[0::2], opts[1::2]):
+        node = cfg
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, CN) or part not in node:
+                raise ConfigError(f"Unknown config key {key} on the command line. See configs/defaults.py for the keys.")
+            if depth < len(parts) - 1:
+                node = node[part]
+        value = _parse_override(raw)
+        old = node[parts[-1]]
+        if isinstance(old, CN):
+            raise ConfigError(f"Config key {key} on the command line is a group; override one of its sub-keys")
+        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(old, str) and not isinstance(value, str):
+            value = raw
+        if isinstance(old, (list, tuple)) and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"Config key {key} on the command line needs a list like [a, b], got {raw!r}")
+        if type(value) is not type(old) and not (isinstance(old, (list, tuple)) and isinstance(value, (list, tuple))):
+            raise ConfigError(
+                f"Config key {key} on the command line needs a {type(old).__name__} value, got {raw!r}"
+            )
+        node[parts[-1]] = value
+
+
+def load_config(config_file: str | None = None, opts: Iterable[str] = (), freeze: bool = True) -> CN:
+    """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``opts`` (``[KEY, VALUE, ...]``)."""
+    cfg = get_defaults()
+    if config_file:
+        _merge(cfg, _read_yaml_with_bases(config_file), config_file)
+    _apply_overrides(cfg, list(opts))
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def config_from_yaml_text(text: str, opts: Iterable[str] = ()) -> CN:
+    """Rebuild a config from the YAML text stored in a checkpoint (no ``_BASE_`` there)."""
+    cfg = get_defaults()
+    data = yaml.safe_load(text) or {}
+    _merge(cfg, data, "the checkpoint's stored config")
+    _apply_overrides(cfg, list(opts))
+    cfg.freeze()
+    return cfg
+
+
+def merge_yaml_file(cfg: CN, config_file: str) -> CN:
+    """Apply ``config_file`` (with bases) on top of an existing config; returns a new frozen config."""
+    out = cfg.clone()
+    out.defrost()
+    _merge(out, _read_yaml_with_bases(config_file), config_file)
+    out.freeze()
+    return out

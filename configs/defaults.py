@@ -1,0 +1,266 @@
+"""The one yacs config of the project. Every key has a one-line comment and is read somewhere.
+
+YAML files override these defaults (``configs/*.yml``), may inherit with ``_BASE_: other.yml``,
+and command-line ``KEY VALUE`` pairs override both. Unknown keys are an error (see
+``configs.load_config``).
+"""
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# ----------------------------------------------------------------------------- model
+_C.MODEL = CN()
+# Device: "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:N".
+_C.MODEL.DEVICE = "auto"
+# Backbone: an open_clip model name ("ViT-B-16", "ViT-L-14") or a built-in tiny one ("tiny-vit-16").
+_C.MODEL.BACKBONE = "ViT-B-16"
+# Pretrained CLIP weights: OpenAI TorchScript archive (.pt), open_clip/timm state dict (.pt/.pth/.bin) or .safetensors.
+_C.MODEL.PRETRAIN_PATH = ""
+# open_clip pretrained tag (e.g. "openai"), used only when PRETRAIN_PATH is empty and the machine is online.
+_C.MODEL.PRETRAIN_TAG = ""
+# Patch-embedding stride in pixels; 0 means equal to the patch size (non-overlapping patches).
+_C.MODEL.STRIDE_SIZE = 0
+# Freeze conv1, class embedding, positional embedding and ln_pre (as the paper).
+_C.MODEL.FREEZE_PATCH_EMBED = True
+# Side information embedding: add a learned camera embedding to the class token.
+_C.MODEL.SIE_CAMERA = True
+# Side information embedding: also add a learned view (aerial/ground) embedding.
+_C.MODEL.SIE_VIEW = False
+# Scale of the SIE embeddings.
+_C.MODEL.SIE_COE = 1.0
+# Parts of the test embedding, concatenated in this order (any of cls, proj, tp, shape).
+_C.MODEL.EMBED_PARTS = ["cls", "proj", "tp", "shape"]
+# Use torch.compile on the model for training.
+_C.MODEL.COMPILE = False
+
+# Multi-proxy memory (MEVB).
+_C.MODEL.MEMORY = CN()
+# Turn the memory loss and its updates on.
+_C.MODEL.MEMORY.ENABLED = True
+# Proxies per identity: 1 = mean proxy only, 2 = mean + hard proxy.
+_C.MODEL.MEMORY.NUM_PROXIES = 2
+# Softmax temperature of the memory logits.
+_C.MODEL.MEMORY.TEMPERATURE = 0.05
+# Momentum m of the update: proxy <- normalise(m * proxy + (1 - m) * batch feature).
+_C.MODEL.MEMORY.MOMENTUM = 0.1
+# Rebuild the memory from training-set centroids every this many epochs (1 = every epoch).
+_C.MODEL.MEMORY.REBUILD_PERIOD = 1
+
+# Multi-granularity temporal modelling (MGTM).
+_C.MODEL.MGTM = CN()
+# Turn MGTM (and f_tp / frame logits) on.
+_C.MODEL.MGTM.ENABLED = True
+# Window counts per granularity: 1 = whole clip, 2 = windows of T/2, 4 = windows of T/4.
+_C.MODEL.MGTM.GRANULARITIES = [1, 2, 4]
+# Spatial tokens kept per frame (adaptive average pooling of the patch grid) plus the class token.
+_C.MODEL.MGTM.SPATIAL_TOKENS = 8
+# Transformer layers per granularity.
+_C.MODEL.MGTM.DEPTH = 1
+# Attention heads.
+_C.MODEL.MGTM.HEADS = 8
+# Feed-forward width as a multiple of the token width.
+_C.MODEL.MGTM.MLP_RATIO = 2.0
+# Dropout inside the temporal transformer.
+_C.MODEL.MGTM.DROPOUT = 0.0
+# Temporal position encoding: "sinusoidal" or "learned" (learned is interpolated for other T).
+_C.MODEL.MGTM.POS_ENCODING = "sinusoidal"
+# Detach the backbone tokens before MGTM (as the authors).
+_C.MODEL.MGTM.DETACH_INPUT = True
+
+# Prior-regularised shape dynamics (PRSD).
+_C.MODEL.PRSD = CN()
+# Turn PRSD (videowise shape feature and shape losses) on.
+_C.MODEL.PRSD.ENABLED = True
+# SMPL model file (.npz, or .pkl of plain arrays; see tools/convert_smpl.py); empty = parameters only.
+_C.MODEL.PRSD.SMPL_MODEL_PATH = ""
+# SMPL mean parameters (.npz with pose, shape, cam as in SPIN's smpl_mean_params.npz); empty = built-in.
+_C.MODEL.PRSD.SMPL_MEAN_PARAMS = ""
+# Pretrained regressor checkpoint (SPIN "model" or VIBE/TSM "gen_state_dict"); empty = random init.
+_C.MODEL.PRSD.PRETRAINED = ""
+# Width of the per-frame feature fed to the temporal encoder.
+_C.MODEL.PRSD.FEAT_DIM = 2048
+# Hidden width of the temporal encoder GRU and of the regressor MLP.
+_C.MODEL.PRSD.HIDDEN_DIM = 1024
+# Iterations of the iterative regressor.
+_C.MODEL.PRSD.ITERATIONS = 3
+# Aggregator transformer layers.
+_C.MODEL.PRSD.AGG_LAYERS = 4
+# Aggregator transformer heads.
+_C.MODEL.PRSD.AGG_HEADS = 8
+# Aggregator transformer feed-forward width.
+_C.MODEL.PRSD.AGG_FFN_DIM = 4096
+# Detach the shape model's outputs (reproduces the authors' defect; off = trained end to end).
+_C.MODEL.PRSD.DETACH_OUTPUT = False
+# Decode betas and pose with SMPL and append normalised bone lengths to the shape cue (needs SMPL_MODEL_PATH).
+_C.MODEL.PRSD.USE_BONE_LENGTHS = False
+
+# ----------------------------------------------------------------------------- input
+_C.INPUT = CN()
+# Train frame size [height, width].
+_C.INPUT.SIZE_TRAIN = [256, 128]
+# Test frame size [height, width].
+_C.INPUT.SIZE_TEST = [256, 128]
+# Normalisation mean (ImageNet by default).
+_C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
+# Normalisation std (ImageNet by default).
+_C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
+# Probability of a clip-consistent horizontal flip.
+_C.INPUT.FLIP_PROB = 0.5
+# Probability of clip-consistent random erasing (same relative box in every frame).
+_C.INPUT.ERASE_PROB = 0.5
+# Probability of a clip-consistent hue shift (the paper's VC-CJ).
+_C.INPUT.HUE_PROB = 0.5
+# Maximum hue shift (fraction of the hue circle).
+_C.INPUT.HUE = 0.3
+# Probability of the other colour jitters below (brightness, contrast, saturation).
+_C.INPUT.JITTER_PROB = 0.0
+# Brightness jitter strength.
+_C.INPUT.BRIGHTNESS = 0.0
+# Contrast jitter strength.
+_C.INPUT.CONTRAST = 0.0
+# Saturation jitter strength.
+_C.INPUT.SATURATION = 0.0
+# Probability of clip-consistent low-resolution simulation (downscale, upscale back).
+_C.INPUT.LOWRES_PROB = 0.0
+# Range [min, max] of the downscale factor of the low-resolution simulation.
+_C.INPUT.LOWRES_SCALE = [0.1, 0.5]
+# Shuffle frame order within a training clip (off: temporal order is kept; never applied at test).
+_C.INPUT.SHUFFLE_FRAMES = False
+
+# ----------------------------------------------------------------------------- data
+_C.DATASETS = CN()
+# Dataset name in the dataset registry.
+_C.DATASETS.NAMES = "detreidx"
+# Dataset root (train/ and case*/ folders inside).
+_C.DATASETS.ROOT_DIR = "data/DetReIDXV1"
+# Training identities held out as a labelled validation split (laid out like the three cases).
+_C.DATASETS.VAL_IDS = 0
+# Treat frame names that fit no DetReIDX scheme as ground frames instead of failing.
+_C.DATASETS.UNKNOWN_NAMES_AS_GROUND = False
+# Skip unreadable frames with a warning (and a count at the end) instead of failing.
+_C.DATASETS.SKIP_CORRUPT_FRAMES = False
+# Generate the synthetic XFD dataset into ROOT_DIR when it does not exist (demo).
+_C.DATASETS.SYNTHETIC_IF_MISSING = False
+# Synthetic generator: training identities.
+_C.DATASETS.SYNTHETIC_IDS = 30
+# Synthetic generator: test identities.
+_C.DATASETS.SYNTHETIC_TEST_IDS = 20
+# Synthetic generator: seed.
+_C.DATASETS.SYNTHETIC_SEED = 0
+
+_C.DATALOADER = CN()
+# Loader worker processes.
+_C.DATALOADER.NUM_WORKERS = 4
+# Tracklets per identity in a batch (K of P x K).
+_C.DATALOADER.NUM_INSTANCE = 4
+# Frames per training clip.
+_C.DATALOADER.SEQ_LEN = 8
+# Pin host memory for faster host-to-GPU copies.
+_C.DATALOADER.PIN_MEMORY = True
+
+# ----------------------------------------------------------------------------- solver
+_C.SOLVER = CN()
+# Optimizer: "Adam", "AdamW" or "SGD".
+_C.SOLVER.OPTIMIZER = "Adam"
+# Training epochs.
+_C.SOLVER.MAX_EPOCHS = 40
+# Base learning rate (heads).
+_C.SOLVER.BASE_LR = 3.5e-4
+# Learning rate of the CLIP image encoder.
+_C.SOLVER.BACKBONE_LR = 5e-6
+# LR multiplier for biases (and norm parameters).
+_C.SOLVER.BIAS_LR_FACTOR = 2.0
+# LR multiplier for the temporal heads' classifiers (MGTM and PRSD classifiers).
+_C.SOLVER.HEAD_LR_FACTOR = 2.0
+# Weight decay.
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+# Weight decay of biases (and norm parameters).
+_C.SOLVER.WEIGHT_DECAY_BIAS = 1e-4
+# SGD momentum.
+_C.SOLVER.MOMENTUM = 0.9
+# LR schedule after warmup: "multistep" or "cosine".
+_C.SOLVER.SCHEDULER = "multistep"
+# Epochs at which multistep multiplies the LR by GAMMA.
+_C.SOLVER.STEPS = [10, 20, 30]
+# Multistep decay factor.
+_C.SOLVER.GAMMA = 0.1
+# Linear warmup epochs.
+_C.SOLVER.WARMUP_EPOCHS = 10
+# LR factor at the start of warmup.
+_C.SOLVER.WARMUP_FACTOR = 0.1
+# Cosine schedule: final LR as a fraction of the initial LR.
+_C.SOLVER.COSINE_FINAL_FACTOR = 0.01
+# Clips per batch over all processes (P x K; P = IMS_PER_BATCH / NUM_INSTANCE).
+_C.SOLVER.IMS_PER_BATCH = 16
+# Mixed precision: "auto" (bf16 on CUDA where supported, fp16 otherwise, off on CPU), "bf16", "fp16" or "off".
+_C.SOLVER.AMP = "auto"
+# Clip the gradient norm to this value (0 = off).
+_C.SOLVER.GRAD_CLIP = 0.0
+# Accumulate gradients over this many batches per optimizer step.
+_C.SOLVER.ACCUM_STEPS = 1
+# Random seed.
+_C.SOLVER.SEED = 1234
+# Save checkpoint_epoch<N>.pth every this many epochs (checkpoint_last.pth every epoch).
+_C.SOLVER.CHECKPOINT_PERIOD = 5
+# Log a line every this many steps.
+_C.SOLVER.LOG_PERIOD = 50
+# Evaluate on the validation split every this many epochs (0 = never).
+_C.SOLVER.EVAL_PERIOD = 5
+# Convert BatchNorm layers to SyncBatchNorm under DDP.
+_C.SOLVER.SYNC_BN = False
+
+# ----------------------------------------------------------------------------- loss
+_C.LOSS = CN()
+# Weight of each label-smoothed ID loss (cls, tp, shape).
+_C.LOSS.ID_WEIGHT = 0.25
+# Weight of each triplet loss (f_cls, f_proj, f_tp, shape).
+_C.LOSS.TRIPLET_WEIGHT = 1.0
+# Weight of the multi-proxy memory loss.
+_C.LOSS.MEMORY_WEIGHT = 1.0
+# Weight of the frame-level ID loss (divided by T).
+_C.LOSS.FRAME_ID_WEIGHT = 1.0
+# Weight of the framewise shape ID loss (divided by T).
+_C.LOSS.SHAPE_ID_WEIGHT = 1.0
+# Weight of the shape prior MSE(betas, mean).
+_C.LOSS.SHAPE_PRIOR_WEIGHT = 0.5
+# Label smoothing epsilon.
+_C.LOSS.LABEL_SMOOTH = 0.1
+# Triplet margin.
+_C.LOSS.TRIPLET_MARGIN = 0.3
+# Mean of the SMPL betas prior.
+_C.LOSS.SHAPE_PRIOR_MEAN = [0.2056, 0.3356, -0.3507, 0.3561, 0.4175, 0.0309, 0.3048, 0.2361, 0.2091, 0.3121]
+
+# ----------------------------------------------------------------------------- test
+_C.TEST = CN()
+# Clips per inference batch.
+_C.TEST.IMS_PER_BATCH = 32
+# Frames per test clip.
+_C.TEST.SEQ_LEN = 16
+# Test sampling: "even" (SEQ_LEN evenly spaced frames) or "dense" (all frames in chunks, averaged).
+_C.TEST.SAMPLING = "even"
+# Distance: "cosine" or "euclidean".
+_C.TEST.DISTANCE = "cosine"
+# Use k-reciprocal re-ranking.
+_C.TEST.RERANK = False
+# Re-ranking k1.
+_C.TEST.RERANK_K1 = 20
+# Re-ranking k2.
+_C.TEST.RERANK_K2 = 6
+# Re-ranking lambda (weight of the original distance).
+_C.TEST.RERANK_LAMBDA = 0.3
+# Junk rule: "tracklet" (same tracklet id, the challenge scorer's) or "camera" (same pid and camera, Market-1501).
+_C.TEST.JUNK_RULE = "tracklet"
+# Average precision: "trapezoid" (the challenge scorer's) or "standard" (mean precision at hits).
+_C.TEST.AP_MODE = "trapezoid"
+# Queries per chunk of the distance / metric computation (bounds memory).
+_C.TEST.QUERY_CHUNK = 512
+# Cases to evaluate by default (1 = aerial->ground, 2 = ground->aerial, 3 = aerial->aerial).
+_C.TEST.CASES = [1, 2, 3]
+
+# Output folder (checkpoints, logs, metrics, CSVs).
+_C.OUTPUT_DIR = "outputs/default"
+
+
+def get_defaults() -> CN:
+    """A fresh copy of the defaults (never mutate the module-level node)."""
+    return _C.clone()
