@@ -168,13 +168,13 @@ _C.SOLVER.MAX_EPOCHS = 40
 _C.SOLVER.BASE_LR = 3.5e-4
 # Learning rate of the CLIP image encoder.
 _C.SOLVER.BACKBONE_LR = 5e-6
-# LR multiplier for biases (and norm parameters).
+# LR multiplier for biases.
 _C.SOLVER.BIAS_LR_FACTOR = 2.0
 # LR multiplier for the temporal heads' classifiers (MGTM and PRSD classifiers).
 _C.SOLVER.HEAD_LR_FACTOR = 2.0
 # Weight decay.
 _C.SOLVER.WEIGHT_DECAY = 1e-4
-# Weight decay of biases (and norm parameters).
+# Weight decay of biases.
 _C.SOLVER.WEIGHT_DECAY_BIAS = 1e-4
 # SGD momentum.
 _C.SOLVER.MOMENTUM = 0.9
@@ -254,6 +254,8 @@ _C.TEST.JUNK_RULE = "tracklet"
 _C.TEST.AP_MODE = "trapezoid"
 # Queries per chunk of the distance / metric computation (bounds memory).
 _C.TEST.QUERY_CHUNK = 512
+# After training, evaluate the test cases found under DATASETS.ROOT_DIR and write the submission CSV.
+_C.TEST.EVAL_AFTER_TRAINING = True
 # Cases to evaluate by default (1 = aerial->ground, 2 = ground->aerial, 3 = aerial->aerial).
 _C.TEST.CASES = [1, 2, 3]
 

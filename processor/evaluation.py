@@ -1,0 +1,148 @@
+"""The three-case evaluation run: encode once, rank, score, write the CSV, the JSON and the reports."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from datasets.detreidx import CaseSplit
+from processor.inference import (
+    CaseResult,
+    encode_tracklets,
+    evaluate_cases,
+    format_summary,
+    summarize,
+    unique_tracklets,
+)
+from utils.checkpoint import atomic_write, write_text_atomic
+from utils.submission import write_submission
+
+logger = logging.getLogger(__name__)
+
+
+def save_features_npz(path: str, features: torch.Tensor, tracklets, index: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Features of every unique tracklet plus, per case n, ``case{n}_query`` / ``case{n}_gallery`` indices."""
+    arrays = {
+        "features": features.numpy().astype(np.float32),
+        "pids": np.array([t.pid for t in tracklets], dtype=np.int64),
+        "camids": np.array([t.camid for t in tracklets], dtype=np.int64),
+        "names": np.array([t.name for t in tracklets]),
+    }
+    for case, (q_idx, g_idx) in index.items():
+        arrays[f"case{case}_query"] = q_idx
+        arrays[f"case{case}_gallery"] = g_idx
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def write_json(path: str, payload: Mapping) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, default=_json_default))
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def run_case_evaluation(
+    cfg,
+    model: torch.nn.Module,
+    cases: Mapping[int, CaseSplit],
+    device: torch.device,
+    output_dir: str,
+    csv_path: str | None = None,
+    json_path: str | None = None,
+    save_features: str | None = None,
+    visualize: int = 0,
+    condition_report: bool = True,
+    extra: Mapping | None = None,
+) -> dict:
+    """Evaluate ``cases`` with ``model``; returns the summary dict (also written to ``json_path``).
+
+    Every unique tracklet across the cases is encoded exactly once. The CSV (when ``csv_path``) is
+    written whether or not ground truth exists; metrics are only reported where it does.
+    """
+    if not cases:
+        raise ValueError("No cases to evaluate: check DATASETS.ROOT_DIR and --cases")
+    tracklets, index = unique_tracklets(cases)
+    logger.info("Encoding %d unique tracklets for cases %s", len(tracklets), sorted(cases))
+    features = encode_tracklets(model, cfg, tracklets, device, desc="test")["embedding"]
+    if save_features:
+        save_features_npz(save_features, features, tracklets, index)
+        logger.info("Saved features to %s", save_features)
+    results = evaluate_cases(cfg, cases, features, index, device)
+    summary = summarize(results, cfg.TEST.JUNK_RULE, cfg.TEST.AP_MODE)
+    summary["num_unique_tracklets"] = len(tracklets)
+    if extra:
+        summary.update(extra)
+    logger.info("Results\n%s", format_summary(summary))
+    if csv_path:
+        write_submission(csv_path, _submission_rows(results))
+        summary["csv"] = csv_path
+        logger.info("Wrote submission CSV %s", csv_path)
+    if condition_report and summary["metrics_available"]:
+        summary["per_condition"] = _condition_report(results, cases, output_dir)
+    if visualize > 0:
+        _visualize(results, cases, output_dir, visualize)
+    if json_path:
+        write_json(json_path, summary)
+        logger.info("Wrote %s", json_path)
+    return summary
+
+
+def _submission_rows(results: Mapping[int, CaseResult]):
+    for case, result in sorted(results.items()):
+        for q, order in zip(result.query_names, result.ranking):
+            yield case, q, [result.gallery_names[g] for g in order]
+
+
+def _condition_report(results: Mapping[int, CaseResult], cases: Mapping[int, CaseSplit], output_dir: str) -> dict:
+    from utils.report import per_condition_report
+
+    per_case = {}
+    for case, result in sorted(results.items()):
+        if result.metrics is None:
+            continue
+        split = cases[case]
+        report = per_condition_report(
+            ap=result.metrics["AP"], r1_hit=result.metrics["R1_hit"],
+            queries=split.query, gallery=split.gallery,
+            output_dir=output_dir, tag=f"case{case}",
+        )
+        if report is not None:
+            per_case[case] = report
+    return per_case
+
+
+def _visualize(results: Mapping[int, CaseResult], cases: Mapping[int, CaseSplit], output_dir: str, count: int) -> None:
+    from utils.visualize import visualize_ranklists
+
+    for case, result in sorted(results.items()):
+        split = cases[case]
+        visualize_ranklists(
+            os.path.join(output_dir, f"ranklists_case{case}"),
+            queries=split.query, galleries=split.gallery, ranking=result.ranking,
+            q_pids=np.array([t.pid for t in split.query]), g_pids=np.array([t.pid for t in split.gallery]),
+            num_queries=count,
+        )
+
+
+def select_cases(cases: Mapping[int, CaseSplit], wanted: Sequence[int]) -> dict[int, CaseSplit]:
+    missing = [c for c in wanted if c not in cases]
+    if missing:
+        raise FileNotFoundError(
+            f"Case(s) {missing} not found under the dataset root; present: {sorted(cases)}. "
+            "Check DATASETS.ROOT_DIR or the --cases argument."
+        )
+    return {c: cases[c] for c in wanted}

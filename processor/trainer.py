@@ -1,0 +1,299 @@
+"""The training loop: memory rebuilds, AMP, gradient accumulation, DDP, checkpoints, logging, validation."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from datasets.build import build_dataset, build_train_loader
+from loss.build import build_loss
+from model.build import build_model
+from processor.evaluation import run_case_evaluation
+from processor.inference import autocast, encode_tracklets, resolve_amp_dtype
+from solver import build_optimizer, build_scheduler
+from utils import distributed as dist_utils
+from utils.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    find_resume_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from utils.logger import MetricsWriter
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss; the message names the step and the loss term."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(base_seed: int, epoch: int, rank: int) -> int:
+    """Every epoch starts from its own seed, so a resumed run draws exactly what a straight run does."""
+    return base_seed + 1_000_003 * epoch + 7919 * rank
+
+
+class Trainer:
+    """Owns the model, loss, optimizer, schedule and loaders of one training run.
+
+    Build with :meth:`from_config`; run with :meth:`fit`. Rank 0 alone logs and writes files.
+    """
+
+    def __init__(self, cfg, device: torch.device, output_dir: str):
+        self.cfg = cfg
+        self.device = device
+        self.output_dir = output_dir
+        self.rank = dist_utils.get_rank()
+        self.world_size = dist_utils.get_world_size()
+        self.is_main = self.rank == 0
+
+        seed_everything(cfg.SOLVER.SEED)
+        self.dataset = build_dataset(cfg)
+        if self.is_main:
+            logger.info("Dataset statistics\n%s", self.dataset.statistics_table())
+        self.num_classes = self.dataset.num_train_pids
+        self.num_cameras = self.dataset.num_cameras
+        self.train_loader = build_train_loader(cfg, self.dataset, rank=self.rank, world_size=self.world_size)
+
+        self.model = build_model(cfg, num_classes=self.num_classes, num_cameras=self.num_cameras).to(device)
+        if self.world_size > 1 and cfg.SOLVER.SYNC_BN:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.loss_fn = build_loss(cfg, self.num_classes)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.amp_dtype = resolve_amp_dtype(cfg.SOLVER.AMP, device)
+        # Loss scaling only for fp16; bf16 and fp32 have the exponent range to go without.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.step_model = self.model
+        if self.world_size > 1:
+            # A term with weight 0 leaves its head without gradients; DDP must then look for unused ones.
+            loss_weights = [v for k, v in cfg.LOSS.items() if k.endswith("_WEIGHT")]
+            self.step_model = DistributedDataParallel(
+                self.model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=any(w == 0 for w in loss_weights),
+            )
+        if cfg.MODEL.COMPILE:
+            self.step_model = torch.compile(self.step_model)
+
+        self.start_epoch = 1
+        self.global_step = 0
+        self.best_map = -1.0
+        self.writer = MetricsWriter(output_dir, enabled=self.is_main)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, epoch: int) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "best_map": self.best_map,
+            "rng": rng_state(),
+            "config": self.cfg.dump(),
+            "meta": {"num_classes": self.num_classes, "num_cameras": self.num_cameras},
+        }
+
+    def save(self, epoch: int) -> None:
+        if not self.is_main:
+            return
+        state = self.state_dict(epoch)
+        save_checkpoint(state, os.path.join(self.output_dir, LAST_NAME))
+        if epoch % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 or epoch == self.cfg.SOLVER.MAX_EPOCHS:
+            save_checkpoint(state, os.path.join(self.output_dir, f"checkpoint_epoch{epoch}.pth"))
+
+    def resume(self, resume: str) -> bool:
+        """Restore from ``resume`` ("auto" = newest loadable checkpoint in OUTPUT_DIR, or a path)."""
+        if resume == "auto":
+            found = find_resume_checkpoint(self.output_dir)
+            if found is None:
+                logger.info("No checkpoint in %s: starting from scratch", self.output_dir)
+                return False
+            path, state = found
+        else:
+            path, state = resume, load_checkpoint(resume)
+        load_model_state(self.model, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.global_step = int(state["global_step"])
+        self.best_map = float(state["best_map"])
+        set_rng_state(state["rng"])
+        logger.info("Resumed from %s (epoch %d done)", path, state["epoch"])
+        return True
+
+    # ------------------------------------------------------------------ memory
+    @torch.no_grad()
+    def rebuild_memory(self) -> None:
+        """Proxies <- class centroids of the whole training set (test-time sampling, eval mode).
+
+        Each rank encodes its share of the training tracklets; features are gathered to all ranks.
+        """
+        memory = self.model.memory
+        if memory is None:
+            return
+        share = self.dataset.train[self.rank :: self.world_size]
+        feats = encode_tracklets(self.model, self.cfg, share, self.device, outputs=("memory_feat",), desc="memory")
+        labels = torch.tensor([t.label for t in share], dtype=torch.long)
+        feats = dist_utils.all_gather_tensor(feats["memory_feat"].to(self.device))
+        labels = dist_utils.all_gather_tensor(labels.to(self.device))
+        memory.rebuild(feats, labels)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, tag: str) -> float | None:
+        """Val-split evaluation on rank 0 (never the test set); returns pooled mAP (%) or None."""
+        if not self.dataset.val:
+            return None
+        value = None
+        if self.is_main:
+            summary = run_case_evaluation(
+                self.cfg, self.model, self.dataset.val, self.device, self.output_dir, condition_report=False
+            )
+            value = summary.get("mAP-3")
+            logger.info("Validation mAP (%s): %.2f", tag, value if value is not None else float("nan"))
+        dist_utils.barrier()
+        return dist_utils.broadcast_object(value)
+
+    # ------------------------------------------------------------------ training
+    def _check_finite(self, total: torch.Tensor, terms: dict, epoch: int, step: int) -> None:
+        bad = torch.tensor(float(not torch.isfinite(total.detach()).item()), device=self.device)
+        if self.world_size > 1:  # every rank must stop together, or the others hang in all-reduce
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item() == 0:
+            return
+        culprits = [name for name, value in terms.items() if not torch.isfinite(value.detach()).all()]
+        where = ", ".join(culprits) if culprits else "total (on another rank)"
+        raise NonFiniteLossError(
+            f"Non-finite loss at epoch {epoch}, step {step} (global step {self.global_step}) in term(s): {where}. "
+            f"Training stopped; the last good checkpoint in {self.output_dir} is intact. "
+            "Lower the learning rate, enable SOLVER.GRAD_CLIP, or set SOLVER.AMP off to investigate."
+        )
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg = self.cfg
+        seed_everything(epoch_seed(cfg.SOLVER.SEED, epoch, self.rank))
+        self.train_loader.batch_sampler.set_epoch(epoch)
+        if self.model.memory is not None and (epoch - 1) % cfg.MODEL.MEMORY.REBUILD_PERIOD == 0:
+            self.rebuild_memory()
+        self.step_model.train()
+        accum = max(1, cfg.SOLVER.ACCUM_STEPS)
+        meters: dict[str, list[float]] = defaultdict(list)
+        steps = len(self.train_loader)
+        window_start, window_clips = time.perf_counter(), 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        for step, batch in enumerate(self.train_loader, start=1):
+            frames = batch["frames"].to(self.device, non_blocking=True)
+            labels = batch["labels"].to(self.device, non_blocking=True)
+            camids = batch["camids"].to(self.device, non_blocking=True)
+            views = batch["views"].to(self.device, non_blocking=True)
+            boundary = step % accum == 0 or step == steps
+            sync_context = (
+                self.step_model.no_sync() if isinstance(self.step_model, DistributedDataParallel) and not boundary
+                else contextlib.nullcontext()
+            )
+            with sync_context:
+                with autocast(self.device, self.amp_dtype):
+                    outputs = self.step_model(frames, camids, views, labels)
+                    total, terms = self.loss_fn(outputs, labels)
+                self._check_finite(total, terms, epoch, step)
+                self.scaler.scale(total / accum).backward()
+            if boundary:
+                if cfg.SOLVER.GRAD_CLIP > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.SOLVER.GRAD_CLIP)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+            if self.model.memory is not None and "memory_feat" in outputs:
+                feats = dist_utils.all_gather_tensor(outputs["memory_feat"].detach().float())
+                self.model.memory.update(feats, dist_utils.all_gather_tensor(labels))
+            self.global_step += 1
+            meters["loss"].append(total.item())
+            for name, value in terms.items():
+                meters[name].append(float(value.detach()))
+            if "appearance" in outputs.get("id_logits", {}):
+                acc = (outputs["id_logits"]["appearance"].argmax(1) == labels).float().mean()
+                meters["acc"].append(acc.item())
+            window_clips += frames.shape[0] * self.world_size
+            if step % cfg.SOLVER.LOG_PERIOD == 0 or step == steps:
+                self._log_step(epoch, step, steps, meters, window_clips / (time.perf_counter() - window_start))
+                window_start, window_clips = time.perf_counter(), 0
+        self.scheduler.step()
+        return {k: float(np.mean(v)) for k, v in meters.items()}
+
+    def _log_step(self, epoch: int, step: int, steps: int, meters: dict, clips_per_s: float) -> None:
+        recent = {k: float(np.mean(v[-self.cfg.SOLVER.LOG_PERIOD:])) for k, v in meters.items()}
+        lr = max(g["lr"] for g in self.optimizer.param_groups)
+        scalars = {**recent, "lr": lr, "clips_per_s": clips_per_s}
+        mem = ""
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**30
+            scalars["peak_mem_gib"] = peak
+            mem = f" mem {peak:.1f}GiB"
+        terms = " ".join(f"{k} {v:.3f}" for k, v in recent.items())
+        logger.info("epoch %d [%d/%d] %s lr %.2e %.1f clips/s%s", epoch, step, steps, terms, lr, clips_per_s, mem)
+        self.writer.write("train", self.global_step, epoch, scalars)
+
+    def fit(self) -> dict:
+        """Train from ``start_epoch`` to SOLVER.MAX_EPOCHS; returns validation mAPs before/after."""
+        cfg = self.cfg
+        report: dict = {}
+        eval_period = cfg.SOLVER.EVAL_PERIOD
+        if self.start_epoch == 1 and eval_period > 0:
+            report["val_mAP_before"] = self.validate("before training")
+        for epoch in range(self.start_epoch, cfg.SOLVER.MAX_EPOCHS + 1):
+            start = time.perf_counter()
+            means = self.train_epoch(epoch)
+            logger.info("epoch %d done in %.1fs: %s", epoch, time.perf_counter() - start,
+                        " ".join(f"{k} {v:.3f}" for k, v in means.items()))
+            self.writer.write("epoch", self.global_step, epoch, means)
+            if eval_period > 0 and (epoch % eval_period == 0 or epoch == cfg.SOLVER.MAX_EPOCHS):
+                value = self.validate(f"epoch {epoch}")
+                if value is not None:
+                    self.writer.write("val", self.global_step, epoch, {"mAP": value})
+                    report["val_mAP_after"] = value
+                    if value > self.best_map:
+                        self.best_map = value
+                        if self.is_main:
+                            save_checkpoint(self.state_dict(epoch), os.path.join(self.output_dir, BEST_NAME))
+            self.save(epoch)
+            dist_utils.barrier()
+        report["best_val_mAP"] = self.best_map if self.best_map >= 0 else None
+        return report
+
+    def evaluate_test(self) -> dict | None:
+        """After training: the test cases on disk, with the submission CSV (rank 0)."""
+        if not self.dataset.cases or not self.is_main:
+            return None
+        cases = {c: s for c, s in self.dataset.cases.items() if c in self.cfg.TEST.CASES}
+        return run_case_evaluation(
+            self.cfg, self.model, cases, self.device, self.output_dir,
+            csv_path=os.path.join(self.output_dir, "submission.csv"),
+            json_path=os.path.join(self.output_dir, "test_results.json"),
+        )
+
+    def close(self) -> None:
+        self.writer.close()
+

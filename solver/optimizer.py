@@ -1,0 +1,70 @@
+"""Optimizer with per-parameter-group learning rates and weight decay (all numbers from SOLVER.*)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+BACKBONE_PREFIX = "backbone."
+
+
+def parameter_groups(
+    model: nn.Module,
+    base_lr: float,
+    backbone_lr: float,
+    bias_lr_factor: float,
+    head_lr_factor: float,
+    weight_decay: float,
+    weight_decay_bias: float,
+    head_prefixes: Sequence[str] = (),
+) -> list[dict]:
+    """Group trainable parameters by (lr, weight decay); frozen parameters are left out.
+
+    backbone.* -> ``backbone_lr``, everything else -> ``base_lr``; biases x ``bias_lr_factor`` with
+    ``weight_decay_bias``; parameters under ``head_prefixes`` (the temporal heads' classifiers)
+    x ``head_lr_factor``. Each group carries the names of its parameters for inspection.
+    """
+    grouped: dict[tuple[float, float], list[tuple[str, nn.Parameter]]] = defaultdict(list)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lr = backbone_lr if name.startswith(BACKBONE_PREFIX) else base_lr
+        decay = weight_decay
+        if name.endswith("bias"):
+            lr *= bias_lr_factor
+            decay = weight_decay_bias
+        if any(name.startswith(prefix) for prefix in head_prefixes):
+            lr *= head_lr_factor
+        grouped[(lr, decay)].append((name, param))
+    return [
+        {"params": [p for _, p in items], "names": [n for n, _ in items], "lr": lr, "initial_lr": lr,
+         "weight_decay": decay}
+        for (lr, decay), items in sorted(grouped.items())
+    ]
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD over :func:`parameter_groups` built from ``cfg.SOLVER``."""
+    solver = cfg.SOLVER
+    groups = parameter_groups(
+        model,
+        base_lr=solver.BASE_LR,
+        backbone_lr=solver.BACKBONE_LR,
+        bias_lr_factor=solver.BIAS_LR_FACTOR,
+        head_lr_factor=solver.HEAD_LR_FACTOR,
+        weight_decay=solver.WEIGHT_DECAY,
+        weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
+        head_prefixes=getattr(model, "head_classifier_prefixes", ()),
+    )
+    if not groups:
+        raise ValueError("The model has no trainable parameters; check the MODEL.* freeze options")
+    name = solver.OPTIMIZER.lower()
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=solver.BASE_LR)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=solver.BASE_LR)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=solver.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
+    raise ValueError(f"SOLVER.OPTIMIZER must be Adam, AdamW or SGD, got {solver.OPTIMIZER!r}")

@@ -1,0 +1,80 @@
+"""Optimizer parameter groups and LR schedules."""
+import pytest
+import torch
+from torch import nn
+
+from configs import load_config
+from solver import build_optimizer, build_scheduler, lr_factor, parameter_groups
+
+
+class TinyModel(nn.Module):
+    head_classifier_prefixes = ("mgtm_classifier.",)
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Linear(4, 4)
+        self.backbone_frozen = nn.Linear(4, 4)
+        self.neck = nn.Linear(4, 4)
+        self.mgtm_classifier = nn.Linear(4, 3, bias=False)
+        self.backbone_frozen.requires_grad_(False)
+
+
+def group_of(groups, name):
+    return next(g for g in groups if name in g["names"])
+
+
+def test_parameter_groups_rates_and_frozen():
+    model = TinyModel()
+    model.backbone.weight.requires_grad_(True)
+    groups = parameter_groups(model, base_lr=1.0, backbone_lr=0.01, bias_lr_factor=2.0, head_lr_factor=3.0,
+                              weight_decay=0.1, weight_decay_bias=0.0, head_prefixes=model.head_classifier_prefixes)
+    names = [n for g in groups for n in g["names"]]
+    assert "backbone_frozen.weight" not in names and "backbone_frozen.bias" not in names
+    assert group_of(groups, "backbone.weight")["lr"] == pytest.approx(0.01)
+    assert group_of(groups, "backbone.bias")["lr"] == pytest.approx(0.02)
+    assert group_of(groups, "backbone.bias")["weight_decay"] == 0.0
+    assert group_of(groups, "neck.weight")["lr"] == pytest.approx(1.0)
+    assert group_of(groups, "neck.weight")["weight_decay"] == 0.1
+    assert group_of(groups, "mgtm_classifier.weight")["lr"] == pytest.approx(3.0)
+    assert sorted(names) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name, cls", [("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW), ("SGD", torch.optim.SGD)])
+def test_build_optimizer_kinds(name, cls):
+    cfg = load_config(None, ["SOLVER.OPTIMIZER", name])
+    assert isinstance(build_optimizer(cfg, TinyModel()), cls)
+
+
+def test_bad_optimizer_name():
+    cfg = load_config(None, ["SOLVER.OPTIMIZER", "Lion"])
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
+        build_optimizer(cfg, TinyModel())
+
+
+def test_paper_multistep_schedule():
+    # Warmup from 0.1 over 10 epochs, then x0.1 at epochs 10, 20, 30 (0-based epoch index).
+    f = [lr_factor(e, "multistep", 40, 10, 0.1, (10, 20, 30), 0.1) for e in range(40)]
+    assert f[0] == pytest.approx(0.1)
+    assert f[5] == pytest.approx(0.1 * 0.5 + 0.5)
+    assert f[10] == pytest.approx(0.1) and f[19] == pytest.approx(0.1)
+    assert f[20] == pytest.approx(0.01) and f[39] == pytest.approx(0.001)
+
+
+def test_cosine_schedule_ends_at_final_factor():
+    f = [lr_factor(e, "cosine", 20, 2, 0.1, cosine_final_factor=0.01) for e in range(20)]
+    assert f[2] == pytest.approx(1.0)
+    assert f[-1] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(f[2:], f[3:]))
+
+
+def test_scheduler_steps_per_epoch():
+    cfg = load_config(None, ["SOLVER.WARMUP_EPOCHS", "2", "SOLVER.STEPS", "[3]", "SOLVER.BASE_LR", "1.0",
+                             "SOLVER.BACKBONE_LR", "1.0", "SOLVER.BIAS_LR_FACTOR", "1.0", "SOLVER.HEAD_LR_FACTOR", "1.0"])
+    opt = build_optimizer(cfg, TinyModel())
+    sched = build_scheduler(cfg, opt)
+    seen = []
+    for _ in range(5):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.1, 0.55, 1.0, 0.1, 0.1])

@@ -1,0 +1,98 @@
+"""Distributed helpers: torchrun initialisation (NCCL on CUDA, gloo on CPU), rank queries, gathers."""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def init_distributed(device_str: str) -> torch.device:
+    """Resolve the device (``MODEL.DEVICE``) and, under torchrun, join the process group.
+
+    ``auto`` picks CUDA when available. Under torchrun each process takes ``cuda:LOCAL_RANK``; the
+    backend is NCCL on CUDA and gloo on CPU, so the same code path runs in CPU tests.
+    """
+    if device_str == "auto":
+        device_str = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_str)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("MODEL.DEVICE asks for CUDA but no GPU is visible; set MODEL.DEVICE cpu or auto")
+    if launched_by_torchrun() and not is_distributed():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    elif device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def cleanup_distributed() -> None:
+    # With torch 2.14, destroying the group without a barrier first can abort the process at exit.
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+@torch.no_grad()
+def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (N_r, ...) of every rank along dim 0 (ranks may hold different N_r)."""
+    if not is_distributed():
+        return tensor
+    world = get_world_size()
+    local_size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(local_size) for _ in range(world)]
+    dist.all_gather(sizes, local_size)
+    sizes = [int(s.item()) for s in sizes]
+    max_size = max(sizes)
+    padded = tensor.new_zeros((max_size,) + tuple(tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded.contiguous())
+    return torch.cat([g[:s] for g, s in zip(gathered, sizes)], dim=0)
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / get_world_size()
+
+
+def broadcast_object(obj):
+    """Send a picklable object from rank 0 to every rank (for small things like paths or flags)."""
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
