@@ -1,0 +1,93 @@
+"""MGTM: shapes for any clip length, masked windows equal separate windows, batch independence."""
+import pytest
+import torch
+
+from model.mgtm import MGTM, pooled_grid, window_layout
+
+GRID = (4, 2)
+DIM = 32
+
+
+def make_mgtm(**kwargs):
+    torch.manual_seed(0)
+    options = dict(dim=DIM, grid_size=GRID, granularities=(1, 2, 4), spatial_tokens=4, depth=1, heads=4,
+                   mlp_ratio=2.0, dropout=0.0, max_frames=8)
+    options.update(kwargs)
+    return MGTM(**options).eval()
+
+
+def random_tokens(batch, frames, seed=0):
+    return torch.randn(batch, frames, 1 + GRID[0] * GRID[1], DIM, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("frames", [4, 8, 16])
+@pytest.mark.parametrize("pos_encoding", ["sinusoidal", "learned"])
+def test_runs_for_common_clip_lengths(frames, pos_encoding):
+    mgtm = make_mgtm(pos_encoding=pos_encoding)
+    f_frame, f_tp = mgtm(random_tokens(3, frames))
+    assert f_frame.shape == (3, frames, DIM) and f_tp.shape == (3, DIM)
+    assert torch.isfinite(f_frame).all() and torch.isfinite(f_tp).all()
+
+
+@pytest.mark.parametrize("frames,windows", [(16, 4), (8, 2), (6, 4), (7, 2), (3, 4), (1, 4), (5, 1)])
+def test_window_layout_is_a_contiguous_partition(frames, windows):
+    layout = window_layout(frames, windows)
+    assert len(layout) == min(frames, windows)
+    assert [f for w in layout for f in w] == list(range(frames))
+    lengths = [len(w) for w in layout]
+    assert max(lengths) - min(lengths) <= 1
+
+
+@pytest.mark.parametrize("frames", [6, 3, 8])
+def test_masked_windows_equal_each_window_run_alone(frames):
+    """Padding + masking (unequal windows, T < window count) == a loop running every window on its own."""
+    mgtm = make_mgtm()
+    reduced = mgtm.reduce_tokens(random_tokens(2, frames, seed=1), GRID) + mgtm.token_embedding
+    for level, count in enumerate(mgtm.granularities):
+        got = mgtm.run_level(level, reduced, count)
+        expected = torch.zeros_like(got)
+        for window in window_layout(frames, count):
+            x = reduced[:, list(window)] + mgtm.temporal_table(len(window), "cpu", reduced.dtype)[None, :, None, :]
+            x = x.reshape(2, -1, DIM)
+            for block in mgtm.levels[level]:
+                x = block(x)
+            expected[:, list(window)] = x.view(2, len(window), -1, DIM).mean(dim=2)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_clip_output_does_not_depend_on_batch_mates_and_is_deterministic():
+    mgtm = make_mgtm()
+    tokens = random_tokens(4, 8, seed=2)
+    with torch.no_grad():
+        _, together = mgtm(tokens)
+        _, alone = mgtm(tokens[2:3])
+        _, again = mgtm(tokens)
+    torch.testing.assert_close(alone, together[2:3], rtol=1e-5, atol=1e-5)
+    assert torch.equal(together, again)
+
+
+def test_fusion_starts_equal_and_input_detach_follows_the_switch():
+    for detach in (True, False):
+        mgtm = make_mgtm(detach_input=detach).train()
+        assert torch.allclose(mgtm.fusion_logits.softmax(0), torch.full((3,), 1 / 3))
+        tokens = random_tokens(2, 4).requires_grad_(True)
+        f_frame, f_tp = mgtm(tokens)
+        (f_frame.sum() + f_tp.sum()).backward()
+        assert (tokens.grad is None) == detach
+        assert mgtm.fusion_logits.grad is not None and mgtm.levels[2][0].qkv.weight.grad is not None
+
+
+def test_pooled_grid_keeps_the_aspect_ratio():
+    assert pooled_grid(8, (16, 8)) == (4, 2)     # ViT-B/16 at 256x128
+    assert pooled_grid(8, (18, 9)) == (4, 2)     # ViT-L/14 at 252x126
+    assert pooled_grid(4, (4, 2)) == (2, 2)
+    assert pooled_grid(1, (16, 8)) == (1, 1)
+
+
+def test_bad_settings_fail_clearly():
+    with pytest.raises(ValueError, match="HEADS"):
+        make_mgtm(heads=5)
+    with pytest.raises(ValueError, match="POS_ENCODING"):
+        make_mgtm(pos_encoding="rotary")
+    with pytest.raises(ValueError, match="GRANULARITIES"):
+        make_mgtm(granularities=(0,))

@@ -1,0 +1,170 @@
+"""The assembled SAS model: paper embedding widths, train/eval outputs per the contract, batch
+independence, determinism, config switches, and no Python loop over the batch."""
+import collections
+import glob
+import os
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from configs import load_config
+from loss import build_loss
+from model.build import build_model
+
+TINY = [
+    "MODEL.BACKBONE", "tiny-vit-16", "MODEL.PRETRAIN_PATH", "", "MODEL.PRETRAIN_TAG", "",
+    "INPUT.SIZE_TRAIN", "[64,32]", "INPUT.SIZE_TEST", "[64,32]", "DATALOADER.SEQ_LEN", "4",
+    "MODEL.MGTM.SPATIAL_TOKENS", "4", "MODEL.MGTM.HEADS", "4",
+    "MODEL.PRSD.FEAT_DIM", "32", "MODEL.PRSD.HIDDEN_DIM", "32", "MODEL.PRSD.ITERATIONS", "2",
+    "MODEL.PRSD.AGG_LAYERS", "1", "MODEL.PRSD.AGG_HEADS", "2", "MODEL.PRSD.AGG_FFN_DIM", "64",
+]
+NUM_CLASSES, NUM_CAMERAS = 6, 3
+
+
+def tiny_model(*opts, seed=0):
+    torch.manual_seed(seed)
+    cfg = load_config(None, TINY + list(opts))
+    return cfg, build_model(cfg, NUM_CLASSES, NUM_CAMERAS)
+
+
+def clips(batch, frames=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, frames, 3, 64, 32, generator=gen), torch.arange(batch) % NUM_CAMERAS,
+            torch.arange(batch) % 2, torch.arange(batch) // 2 % NUM_CLASSES)
+
+
+def test_paper_backbones_build_with_the_paper_embedding_widths():
+    for backbone, size, width in (("ViT-B-16", "[256,128]", 2058), ("ViT-L-14", "[252,126]", 2826)):
+        cfg = load_config(None, ["MODEL.BACKBONE", backbone, "MODEL.PRETRAIN_PATH", "", "MODEL.PRETRAIN_TAG", "",
+                                 "INPUT.SIZE_TRAIN", size, "INPUT.SIZE_TEST", size])
+        model = build_model(cfg, num_classes=10, num_cameras=3)
+        assert model.embedding_dim == width, backbone
+        del model
+
+
+def test_train_outputs_follow_the_contract_and_the_loss_backpropagates():
+    cfg, model = tiny_model()
+    model.train()
+    frames, camids, views, labels = clips(4)
+    out = model(frames, camids, views, labels)
+    b, t, c = 4, 4, NUM_CLASSES
+    assert set(out["id_logits"]) == {"appearance", "tp", "shape"}
+    assert all(v.shape == (b, c) for v in out["id_logits"].values())
+    widths = {"cls": 64, "proj": 32, "tp": 64, "shape": 10}
+    assert {k: v.shape for k, v in out["triplet_feats"].items()} == {k: (b, w) for k, w in widths.items()}
+    assert out["frame_logits"].shape == (b, t, c) and out["framewise_shape_logits"].shape == (b, t, c)
+    assert out["betas"].shape == (b, t, 10)
+    assert out["memory_feat"].shape == (b, 96) and out["memory_logits"].shape == (b, 2, c)
+    torch.testing.assert_close(out["memory_feat"].norm(dim=1), torch.ones(b))
+    total, terms = build_loss(cfg, NUM_CLASSES)(out, labels)
+    total.backward()
+    assert len(terms) == 11
+    for name in ("classifier_appearance.weight", "classifier_tp.weight", "classifier_frame.weight",
+                 "classifier_shape.weight", "classifier_framewise_shape.weight", "mgtm.fusion_logits",
+                 "backbone.ln_post.weight"):
+        assert model.get_parameter(name).grad is not None, name
+
+
+def test_bnnecks_classifiers_and_head_prefixes():
+    _, model = tiny_model()
+    norms = [m for n, m in model.named_modules() if n.startswith("bottleneck_")]
+    assert len(norms) == 6 and all(not m.bias.requires_grad for m in norms)
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in model.head_classifier_prefixes:
+        assert any(n.startswith(prefix) for n in names), prefix
+    assert not any(n.startswith("classifier_") and n.endswith("bias") for n in names)
+    assert model.classifier_appearance.weight.std() < 0.002
+    assert "memory.proxies" in model.state_dict()
+
+
+def test_eval_embedding_is_independent_of_batch_mates_and_deterministic():
+    _, model = tiny_model()
+    model.eval()
+    frames, camids, views, _ = clips(4, frames=6, seed=1)     # a test clip length unlike training
+    with torch.no_grad():
+        together = model(frames, camids, views)
+        alone = model(frames[1:2], camids[1:2], views[1:2])
+        again = model(frames, camids, views)
+    assert together["embedding"].shape == (4, model.embedding_dim) == (4, 64 + 32 + 64 + 10)
+    assert together["memory_feat"].shape == (4, 96)
+    torch.testing.assert_close(alone["embedding"], together["embedding"][1:2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(alone["memory_feat"], together["memory_feat"][1:2], rtol=1e-4, atol=1e-5)
+    assert torch.equal(together["embedding"], again["embedding"])
+
+
+@pytest.mark.parametrize("opts,width,absent", [
+    (["MODEL.EMBED_PARTS", "[cls,proj]", "MODEL.MGTM.ENABLED", "False", "MODEL.PRSD.ENABLED", "False",
+      "MODEL.MEMORY.ENABLED", "False"], 96, {"frame_logits", "framewise_shape_logits", "betas", "memory_logits"}),
+    (["MODEL.EMBED_PARTS", "[tp,cls]", "MODEL.PRSD.ENABLED", "False", "MODEL.MEMORY.NUM_PROXIES", "1"], 128,
+     {"framewise_shape_logits", "betas"}),
+])
+def test_config_switches_select_modules_and_embedding_parts(opts, width, absent):
+    _, model = tiny_model(*opts)
+    assert model.embedding_dim == width
+    frames, camids, views, labels = clips(2)
+    out = model.train()(frames, camids, views, labels)
+    assert not absent & set(out)
+    if model.memory is not None:
+        assert out["memory_logits"].shape[1] == model.memory.num_proxies
+    with torch.no_grad():
+        assert model.eval()(frames, camids, views)["embedding"].shape == (2, width)
+
+
+def test_embedding_part_of_a_disabled_module_is_an_error():
+    with pytest.raises(ValueError, match="MGTM.ENABLED"):
+        tiny_model("MODEL.MGTM.ENABLED", "False")
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts every ATen op dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_forward_has_no_python_loop_over_the_batch(mode):
+    """The same ops run for a batch of 2 and of 6: nothing in the forward iterates over samples."""
+    _, model = tiny_model()
+    model.train(mode == "train")
+    with torch.no_grad():  # warm-up: MGTM caches its window index tensors per clip length on first use
+        model(*clips(2))
+    counts = []
+    for batch in (2, 6):
+        frames, camids, views, labels = clips(batch)
+        with torch.no_grad(), OpCounter() as counter:
+            model(frames, camids, views, labels)
+        counts.append(counter.counts)
+    assert counts[0] == counts[1]
+
+
+ABLATIONS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                          "configs", "ablations", "*.yml")))
+
+
+def test_ablation_table_is_cumulative_and_each_row_builds():
+    """Every ablation YAML loads, adds one switch to the row before, and builds (tiny backbone) with a
+    consistent embedding; the last row is the paper model."""
+    assert len(ABLATIONS) == 5
+    switches = []
+    for path in ABLATIONS:
+        cfg = load_config(path)
+        assert cfg.MODEL.BACKBONE == "ViT-L-14"
+        switches.append((cfg.MODEL.MEMORY.ENABLED, cfg.INPUT.HUE_PROB > 0, cfg.MODEL.MGTM.ENABLED,
+                         cfg.MODEL.PRSD.ENABLED))
+        torch.manual_seed(0)
+        model = build_model(load_config(path, TINY), NUM_CLASSES, NUM_CAMERAS)
+        assert model.embed_parts == tuple(cfg.MODEL.EMBED_PARTS)
+    assert [sum(s) for s in switches] == [0, 1, 2, 3, 4]
+    assert all(sum(a) <= sum(b) and all(x <= y for x, y in zip(a, b)) for a, b in zip(switches, switches[1:]))
+    paper = load_config(os.path.join(os.path.dirname(ABLATIONS[0]), "..", "sas_vit_l14.yml"))
+    last = load_config(ABLATIONS[-1])
+    for key in ("EMBED_PARTS", "MEMORY", "MGTM", "PRSD"):
+        assert last.MODEL[key] == paper.MODEL[key], key
+    assert last.INPUT == paper.INPUT
