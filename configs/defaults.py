@@ -18,6 +18,8 @@ _C.MODEL.BACKBONE = "ViT-B-16"
 _C.MODEL.PRETRAIN_PATH = ""
 # open_clip pretrained tag (e.g. "openai"), used only when PRETRAIN_PATH is empty and the machine is online.
 _C.MODEL.PRETRAIN_TAG = ""
+# QuickGELU in the CLIP blocks (OpenAI CLIP weights need it; False for GELU-trained open_clip weights).
+_C.MODEL.QUICK_GELU = True
 # Patch-embedding stride in pixels; 0 means equal to the patch size (non-overlapping patches).
 _C.MODEL.STRIDE_SIZE = 0
 # Freeze conv1, class embedding, positional embedding and ln_pre (as the paper).
@@ -89,6 +91,8 @@ _C.MODEL.PRSD.AGG_LAYERS = 4
 _C.MODEL.PRSD.AGG_HEADS = 8
 # Aggregator transformer feed-forward width.
 _C.MODEL.PRSD.AGG_FFN_DIM = 4096
+# Dropout in the iterative regressor MLP and the aggregator transformer (SPIN's regressor used 0.5).
+_C.MODEL.PRSD.DROPOUT = 0.1
 # Detach the shape model's outputs (reproduces the authors' defect; off = trained end to end).
 _C.MODEL.PRSD.DETACH_OUTPUT = False
 # Decode betas and pose with SMPL and append normalised bone lengths to the shape cue (needs SMPL_MODEL_PATH).
