@@ -227,7 +227,7 @@ def build_mgtm(cfg, dim: int, grid_size: tuple[int, int]) -> MGTM:
         depth=mc.DEPTH,
         heads=mc.HEADS,
         mlp_ratio=mc.MLP_RATIO,
-        dropout=mc.DROPOUT,
+        dropout=cfg.MODEL.MGTM.DROPOUT,
         pos_encoding=mc.POS_ENCODING,
         detach_input=mc.DETACH_INPUT,
         max_frames=cfg.DATALOADER.SEQ_LEN,

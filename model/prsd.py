@@ -231,7 +231,7 @@ def build_prsd(cfg, in_dim: int) -> PRSD:
     p = cfg.MODEL.PRSD
     mean_params = load_mean_params(p.SMPL_MEAN_PARAMS) if p.SMPL_MEAN_PARAMS else default_mean_params()
     model = PRSD(in_dim, feat_dim=p.FEAT_DIM, hidden_dim=p.HIDDEN_DIM, iterations=p.ITERATIONS,
-                 agg_layers=p.AGG_LAYERS, agg_heads=p.AGG_HEADS, agg_ffn_dim=p.AGG_FFN_DIM, dropout=p.DROPOUT,
+                 agg_layers=p.AGG_LAYERS, agg_heads=p.AGG_HEADS, agg_ffn_dim=p.AGG_FFN_DIM, dropout=cfg.MODEL.PRSD.DROPOUT,
                  detach_output=p.DETACH_OUTPUT, mean_params=mean_params,
                  smpl=build_smpl_decoder(p.SMPL_MODEL_PATH), use_bone_lengths=p.USE_BONE_LENGTHS)
     if p.PRETRAINED:

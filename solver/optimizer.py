@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from model.backbone import NEW_PARAMETER_NAMES
+
 BACKBONE_PREFIX = "backbone."
 
 
@@ -19,10 +21,12 @@ def parameter_groups(
     weight_decay: float,
     weight_decay_bias: float,
     head_prefixes: Sequence[str] = (),
+    new_backbone_names: Sequence[str] = (),
 ) -> list[dict]:
     """Group trainable parameters by (lr, weight decay); frozen parameters are left out.
 
-    backbone.* -> ``backbone_lr``, everything else -> ``base_lr``; biases x ``bias_lr_factor`` with
+    backbone.* -> ``backbone_lr`` except the randomly initialised additions named in
+    ``new_backbone_names`` (the SIE tables), which learn at ``base_lr`` like every head; biases x ``bias_lr_factor`` with
     ``weight_decay_bias``; parameters under ``head_prefixes`` (the temporal heads' classifiers)
     x ``head_lr_factor``. Each group carries the names of its parameters for inspection.
     """
@@ -30,7 +34,9 @@ def parameter_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        lr = backbone_lr if name.startswith(BACKBONE_PREFIX) else base_lr
+        pretrained = name.startswith(BACKBONE_PREFIX) and not name[len(BACKBONE_PREFIX):].startswith(
+            tuple(new_backbone_names))
+        lr = backbone_lr if pretrained else base_lr
         decay = weight_decay
         if name.endswith("bias"):
             lr *= bias_lr_factor
@@ -57,6 +63,7 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         weight_decay=solver.WEIGHT_DECAY,
         weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
         head_prefixes=getattr(model, "head_classifier_prefixes", ()),
+        new_backbone_names=NEW_PARAMETER_NAMES,
     )
     if not groups:
         raise ValueError("The model has no trainable parameters; check the MODEL.* freeze options")
