@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from datasets.detreidx import CaseSplit
+from datasets.detreidx import CASE_NAMES, CaseSplit
 from processor.inference import (
     CaseResult,
     encode_tracklets,
@@ -108,20 +108,20 @@ def _submission_rows(results: Mapping[int, CaseResult]):
 
 
 def _condition_report(results: Mapping[int, CaseResult], cases: Mapping[int, CaseSplit], output_dir: str) -> dict:
-    from utils.report import per_condition_report
+    """Per-condition mAP / R1 of the aerial queries of each scored case (table in the log, PNG, dict)."""
+    from utils.report import write_condition_report
 
     per_case = {}
     for case, result in sorted(results.items()):
-        if result.metrics is None:
-            continue
         split = cases[case]
-        report = per_condition_report(
-            ap=result.metrics["AP"], r1_hit=result.metrics["R1_hit"],
-            queries=split.query, gallery=split.gallery,
-            output_dir=output_dir, tag=f"case{case}",
+        if result.metrics is None or not any(q.view == "aerial" for q in split.query):
+            continue
+        report, table, png = write_condition_report(
+            output_dir, result.metrics["AP"], result.metrics["R1_hit"], split.query, split.gallery,
+            name=f"per_condition_case{case}", title=CASE_NAMES[case],
         )
-        if report is not None:
-            per_case[case] = report
+        logger.info("Per-condition results, aerial queries of %s\n%s\n(plot: %s)", CASE_NAMES[case], table, png)
+        per_case[case] = report
     return per_case
 
 
