@@ -96,8 +96,11 @@ def _apply_overrides(cfg: CN, opts: Sequence[str]) -> None:
         old = node[parts[-1]]
         if isinstance(old, CN):
             raise ConfigError(f"Config key {key} on the command line is a group; override one of its sub-keys")
-        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        if isinstance(old, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:  # YAML reads "3e-3" (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(old, str) and not isinstance(value, str):
             value = raw
         if isinstance(old, (list, tuple)) and not isinstance(value, (list, tuple)):

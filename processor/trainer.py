@@ -64,9 +64,7 @@ class Trainer:
         self.is_main = self.rank == 0
 
         seed_everything(cfg.SOLVER.SEED)
-        self.dataset = build_dataset(cfg)
-        if self.is_main:
-            logger.info("Dataset statistics\n%s", self.dataset.statistics_table())
+        self.dataset = build_dataset(cfg)  # logs its statistics table
         self.num_classes = self.dataset.num_train_pids
         self.num_cameras = self.dataset.num_cameras
         self.train_loader = build_train_loader(cfg, self.dataset, rank=self.rank, world_size=self.world_size)

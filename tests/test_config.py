@@ -33,8 +33,9 @@ def test_paper_configs_match_the_paper():
 def test_base_inheritance_and_overrides(tmp_path):
     (tmp_path / "a.yml").write_text("SOLVER:\n  BASE_LR: 0.5\n  MAX_EPOCHS: 3\n")
     (tmp_path / "b.yml").write_text("_BASE_: a.yml\nSOLVER:\n  MAX_EPOCHS: 7\n")
-    cfg = load_config(str(tmp_path / "b.yml"), ["SOLVER.MAX_EPOCHS", "9", "TEST.CASES", "[1,3]", "SOLVER.GAMMA", "1"])
-    assert cfg.SOLVER.BASE_LR == 0.5
+    cfg = load_config(str(tmp_path / "b.yml"), ["SOLVER.MAX_EPOCHS", "9", "TEST.CASES", "[1,3]", "SOLVER.GAMMA", "1",
+                                                   "SOLVER.BASE_LR", "3e-3"])
+    assert cfg.SOLVER.BASE_LR == 3e-3
     assert cfg.SOLVER.MAX_EPOCHS == 9
     assert cfg.TEST.CASES == [1, 3]
     assert cfg.SOLVER.GAMMA == 1.0 and isinstance(cfg.SOLVER.GAMMA, float)

@@ -1,0 +1,125 @@
+"""Builders from the config: the dataset, the training loader and the inference loaders.
+
+* ``build_dataset(cfg)``: scans ``DATASETS.ROOT_DIR`` (generating the synthetic dataset there first
+  when it is missing and ``DATASETS.SYNTHETIC_IF_MISSING`` is on).
+* ``build_train_loader(cfg, dataset, rank, world_size)``: P x K identity batches of augmented clips.
+* ``build_inference_loader(cfg, tracklets)``: test-transform clips in a fixed order; use it for the
+  query/gallery of each case, the validation cases and the memory rebuild over ``dataset.train``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from datasets.detreidx import DetReIDX, Tracklet
+from datasets.registry import get_dataset_class
+from datasets.sampler import IdentityBatchSampler
+from datasets.sampling import SAMPLING_MODES
+from datasets.synthetic import SyntheticConfig, generate_dataset
+from datasets.transforms import ClipTransform
+from datasets.video import InferenceClipDataset, TrainClipDataset
+
+logger = logging.getLogger(__name__)
+
+
+def build_dataset(cfg) -> DetReIDX:
+    """The dataset named by ``DATASETS.NAMES`` at ``DATASETS.ROOT_DIR``.
+
+    Validation identities (``DATASETS.VAL_IDS``) are chosen with ``SOLVER.SEED``.
+    """
+    data = cfg.DATASETS
+    root = data.ROOT_DIR
+    if not os.path.isdir(root) and data.SYNTHETIC_IF_MISSING:
+        logger.info("%s does not exist: generating the synthetic XFD dataset there (DATASETS.SYNTHETIC_IF_MISSING)", root)
+        config = SyntheticConfig(num_ids=int(data.SYNTHETIC_IDS), num_test_ids=int(data.SYNTHETIC_TEST_IDS),
+                                 seed=int(data.SYNTHETIC_SEED))
+        try:
+            generate_dataset(root, config)
+        except FileExistsError:
+            # Another process (e.g. a DDP rank) created it between our check and our rename.
+            logger.info("%s appeared while generating; using it", root)
+    dataset_class = get_dataset_class(data.NAMES)
+    return dataset_class(root, val_ids=int(data.VAL_IDS), unknown_names_as_ground=bool(data.UNKNOWN_NAMES_AS_GROUND),
+                         seed=int(cfg.SOLVER.SEED))
+
+
+def seed_worker(worker_id: int) -> None:
+    """Loader worker start-up: seed the global RNGs from the loader's seeded generator (deterministic).
+
+    (Clip randomness itself comes from the per-sample seeds of the batch sampler; this covers any
+    library code that draws from the global generators.)
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _loader_kwargs(cfg, seed: int) -> dict:
+    workers = int(cfg.DATALOADER.NUM_WORKERS)
+    if workers < 0:
+        raise ValueError(f"DATALOADER.NUM_WORKERS must be >= 0, got {workers}")
+    if workers > 0:
+        # OpenCV's thread pool does not survive fork(): a worker that touches it (even to resize it)
+        # can hang forever. Make OpenCV single-threaded before the workers fork; each worker is one
+        # process per core anyway.
+        cv2.setNumThreads(1)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return dict(
+        num_workers=workers,
+        pin_memory=bool(cfg.DATALOADER.PIN_MEMORY) and torch.cuda.is_available(),
+        worker_init_fn=seed_worker,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
+
+
+def build_train_loader(cfg, dataset: DetReIDX, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Training loader over ``dataset.train``.
+
+    Batches: dict(frames=(B,T,3,H,W) float32 normalised, labels=(B,), camids=(B,), views=(B,),
+    indices=(B,)) all long, B = SOLVER.IMS_PER_BATCH // world_size, T = DATALOADER.SEQ_LEN.
+    Call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch; ``len(loader)`` is the number
+    of steps per epoch (the same on every rank). Frames that cannot be read are skipped with a
+    warning when DATASETS.SKIP_CORRUPT_FRAMES is on; ``loader.dataset.skipped_frames`` counts them.
+    """
+    if not dataset.train:
+        raise ValueError(f"No training tracklets under {os.path.join(dataset.root, 'train')}; cannot build the train loader.")
+    seq_len = int(cfg.DATALOADER.SEQ_LEN)
+    clips = TrainClipDataset(
+        dataset.train, seq_len, ClipTransform.from_cfg(cfg, train=True),
+        shuffle_frames=bool(cfg.INPUT.SHUFFLE_FRAMES), skip_corrupt=bool(cfg.DATASETS.SKIP_CORRUPT_FRAMES),
+    )
+    sampler = IdentityBatchSampler(
+        [t.label for t in dataset.train], int(cfg.SOLVER.IMS_PER_BATCH), int(cfg.DATALOADER.NUM_INSTANCE),
+        seed=int(cfg.SOLVER.SEED), rank=rank, world_size=world_size,
+    )
+    return DataLoader(clips, batch_sampler=sampler, **_loader_kwargs(cfg, int(cfg.SOLVER.SEED) + rank))
+
+
+def build_inference_loader(cfg, tracklets: Sequence[Tracklet]) -> DataLoader:
+    """Inference loader over ``tracklets`` with the test transform (no augmentation, no shuffle).
+
+    Batches: dict(frames=(B,T,3,H,W) float32, camids=(B,), views=(B,), indices=(B,)) with indices into
+    ``tracklets``, T = TEST.SEQ_LEN, B <= TEST.IMS_PER_BATCH. TEST.SAMPLING "even": one clip per
+    tracklet; "dense": every frame, in several chunks per tracklet that share an index (average the
+    chunk features per index).
+    """
+    mode = str(cfg.TEST.SAMPLING)
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"TEST.SAMPLING must be one of {SAMPLING_MODES}, got {mode!r}")
+    clips = InferenceClipDataset(
+        tracklets, int(cfg.TEST.SEQ_LEN), mode, ClipTransform.from_cfg(cfg, train=False),
+        skip_corrupt=bool(cfg.DATASETS.SKIP_CORRUPT_FRAMES),
+    )
+    kwargs = _loader_kwargs(cfg, int(cfg.SOLVER.SEED))
+    # Inference loaders are built per case; persistent workers would outlive their use.
+    kwargs["persistent_workers"] = False
+    return DataLoader(clips, batch_size=int(cfg.TEST.IMS_PER_BATCH), shuffle=False, drop_last=False, **kwargs)
