@@ -80,6 +80,9 @@ def encode_tracklets(
             sums[name].index_add_(0, indices, feats)
         counts.index_add_(0, indices, torch.ones(len(indices)))
     model.train(was_training)
+    skipped = getattr(loader.dataset, "skipped_frames", 0)
+    if skipped:
+        logger.warning("%s: skipped %d unreadable frames (DATASETS.SKIP_CORRUPT_FRAMES)", desc, skipped)
     if len(tracklets) and (counts == 0).any():
         missing = int((counts == 0).sum())
         raise RuntimeError(f"{missing} tracklets produced no clip in the inference loader")

@@ -239,6 +239,9 @@ class Trainer:
                 self._log_step(epoch, step, steps, meters, window_clips / (time.perf_counter() - window_start))
                 window_start, window_clips = time.perf_counter(), 0
         self.scheduler.step()
+        skipped = getattr(self.train_loader.dataset, "skipped_frames", 0)
+        if skipped:
+            logger.warning("Skipped %d unreadable training frames so far (DATASETS.SKIP_CORRUPT_FRAMES)", skipped)
         return {k: float(np.mean(v)) for k, v in meters.items()}
 
     def _log_step(self, epoch: int, step: int, steps: int, meters: dict, clips_per_s: float) -> None:
