@@ -11,6 +11,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from datasets.build import build_dataset, build_train_loader
 from loss.build import build_loss
@@ -201,7 +202,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        for step, batch in enumerate(self.train_loader, start=1):
+        progress = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.is_main)
+        for step, batch in enumerate(progress, start=1):
             frames = batch["frames"].to(self.device, non_blocking=True)
             labels = batch["labels"].to(self.device, non_blocking=True)
             camids = batch["camids"].to(self.device, non_blocking=True)

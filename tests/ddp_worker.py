@@ -16,6 +16,7 @@ class RecordingLoader:
     def __init__(self, loader):
         self.loader = loader
         self.batch_sampler = loader.batch_sampler
+        self.dataset = loader.dataset
         self.batches = []
 
     def __len__(self):
