@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -89,12 +90,21 @@ def encode_tracklets(
     return {name: total / counts.clamp(min=1).unsqueeze(1) for name, total in sums.items()}
 
 
-def unique_tracklets(cases: Mapping[int, CaseSplit]) -> tuple[list[Tracklet], dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """All distinct tracklets of ``cases`` (by folder) and, per case, query/gallery indices into them.
+def tracklet_identity(t: Tracklet) -> tuple:
+    """Two records with this key hold the same frames: same pid, tracklet name and frame file names.
 
-    A tracklet that serves in several cases (a gallery shared by two cases, say) is encoded once.
+    DetReIDX stores a tracklet used by two cases (case 1 query = case 2 gallery) in both case
+    folders; this key lets such copies share one encoding.
     """
-    order: dict[str, int] = {}
+    return (t.pid, t.name, tuple(os.path.basename(f) for f in t.frames))
+
+
+def unique_tracklets(cases: Mapping[int, CaseSplit]) -> tuple[list[Tracklet], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """All distinct tracklets of ``cases`` and, per case, query/gallery indices into them.
+
+    A tracklet that serves in several cases is encoded once (see :func:`tracklet_identity`).
+    """
+    order: dict[tuple, int] = {}
     tracklets: list[Tracklet] = []
     index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for case, split in sorted(cases.items()):
@@ -102,7 +112,7 @@ def unique_tracklets(cases: Mapping[int, CaseSplit]) -> tuple[list[Tracklet], di
         for part in (split.query, split.gallery):
             ids = []
             for t in part:
-                key = t.folder
+                key = tracklet_identity(t)
                 if key not in order:
                     order[key] = len(tracklets)
                     tracklets.append(t)
