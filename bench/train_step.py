@@ -52,7 +52,7 @@ def main() -> None:
     backbone = model.backbone
     classifier = torch.nn.Linear(backbone.width, args.classes, bias=False)
     base_params = [p for p in backbone.parameters() if p.requires_grad] + list(classifier.parameters())
-    base_optimizer = torch.optim.Adam(base_params, lr=cfg.SOLVER.BACKBONE_LR)
+    base_optimizer = torch.optim.Adam(base_params, lr=cfg.SOLVER.BACKBONE_LR, fused=True)  # as build_optimizer
 
     b, t = args.clips, args.frames
     frames = torch.randn(b, t, 3, args.height, args.width)

@@ -68,10 +68,12 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     if not groups:
         raise ValueError("The model has no trainable parameters; check the MODEL.* freeze options")
     name = solver.OPTIMIZER.lower()
+    # One fused kernel per parameter group (CPU and CUDA): the heads add ~100M parameters, and the
+    # per-tensor loop of the default implementation makes the optimizer step a visible cost.
     if name == "adam":
-        return torch.optim.Adam(groups, lr=solver.BASE_LR)
+        return torch.optim.Adam(groups, lr=solver.BASE_LR, fused=True)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=solver.BASE_LR)
+        return torch.optim.AdamW(groups, lr=solver.BASE_LR, fused=True)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=solver.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
     raise ValueError(f"SOLVER.OPTIMIZER must be Adam, AdamW or SGD, got {solver.OPTIMIZER!r}")
