@@ -74,12 +74,17 @@ def main(argv=None) -> dict:
     setup_logging(output_dir, 0, filename="evaluate_log.txt")
 
     from datasets.build import build_dataset
-    from model.build import build_model
+    from model.backbone import PretrainedWeightsError
+    from model.build import build_model, check_weight_files
     from processor.evaluation import run_case_evaluation, select_cases
     from utils.distributed import init_distributed
 
     device = init_distributed(cfg.MODEL.DEVICE)
     meta = state.get("meta", {})
+    try:  # the SMPL files the stored config names are still read to build PRSD
+        check_weight_files(cfg)
+    except PretrainedWeightsError as exc:
+        sys.exit(str(exc))
     model = build_model(cfg, num_classes=meta["num_classes"], num_cameras=meta["num_cameras"]).to(device)
     try:
         load_model_state(model, state["model"], args.model_path)

@@ -56,5 +56,24 @@ def main(argv=None) -> dict:
         cleanup_distributed()
 
 
+# Errors whose message already names the file or key and the fix: the command line shows the message
+# alone (a traceback would bury it). Looked up in sys.modules: a class never imported was never raised.
+EXPLAINED_ERRORS = (
+    ("datasets.detreidx", "DatasetLayoutError"), ("datasets.video", "CorruptFrameError"),
+    ("model.backbone", "PretrainedWeightsError"), ("utils.checkpoint", "CheckpointError"),
+    ("processor.trainer", "NonFiniteLossError"),
+)
+
+
+def is_explained_error(exc: BaseException) -> bool:
+    classes = [getattr(sys.modules.get(module), name, None) for module, name in EXPLAINED_ERRORS]
+    return isinstance(exc, tuple(c for c in classes if c is not None))
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Exception as exc:  # noqa: BLE001 - anything unexplained is re-raised with its traceback
+        if not is_explained_error(exc):
+            raise
+        sys.exit(f"error: {exc}")

@@ -1,6 +1,7 @@
 """Config loading: defaults <- YAML (with ``_BASE_`` inheritance) <- command-line ``KEY VALUE`` pairs."""
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Any, Iterable, Sequence
 
@@ -52,17 +53,69 @@ def _deep_update(target: dict, update: dict) -> None:
 
 
 def _check_keys(node: CN, data: dict, source: str, prefix: str = "") -> None:
-    """Raise a ConfigError naming the first key of ``data`` that the defaults do not have."""
+    """Raise a ConfigError naming the first key of ``data`` that the defaults do not have, or whose
+    value has the wrong type; values are coerced in place where the intent is clear (1 -> 1.0)."""
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in node:
-            close = [k for k in node.keys() if k.lower() == str(key).lower()]
-            hint = f" Did you mean {prefix}{close[0]}?" if close else ""
-            raise ConfigError(f"Unknown config key {full} in {source}.{hint} See configs/defaults.py for the keys.")
+            raise ConfigError(f"Unknown config key {full} in {source}.{_suggest(node, key, prefix)} "
+                              "See configs/defaults.py for the keys.")
         if isinstance(node[key], CN):
             if not isinstance(value, dict):
                 raise ConfigError(f"Config key {full} in {source} must be a mapping of sub-keys, got {value!r}")
             _check_keys(node[key], value, source, full + ".")
+        else:
+            data[key] = _coerce_value(full, node[key], value, source)
+
+
+def _suggest(node: CN, key, prefix: str) -> str:
+    """' Did you mean X?' for a misspelt key (case or a few letters off), else ''."""
+    close = difflib.get_close_matches(str(key).upper(), [k.upper() for k in node.keys()], n=1, cutoff=0.75)
+    if not close:
+        return ""
+    name = next(k for k in node.keys() if k.upper() == close[0])
+    return f" Did you mean {prefix}{name}?"
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def _coerce_number(default: Any, value: Any) -> Any:
+    """1 -> 1.0 and "3e-3" -> 0.003 for a float default (YAML reads an exponent without a dot as a string)."""
+    if isinstance(default, float) and not isinstance(value, bool):
+        if isinstance(value, int):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value
+
+
+def _coerce_value(full: str, default: Any, value: Any, source: str) -> Any:
+    """``value`` as the type of ``default``, or a ConfigError naming the key and where it came from.
+
+    yacs itself checks scalar types but lets null through for any key and never looks inside lists,
+    so ``DEVICE: null`` or ``STEPS: [ten]`` would only fail deep inside a run.
+    """
+    if value is None:
+        raise ConfigError(f"Config key {full} in {source} is null; it needs a {type(default).__name__} "
+                          f"value such as {default!r}")
+    value = _coerce_number(default, value)
+    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)) and default:
+        items = [_coerce_number(default[0], item) for item in value]
+        wrong = [item for item in items if not _same_kind(default[0], item)]
+        if wrong:
+            raise ConfigError(f"Config key {full} in {source} needs a list of {type(default[0]).__name__} values "
+                              f"such as {list(default)!r}, got {list(value)!r} ({wrong[0]!r} is not one)")
+        return type(value)(items)
+    return value
 
 
 def _merge(cfg: CN, data: dict, source: str) -> None:
@@ -89,7 +142,10 @@ def _apply_overrides(cfg: CN, opts: Sequence[str]) -> None:
         parts = key.split(".")
         for depth, part in enumerate(parts):
             if not isinstance(node, CN) or part not in node:
-                raise ConfigError(f"Unknown config key {key} on the command line. See configs/defaults.py for the keys.")
+                known = ".".join(parts[:depth]) + "." if depth else ""
+                hint = _suggest(node, part, known) if isinstance(node, CN) else ""
+                raise ConfigError(f"Unknown config key {key} on the command line.{hint} "
+                                  "See configs/defaults.py for the keys.")
             if depth < len(parts) - 1:
                 node = node[part]
         value = _parse_override(raw)
@@ -105,6 +161,8 @@ def _apply_overrides(cfg: CN, opts: Sequence[str]) -> None:
             value = raw
         if isinstance(old, (list, tuple)) and not isinstance(value, (list, tuple)):
             raise ConfigError(f"Config key {key} on the command line needs a list like [a, b], got {raw!r}")
+        if isinstance(old, (list, tuple)):
+            value = _coerce_value(key, old, value, "the command line")
         if type(value) is not type(old) and not (isinstance(old, (list, tuple)) and isinstance(value, (list, tuple))):
             raise ConfigError(
                 f"Config key {key} on the command line needs a {type(old).__name__} value, got {raw!r}"

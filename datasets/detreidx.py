@@ -53,6 +53,13 @@ CAPTURE_POINTS: tuple[tuple[float, float, float], ...] = (
     (10, 0, 90), (20, 0, 90), (30, 0, 90), (40, 0, 90), (80, 0, 90), (120, 0, 90),
 )
 
+# Appended to every layout error: the structure the scanner expects, so the fix is evident.
+EXPECTED_LAYOUT = (
+    "Expected layout: ROOT/train/<PID>/<tracklet>/<frame>.jpg and "
+    f"ROOT/{{{','.join(CASE_FOLDERS.values())}}}/{{query,gallery}}/<PID>/<tracklet>/<frame>.jpg, "
+    "with integer PID folders (e.g. 0004)."
+)
+
 OUTDOOR_MIN_FIELDS = 9  # PID, date (3), time (2), height, distance, angle
 OUTDOOR_SESSION_FIELD = 22
 GROUND_MIN_FIELDS = 8
@@ -268,7 +275,7 @@ def _scan_pid_tree(path: str, unknown_as_ground: bool, split_label: str) -> list
         if not pid_entry.name.isdigit():
             raise DatasetLayoutError(
                 f"PID folder {pid_entry.path} is not an integer. DetReIDX PID folders are integers such as 0004; "
-                f"rename the folder or move it out of {path}."
+                f"rename the folder or move it out of {path}. {EXPECTED_LAYOUT}"
             )
         pid = int(pid_entry.name)
         for tracklet_entry in _list_subfolders(pid_entry.path):
@@ -420,13 +427,14 @@ class DetReIDX:
         if not os.path.isdir(train_dir) and not present:
             raise DatasetLayoutError(
                 f"Dataset root {self.root} holds neither {TRAIN_FOLDER}/ nor any of "
-                f"{', '.join(CASE_FOLDERS.values())}. Point DATASETS.ROOT_DIR at the DetReIDXV1 folder."
+                f"{', '.join(CASE_FOLDERS.values())}. Point DATASETS.ROOT_DIR at the DetReIDXV1 folder. "
+                f"{EXPECTED_LAYOUT}"
             )
         if present and present != set(CASE_FOLDERS):
             missing = [case_dirs[c] for c in sorted(set(CASE_FOLDERS) - present)]
             raise DatasetLayoutError(
                 f"Missing case folder(s): {', '.join(missing)} (the root has the other case folders). "
-                f"Copy the complete test set into {self.root}."
+                f"Copy the complete test set into {self.root}. {EXPECTED_LAYOUT}"
             )
         raw_train: list[_RawTracklet] = []
         if os.path.isdir(train_dir):
@@ -439,7 +447,9 @@ class DetReIDX:
             parts = []
             for part in ("query", "gallery"):
                 part_dir = os.path.join(case_dirs[case], part)
-                _check_folder(part_dir, f"{part} folder of {CASE_FOLDERS[case]}", f"Each case folder holds query/ and gallery/; copy the complete test set into {self.root}.")
+                _check_folder(part_dir, f"{part} folder of {CASE_FOLDERS[case]}",
+                              f"Each case folder holds query/ and gallery/; copy the complete test set into "
+                              f"{self.root}. {EXPECTED_LAYOUT}")
                 parts.append(_scan_pid_tree(part_dir, self.unknown_names_as_ground, f"{CASE_FOLDERS[case]}/{part}"))
             _check_unique_names(parts[0] + parts[1], case_dirs[case])
             raw_cases[case] = (parts[0], parts[1])

@@ -13,6 +13,30 @@ logger = logging.getLogger(__name__)
 SHAPE_DIM = 10  # SMPL betas / videowise shape width
 
 
+def check_weight_files(cfg) -> None:
+    """Raise PretrainedWeightsError (naming the key, the file to get and where to put it) when a weight
+    file named by the config does not exist.
+
+    Call it first thing in an entry point: otherwise the missing file is noticed only when the model
+    is built, after the dataset scan (minutes on the full dataset). A PRETRAIN_TAG is not resolved
+    here: that may need the network.
+    """
+    from model.backbone import pretrained_weights_path
+
+    mc = cfg.MODEL
+    if mc.PRETRAIN_PATH:
+        pretrained_weights_path(mc.BACKBONE, mc.PRETRAIN_PATH)
+    if mc.PRSD.ENABLED:  # PRSD files are read only when PRSD is built
+        from model.prsd import check_regressor_file
+        from model.smpl import check_mean_params_file, check_smpl_model_file
+
+        for path, check in ((mc.PRSD.SMPL_MODEL_PATH, check_smpl_model_file),
+                            (mc.PRSD.SMPL_MEAN_PARAMS, check_mean_params_file),
+                            (mc.PRSD.PRETRAINED, check_regressor_file)):
+            if path:
+                check(path)
+
+
 def build_model(cfg, num_classes: int, num_cameras: int, num_views: int = 2) -> SASModel:
     """SASModel from ``cfg.MODEL`` (backbone, MEMORY, MGTM, PRSD, EMBED_PARTS).
 

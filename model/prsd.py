@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.backbone import PretrainedWeightsError
 from model.smpl import (CAM_DIM, NUM_BETAS, NUM_SMPL_JOINTS, POSE_6D_DIM, SMPLDecoder, build_smpl_decoder,
                         default_mean_params, load_mean_params, rot6d_to_rotmat)
 
@@ -184,6 +185,15 @@ def map_regressor_checkpoint(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     return mapped
 
 
+def check_regressor_file(path: str) -> None:
+    """PretrainedWeightsError (what to get, where to put it) when MODEL.PRSD.PRETRAINED is missing."""
+    if not os.path.isfile(path):
+        raise PretrainedWeightsError(
+            f"MODEL.PRSD.PRETRAINED={path!r} does not exist. Get a SPIN checkpoint (key 'model'; SPIN's "
+            "http://visiondata.cis.upenn.edu/spin/model_checkpoint.pt) or a VIBE/TSM one (key 'gen_state_dict') "
+            f"and put it at {os.path.abspath(path)}, or leave the key empty for random init.")
+
+
 def load_pretrained_regressor(model: PRSD, path: str) -> Dict[str, list]:
     """Load the temporal encoder / regressor of a SPIN or VIBE/TSM checkpoint into ``model``.
 
@@ -191,9 +201,7 @@ def load_pretrained_regressor(model: PRSD, path: str) -> Dict[str, list]:
     unexpected (file tensors with no PRSD counterpart, e.g. the ResNet or SMPL buffers) and
     shape_mismatch (left at their current values).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.PRSD.PRETRAINED={path!r} does not exist. Give a SPIN checkpoint (key 'model') "
-                                "or a VIBE/TSM one (key 'gen_state_dict'), or leave the key empty for random init.")
+    check_regressor_file(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = None
     if isinstance(checkpoint, Mapping):

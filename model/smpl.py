@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.backbone import PretrainedWeightsError
+
 logger = logging.getLogger(__name__)
 
 NUM_SMPL_JOINTS = 24  # kinematic joints (root + 23)
@@ -61,11 +63,28 @@ def default_mean_params() -> Dict[str, Tensor]:
     return dict(pose=identity_rot6d(), shape=torch.zeros(NUM_BETAS), cam=torch.tensor([0.9, 0.0, 0.0]))
 
 
+def check_mean_params_file(path: str) -> None:
+    """PretrainedWeightsError (what to get, where to put it) when MODEL.PRSD.SMPL_MEAN_PARAMS is missing."""
+    if not os.path.isfile(path):
+        raise PretrainedWeightsError(
+            f"MODEL.PRSD.SMPL_MEAN_PARAMS={path!r} does not exist. Get SPIN's smpl_mean_params.npz (keys pose, "
+            "shape, cam; in http://visiondata.cis.upenn.edu/spin/data.tar.gz, fetched by SPIN's fetch_data.sh) "
+            f"and put it at {os.path.abspath(path)}, or leave the key empty for the built-in means.")
+
+
+def check_smpl_model_file(path: str) -> None:
+    """PretrainedWeightsError (what to get, where to put it) when MODEL.PRSD.SMPL_MODEL_PATH is missing."""
+    if not os.path.isfile(path):
+        raise PretrainedWeightsError(
+            f"MODEL.PRSD.SMPL_MODEL_PATH={path!r} does not exist. Get the SMPL model (e.g. "
+            "basicModel_neutral_lbs_10_207_0_v1.0.0.pkl from https://smplify.is.tue.mpg.de, licence required), "
+            "convert it with `python -m tools.convert_smpl IN.pkl OUT.npz` and put OUT.npz at "
+            f"{os.path.abspath(path)} (or point the key at it), or leave the key empty to run PRSD on parameters alone.")
+
+
 def load_mean_params(path: str) -> Dict[str, Tensor]:
     """SPIN-style ``smpl_mean_params.npz``: pose (144,) 6D, shape (10,), cam (3,) -> float32 tensors."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.PRSD.SMPL_MEAN_PARAMS={path!r} does not exist. Get SPIN's "
-                                "smpl_mean_params.npz (keys pose, shape, cam) or leave the key empty for the built-in means.")
+    check_mean_params_file(path)
     with np.load(path, allow_pickle=False) as data:
         missing = [k for k in ("pose", "shape", "cam") if k not in data.files]
         if missing:
@@ -167,12 +186,7 @@ def read_smpl_pickle(path: str) -> Dict[str, object]:
 
 def load_smpl_arrays(path: str) -> Dict[str, np.ndarray]:
     """SMPL model arrays from ``.npz`` (no pickled objects allowed) or ``.pkl`` (safe reader)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"MODEL.PRSD.SMPL_MODEL_PATH={path!r} does not exist. Get the SMPL model (e.g. "
-            "basicModel_neutral_lbs_10_207_0_v1.0.0.pkl from https://smplify.is.tue.mpg.de, licence required), "
-            "convert it with `python -m tools.convert_smpl IN.pkl OUT.npz` and point the key at OUT.npz, "
-            "or leave the key empty to run PRSD on parameters alone.")
+    check_smpl_model_file(path)
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from datasets.build import build_dataset, build_train_loader
 from loss.build import build_loss
-from model.build import build_model
+from model.build import build_model, check_weight_files
 from processor.evaluation import run_case_evaluation
 from processor.inference import autocast, encode_tracklets, resolve_amp_dtype
 from solver import build_optimizer, build_scheduler
@@ -64,6 +64,7 @@ class Trainer:
         self.world_size = dist_utils.get_world_size()
         self.is_main = self.rank == 0
 
+        check_weight_files(cfg)  # a missing weight file fails now, not after the dataset scan
         seed_everything(cfg.SOLVER.SEED)
         self.dataset = build_dataset(cfg)  # logs its statistics table
         self.num_classes = self.dataset.num_train_pids
@@ -181,7 +182,15 @@ class Trainer:
         if bad.item() == 0:
             return
         culprits = [name for name, value in terms.items() if not torch.isfinite(value.detach()).all()]
-        where = ", ".join(culprits) if culprits else "total (on another rank)"
+        if culprits:
+            where = ", ".join(culprits)
+        elif not torch.isfinite(total.detach()).item():
+            # Every term is finite here but their sum is not: it overflowed (a huge weight, fp16).
+            largest = sorted(terms.items(), key=lambda item: -abs(float(item[1].detach().float())))[:3]
+            listed = ", ".join(f"{name} {float(value.detach().float()):.3g}" for name, value in largest)
+            where = f"the total, whose finite terms overflow when summed (largest: {listed}; check LOSS.*_WEIGHT)"
+        else:
+            where = "total (on another rank)"
         raise NonFiniteLossError(
             f"Non-finite loss at epoch {epoch}, step {step} (global step {self.global_step}) in term(s): {where}. "
             f"Training stopped; the last good checkpoint in {self.output_dir} is intact. "

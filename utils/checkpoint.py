@@ -6,11 +6,12 @@ import logging
 import os
 import random
 import re
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
+
+from utils.fileio import make_temp_file
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def atomic_write(path: str, write_fn) -> None:
     """Call ``write_fn(tmp_path)`` then rename onto ``path``: a crash never leaves a half file there."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    fd, tmp = make_temp_file(folder, "." + os.path.basename(path) + ".", ".tmp")
     os.close(fd)
     try:
         write_fn(tmp)
@@ -78,30 +79,47 @@ def epoch_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
+def remove_stale_temp_files(output_dir: str) -> list[str]:
+    """Delete the ``.checkpoint*.pth.*.tmp`` files that writers killed mid-write left in ``output_dir``.
+
+    Each is as large as a checkpoint, so a run killed again and again would fill the disk. Only
+    for the start of a resumed run, when nothing else writes checkpoints there.
+    """
+    removed = []
+    for path in glob.glob(os.path.join(output_dir, ".checkpoint*.pth.*.tmp")):
+        try:
+            size = os.path.getsize(path)
+            os.remove(path)
+        except FileNotFoundError:  # another rank of the same resumed run removed it first
+            continue
+        removed.append(path)
+        logger.warning("Removed %s (%.1f MiB), the temporary file of a checkpoint write that was killed",
+                       path, size / 2**20)
+    return removed
+
+
 def find_resume_checkpoint(output_dir: str) -> tuple[str, dict] | None:
     """The newest loadable checkpoint in ``output_dir`` (last, then epoch files newest first).
 
     A damaged candidate is skipped with a warning that names it, so a kill during a write never
-    costs more than the epochs since the previous good file.
+    costs more than the epochs since the previous good file. Reading stops at the first good file:
+    holding every epoch checkpoint of a long run in memory at once could exhaust it. Temporary
+    files of killed writes are removed (remove_stale_temp_files).
     """
+    remove_stale_temp_files(output_dir)
     candidates = [os.path.join(output_dir, LAST_NAME)] + [p for _, p in epoch_checkpoints(output_dir)]
-    loaded = []
     for path in candidates:
         if not os.path.isfile(path):
             continue
         try:
-            loaded.append((path, load_checkpoint(path)))
+            state = load_checkpoint(path)
         except CheckpointError as exc:
             logger.warning("Skipping damaged checkpoint for resume: %s", exc)
             continue
-        if path.endswith(LAST_NAME):
-            break  # the last checkpoint is written every epoch: nothing is newer
-    if not loaded:
-        return None
-    path, state = max(loaded, key=lambda item: item[1].get("epoch", -1))
-    if path != candidates[0]:
-        logger.warning("Resuming from %s (epoch %s) instead of %s", path, state.get("epoch"), candidates[0])
-    return path, state
+        if path != candidates[0]:
+            logger.warning("Resuming from %s (epoch %s) instead of %s", path, state.get("epoch"), candidates[0])
+        return path, state
+    return None
 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict, source: str) -> None:

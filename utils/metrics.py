@@ -46,6 +46,30 @@ DISTANCE_METRICS = ("cosine", "euclidean")
 
 
 # ----------------------------------------------------------------------------- distances
+def _check_distance_inputs(qf: torch.Tensor, gf: torch.Tensor, metric: str) -> None:
+    if metric not in DISTANCE_METRICS:
+        raise ValueError(f"Unknown distance metric {metric!r} (TEST.DISTANCE); use one of {DISTANCE_METRICS}")
+    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"compute_distance needs (Q, D) and (G, D) features, got {tuple(qf.shape)} and {tuple(gf.shape)}")
+
+
+def _prepare_gallery(gf: torch.Tensor, metric: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(G, D) gallery -> (float32 features, L2-normalised for cosine; (G,) squared norms for euclidean)."""
+    gf = gf.to(device=device, dtype=torch.float32)
+    if metric == "cosine":
+        return F.normalize(gf, dim=1), None
+    return gf, gf.pow(2).sum(dim=1)
+
+
+def _distance_block(q: torch.Tensor, gf: torch.Tensor, g_sq: torch.Tensor | None, metric: str) -> torch.Tensor:
+    """(c, D) queries against a prepared gallery -> (c, G) float32 distances."""
+    q = q.to(torch.float32)
+    if metric == "cosine":
+        return 1.0 - F.normalize(q, dim=1) @ gf.T
+    sq = q.pow(2).sum(dim=1, keepdim=True) + g_sq[None, :] - 2.0 * (q @ gf.T)
+    return sq.clamp_(min=0.0).sqrt_()
+
+
 def compute_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "cosine",
                      chunk: int = 512) -> torch.Tensor:
     """Query-gallery distance matrix.
@@ -54,33 +78,48 @@ def compute_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "cosine",
     ``"cosine"``: 1 - cos(q, g) in [0, 2] (features are L2-normalised here).
     ``"euclidean"``: ||q - g||_2 (not squared), computed as sqrt(|q|^2 + |g|^2 - 2 q.g) clamped at 0.
     Queries are processed ``chunk`` at a time so that only one (chunk, G) block of temporaries
-    exists besides the output.
+    exists besides the output. When the (Q, G) output itself is too large, use ChunkedDistance.
     """
-    if metric not in DISTANCE_METRICS:
-        raise ValueError(f"Unknown distance metric {metric!r} (TEST.DISTANCE); use one of {DISTANCE_METRICS}")
-    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
-        raise ValueError(f"compute_distance needs (Q, D) and (G, D) features, got {tuple(qf.shape)} and {tuple(gf.shape)}")
+    _check_distance_inputs(qf, gf, metric)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 (TEST.QUERY_CHUNK), got {chunk}")
-    gf = gf.to(device=qf.device, dtype=torch.float32)
-    qf = qf.to(torch.float32)
-    if metric == "cosine":
-        gf = F.normalize(gf, dim=1)
-    else:
-        g_sq = gf.pow(2).sum(dim=1)
+    gf, g_sq = _prepare_gallery(gf, metric, qf.device)
     out = torch.empty((qf.shape[0], gf.shape[0]), dtype=torch.float32, device=qf.device)
     for start in range(0, qf.shape[0], chunk):
-        q = qf[start:start + chunk]
-        if metric == "cosine":
-            out[start:start + chunk] = 1.0 - F.normalize(q, dim=1) @ gf.T
-        else:
-            sq = q.pow(2).sum(dim=1, keepdim=True) + g_sq[None, :] - 2.0 * (q @ gf.T)
-            out[start:start + chunk] = sq.clamp_(min=0.0).sqrt_()
+        out[start:start + chunk] = _distance_block(qf[start:start + chunk], gf, g_sq, metric)
     return out
 
 
+class ChunkedDistance:
+    """A (Q, G) distance matrix that is never held whole: ``self[start:stop]`` computes those query
+    rows, (stop - start, G) float32, on demand (same values as ``compute_distance``).
+
+    For galleries whose full matrix does not fit in memory: ``evaluate_ranking``, ``rank_gallery``
+    and ``iter_rankings`` accept it in place of a tensor and read it ``chunk`` rows at a time, so
+    their peak memory is a few (chunk, G) blocks. Each read recomputes its block.
+    qf (Q, D), gf (G, D) torch tensors; blocks live on qf's device.
+    """
+
+    def __init__(self, qf: torch.Tensor, gf: torch.Tensor, metric: str = "cosine"):
+        _check_distance_inputs(qf, gf, metric)
+        self.metric = metric
+        self.qf = qf
+        self.device = qf.device
+        self.gf, self.g_sq = _prepare_gallery(gf, metric, qf.device)
+        self.shape = (qf.shape[0], gf.shape[0])
+        self.ndim = 2
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError("ChunkedDistance is read in blocks of consecutive query rows: use distances[start:stop]")
+        return _distance_block(self.qf[rows], self.gf, self.g_sq, self.metric)
+
+
 def _as_distance_tensor(distmat) -> torch.Tensor:
-    """(Q, G) numpy array or tensor -> tensor (no copy when possible), float32 or float64 kept."""
+    """(Q, G) numpy array or tensor -> tensor (no copy when possible), float32 or float64 kept;
+    a ChunkedDistance is passed through (its blocks are tensors)."""
+    if isinstance(distmat, ChunkedDistance):
+        return distmat
     if isinstance(distmat, np.ndarray):
         distmat = torch.from_numpy(distmat)
     if not isinstance(distmat, torch.Tensor) or distmat.ndim != 2:
@@ -102,8 +141,9 @@ def iter_rankings(distmat, chunk: int = 512, topk: int | None = None) -> Iterato
 
 
 def rank_gallery(distmat, chunk: int = 512, topk: int | None = None) -> np.ndarray:
-    """(Q, G) distances -> (Q, G) (or (Q, topk)) numpy int gallery indices, best first, ties by
-    index. int32 when the gallery fits (halves the memory of a 10k x 100k ranking), else int64."""
+    """(Q, G) distances (tensor, array or ChunkedDistance) -> (Q, G) (or (Q, topk)) numpy int gallery
+    indices, best first, ties by index. int32 when the gallery fits (halves the memory of a 10k x 100k
+    ranking), else int64."""
     dist = _as_distance_tensor(distmat)
     width = dist.shape[1] if topk is None else min(topk, dist.shape[1])
     dtype = np.int32 if dist.shape[1] < 2**31 else np.int64
@@ -233,7 +273,8 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids=None, g_camids=None, q_na
                      ranks: Sequence[int] = (1, 5, 10, 20), chunk: int = 512) -> dict:
     """Exact mAP / CMC / mINP of a distance matrix.
 
-    distmat (Q, G) tensor (any device) or numpy array; q_pids (Q,), g_pids (G,) labels of any
+    distmat (Q, G) tensor (any device), numpy array or ChunkedDistance (the matrix is read ``chunk``
+    query rows at a time, so a ChunkedDistance never exists whole); q_pids (Q,), g_pids (G,) labels of any
     hashable kind; q_camids (Q,), g_camids (G,) ints (needed by the "camera" rule); q_names (Q,),
     g_names (G,) tracklet folder names "{pid}_{tid}" (needed by the "tracklet" rule).
 

@@ -29,13 +29,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections import Counter
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from datasets.detreidx import CASE_FOLDERS, CASE_NAMES, natural_sort_key
+from datasets.detreidx import CASE_FOLDERS, CASE_NAMES, EXPECTED_LAYOUT, natural_sort_key
+from utils.fileio import make_temp_file
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def write_submission(path: str, rows: Iterable[tuple[int, str, Sequence[str]]]) 
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=".submission-", suffix=".csv.tmp", dir=folder)
+    handle, tmp_path = make_temp_file(folder, ".submission-", ".csv.tmp")
     count = 0
     try:
         with os.fdopen(handle, "w", newline="", encoding="utf-8") as f:
@@ -101,6 +101,8 @@ def write_submission(path: str, rows: Iterable[tuple[int, str, Sequence[str]]]) 
                 previous_case = case
                 count += 1
                 writer.writerow((count, CASE_NAMES[case], query_name, " ".join(ranked)))
+            f.flush()
+            os.fsync(f.fileno())  # data on disk before the rename, or a power cut can leave an empty CSV
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
@@ -142,14 +144,15 @@ def scan_case_folders(root: str) -> dict[int, tuple[list[str], list[str]]]:
         for part in ("query", "gallery"):
             part_dir = os.path.join(case_dir, part)
             if not os.path.isdir(part_dir):
-                raise FileNotFoundError(f"Missing {part_dir}: every case folder holds query/ and gallery/")
+                raise FileNotFoundError(f"Missing {part_dir}: every case folder holds query/ and gallery/. "
+                                        f"{EXPECTED_LAYOUT}")
             entries = []
             for pid_folder in sorted(os.listdir(part_dir)):
                 pid_dir = os.path.join(part_dir, pid_folder)
                 if pid_folder.startswith(".") or not os.path.isdir(pid_dir):
                     continue
                 if not pid_folder.isdigit():
-                    raise ValueError(f"PID folder {pid_dir} is not an integer; DetReIDX PID folders are integers")
+                    raise ValueError(f"PID folder {pid_dir} is not an integer. {EXPECTED_LAYOUT}")
                 entries += [(int(pid_folder), name) for name in os.listdir(pid_dir)
                             if not name.startswith(".") and os.path.isdir(os.path.join(pid_dir, name))]
             entries.sort(key=lambda e: (e[0], natural_sort_key(e[1])))
@@ -362,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         payload = {str(k): v for k, v in scores.items()}
         folder = os.path.dirname(os.path.abspath(args.json))
-        handle, tmp_path = tempfile.mkstemp(prefix=".scores-", suffix=".json.tmp", dir=folder)
+        handle, tmp_path = make_temp_file(folder, ".scores-", ".json.tmp")
         with os.fdopen(handle, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2)
         os.replace(tmp_path, args.json)

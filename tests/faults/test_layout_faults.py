@@ -1,0 +1,111 @@
+"""Faults in the dataset folder layout, through the scanner, its CLI, train.py and the submission checker.
+
+Rows: missing case or split folder; PID folder not an integer; unknown frame-name scheme; the same
+tracklet name under two PIDs in one case.
+"""
+import os
+import re
+import shutil
+
+import pytest
+
+from datasets.build import build_dataset
+from datasets.detreidx import CASE_FOLDERS, DatasetLayoutError
+from tests.datasets_fixtures import make_tiny_root, tiny_cfg
+from tests.faults.helpers import DEMO, assert_clean_failure, fast_opts, run_cli
+from utils.submission import check_submission, write_submission
+
+# What every layout error must show besides the path: the expected folder structure.
+LAYOUT = "<PID>/<tracklet>/"
+
+
+@pytest.fixture(scope="module")
+def pristine_root(tmp_path_factory):
+    return make_tiny_root(tmp_path_factory.mktemp("layout"))
+
+
+@pytest.fixture
+def root(pristine_root, tmp_path):
+    copy = str(tmp_path / "xfd")
+    shutil.copytree(pristine_root, copy)
+    return copy
+
+
+def _layout_error(root) -> str:
+    with pytest.raises(DatasetLayoutError) as caught:
+        build_dataset(tiny_cfg(root))
+    return str(caught.value)
+
+
+def test_missing_case_folder_names_it_and_the_layout(root):
+    missing = os.path.join(root, CASE_FOLDERS[2])
+    shutil.rmtree(missing)
+    message = _layout_error(root)
+    assert missing in message and LAYOUT in message
+
+
+def test_missing_split_folder_names_it_and_the_layout(root):
+    missing = os.path.join(root, CASE_FOLDERS[3], "gallery")
+    shutil.rmtree(missing)
+    message = _layout_error(root)
+    assert missing in message and LAYOUT in message
+
+
+@pytest.mark.parametrize("where", ["train", os.path.join(CASE_FOLDERS[1], "query")])
+def test_pid_folder_not_an_integer_names_it_and_the_layout(root, where):
+    part = os.path.join(root, where)
+    first = sorted(os.listdir(part))[0]
+    renamed = os.path.join(part, "person_" + first)
+    os.rename(os.path.join(part, first), renamed)
+    message = _layout_error(root)
+    assert renamed in message and LAYOUT in message
+
+
+def test_unknown_frame_name_scheme_names_the_file_and_the_schemes(root):
+    folder = os.path.join(root, "train", "0002", sorted(os.listdir(os.path.join(root, "train", "0002")))[0])
+    for number, frame in enumerate(sorted(os.listdir(folder)), start=1):  # a camera's own naming
+        os.rename(os.path.join(folder, frame), os.path.join(folder, f"IMG_{number:04d}.jpg"))
+    message = _layout_error(root)
+    assert folder in message and "IMG_0001.jpg" in message
+    assert "PID_DD_MM_YYYY" in message and "DATASETS.UNKNOWN_NAMES_AS_GROUND" in message
+    # The documented escape hatch: such frames count as ground frames.
+    dataset = build_dataset(tiny_cfg(root, "DATASETS.UNKNOWN_NAMES_AS_GROUND", "True"))
+    assert dataset.train
+
+
+def _duplicate_tracklet_name(root, case: int, source: str) -> tuple[str, str]:
+    """Copy a ``source`` (query or gallery) tracklet of ``case`` under another gallery PID, keeping its name."""
+    source_dir = os.path.join(root, CASE_FOLDERS[case], source)
+    gallery = os.path.join(root, CASE_FOLDERS[case], "gallery")
+    pid = sorted(os.listdir(source_dir))[0]
+    name = sorted(os.listdir(os.path.join(source_dir, pid)))[0]
+    other_pid = next(p for p in sorted(os.listdir(gallery)) if p != pid)
+    copy = os.path.join(gallery, other_pid, name)
+    shutil.copytree(os.path.join(source_dir, pid, name), copy)
+    return os.path.join(source_dir, pid, name), copy
+
+
+@pytest.mark.parametrize("source", ["query", "gallery"])
+def test_same_tracklet_name_under_two_pids_in_one_case_is_an_error(root, source):
+    original, copy = _duplicate_tracklet_name(root, 1, source)
+    message = _layout_error(root)
+    assert original in message and copy in message and "rename" in message
+
+
+def test_submission_checker_cli_reports_the_ambiguous_name(root, tmp_path):
+    _duplicate_tracklet_name(root, 2, "gallery")
+    csv_path = str(tmp_path / "submission.csv")
+    write_submission(csv_path, [(2, "0007_1", ["0007_2"])])
+    assert any("several PIDs" in p for p in check_submission(csv_path, root))
+    proc = run_cli("-m", "utils.submission", "check", csv_path, "--root", root)
+    assert proc.returncode == 1 and "several PIDs" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_layout_errors_reach_the_command_lines_without_a_traceback(root, tmp_path):
+    pid_folder = os.path.join(root, CASE_FOLDERS[1], "gallery", "not_a_pid")
+    os.makedirs(pid_folder)
+    scan = run_cli("-m", "datasets.detreidx", "--root", root)
+    assert_clean_failure(scan, pid_folder, LAYOUT)
+    train = run_cli("train.py", "--config_file", DEMO, *fast_opts(root, str(tmp_path / "out")))
+    assert_clean_failure(train, pid_folder, LAYOUT)
+    assert not re.search(r"epoch 1 \[", train.stdout)

@@ -1,0 +1,68 @@
+"""A configured weight file (CLIP, SMPL, SMPL mean parameters, PRSD regressor) that does not exist.
+
+Row: the run fails at start-up, before the dataset is touched or a model is built, and the message
+says which key, what file to get and where to put it.
+"""
+import os
+
+import pytest
+
+import train
+from model.backbone import PretrainedWeightsError
+from tests.faults.helpers import DEMO, assert_clean_failure, fast_opts, run_cli
+
+MISSING = {
+    # key: (file name, extra overrides, words the message must hold: what to get)
+    "MODEL.PRETRAIN_PATH": ("ViT-B-16.pt", ["MODEL.BACKBONE", "ViT-B-16"], ["ViT-B-16.pt", "openaipublic"]),
+    "MODEL.PRSD.SMPL_MODEL_PATH": ("SMPL_NEUTRAL.npz", [], ["SMPL", "tools.convert_smpl"]),
+    "MODEL.PRSD.SMPL_MEAN_PARAMS": ("smpl_mean_params.npz", [], ["smpl_mean_params.npz", "SPIN"]),
+    "MODEL.PRSD.PRETRAINED": ("spin_model_checkpoint.pt", [], ["SPIN"]),
+}
+
+
+@pytest.mark.parametrize("key", sorted(MISSING))
+def test_missing_weight_file_fails_before_data_and_model(key, tmp_path, monkeypatch):
+    import processor.trainer as trainer_module
+
+    name, extra, what = MISSING[key]
+    value = str(tmp_path / "pretrained" / name)
+    touched = []
+    monkeypatch.setattr(trainer_module, "build_dataset", lambda cfg: touched.append("dataset"))
+    monkeypatch.setattr(trainer_module, "build_model", lambda *a, **k: touched.append("model"))
+    data_root = str(tmp_path / "not_generated_yet")
+    with pytest.raises(PretrainedWeightsError) as caught:
+        train.main(["--config_file", DEMO, *fast_opts(data_root, str(tmp_path / "out")), key, value, *extra])
+    assert touched == []
+    message = str(caught.value)
+    assert key in message and f" at {value}" in message and "put " in message  # which key, where to put it
+    for word in what:
+        assert word in message
+
+
+@pytest.mark.parametrize("key", ["MODEL.PRSD.SMPL_MODEL_PATH", "MODEL.PRETRAIN_PATH"])
+def test_train_cli_missing_weights_exits_at_start_up(key, tmp_path):
+    name, extra, what = MISSING[key]
+    value = str(tmp_path / "pretrained" / name)
+    data_root = str(tmp_path / "not_generated_yet")  # the demo config would generate it if it were reached
+    proc = run_cli("train.py", "--config_file", DEMO, *fast_opts(data_root, str(tmp_path / "out")), key, value, *extra)
+    assert_clean_failure(proc, key, value, *what)
+    assert not os.path.exists(data_root)
+    assert "DetReIDX at" not in proc.stdout and "SASModel:" not in proc.stdout
+
+
+def test_evaluate_with_a_missing_smpl_file_exits_before_building(tmp_path, monkeypatch):
+    import evaluate_all_cases
+    import model.build
+    from configs import load_config
+    from utils.checkpoint import save_checkpoint
+
+    value = str(tmp_path / "pretrained" / "SMPL_NEUTRAL.npz")  # named by the stored config, gone on this machine
+    data_root = str(tmp_path / "not_generated_yet")
+    cfg = load_config(DEMO, fast_opts(data_root, str(tmp_path / "out")) + ["MODEL.PRSD.SMPL_MODEL_PATH", value])
+    path = str(tmp_path / "checkpoint_last.pth")
+    save_checkpoint({"config": cfg.dump(), "model": {}, "meta": {"num_classes": 4, "num_cameras": 3}}, path)
+    monkeypatch.setattr(model.build, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(SystemExit) as caught:
+        evaluate_all_cases.main(["--model_path", path])
+    assert "MODEL.PRSD.SMPL_MODEL_PATH" in str(caught.value.code) and f" at {value}" in str(caught.value.code)
+    assert not os.path.exists(data_root)
