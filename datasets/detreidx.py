@@ -36,15 +36,12 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from datasets.registry import register_dataset
+from utils.protocol import (  # noqa: F401  (re-exported: the protocol lives in utils.protocol)
+    CASE_FOLDERS, CASE_NAMES, CASE_VIEWS, EXPECTED_LAYOUT, FRAME_EXTENSIONS, TRAIN_FOLDER, natural_sort_key,
+)
 
 logger = logging.getLogger(__name__)
 
-CASE_FOLDERS = {1: "case1_aerial_to_ground", 2: "case2_ground_to_aerial", 3: "case3_aerial_to_aerial"}
-CASE_NAMES = {1: "Case 1: Aerial to Ground", 2: "Case 2: Ground to Aerial", 3: "Case 3: Aerial to Aerial"}
-# (query view, gallery view) of each case.
-CASE_VIEWS = {1: ("aerial", "ground"), 2: ("ground", "aerial"), 3: ("aerial", "aerial")}
-TRAIN_FOLDER = "train"
-FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 # The 18 drone capture points of DetReIDX: (height m, horizontal distance m, pitch degrees).
 CAPTURE_POINTS: tuple[tuple[float, float, float], ...] = (
@@ -53,18 +50,10 @@ CAPTURE_POINTS: tuple[tuple[float, float, float], ...] = (
     (10, 0, 90), (20, 0, 90), (30, 0, 90), (40, 0, 90), (80, 0, 90), (120, 0, 90),
 )
 
-# Appended to every layout error: the structure the scanner expects, so the fix is evident.
-EXPECTED_LAYOUT = (
-    "Expected layout: ROOT/train/<PID>/<tracklet>/<frame>.jpg and "
-    f"ROOT/{{{','.join(CASE_FOLDERS.values())}}}/{{query,gallery}}/<PID>/<tracklet>/<frame>.jpg, "
-    "with integer PID folders (e.g. 0004)."
-)
-
 OUTDOOR_MIN_FIELDS = 9  # PID, date (3), time (2), height, distance, angle
 OUTDOOR_SESSION_FIELD = 22
 GROUND_MIN_FIELDS = 8
 _SESSION_RE = re.compile(r"^[Ss](\d+)$")
-_NATURAL_SPLIT_RE = re.compile(r"(\d+)")
 
 
 class DatasetLayoutError(ValueError):
@@ -143,11 +132,6 @@ def parse_frame_name(name: str, unknown_as_ground: bool = False) -> FrameNameInf
         f"ground: PID_Gender_Age_Height_Weight_Ethnicity_Angle_View_...). Rename the file, remove it, or set "
         f"DATASETS.UNKNOWN_NAMES_AS_GROUND True to treat such frames as ground frames."
     )
-
-
-def natural_sort_key(name: str) -> tuple:
-    """Sort key that orders ``frame_2`` before ``frame_10`` (equal to plain sorting for zero-padded numbers)."""
-    return tuple(int(part) if part.isdigit() else part for part in _NATURAL_SPLIT_RE.split(name))
 
 
 # ----------------------------------------------------------------------------- records

@@ -35,13 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.protocol import AP_MODES, JUNK_RULES
+
 logger = logging.getLogger(__name__)
 
-JUNK_RULES = ("camera", "tracklet")
 # Gallery entries per distance bin on average in the fast position search (fewer bins = smaller
 # histograms, more entries to sort exactly; 4 measured fastest on CPU).
 _ENTRIES_PER_BIN = 4
-AP_MODES = ("standard", "trapezoid")
+
 DISTANCE_METRICS = ("cosine", "euclidean")
 
 

@@ -34,14 +34,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from datasets.detreidx import CASE_FOLDERS, CASE_NAMES, EXPECTED_LAYOUT, natural_sort_key
+from utils.protocol import CASE_BY_NAME, CASE_FOLDERS, CASE_NAMES, EXPECTED_LAYOUT, natural_sort_key
 from utils.fileio import make_temp_file
 
 logger = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("row_id", "case", "query_tracklet", "ranked_gallery_tracklets")
 SCORE_RANKS = (1, 5, 10, 20)
-CASE_BY_NAME = {name: case for case, name in CASE_NAMES.items()}
 _MAX_PROBLEMS_PER_KIND = 20   # keep a broken file's report readable
 
 
