@@ -1,4 +1,5 @@
-"""DetReIDX(V1) layout: frame-name parser, tracklet records, scanner, splits and a statistics table.
+"""DetReIDX(V1) layout: frame-name parser, compact tracklet records, scanner (with a scan cache), splits
+and a statistics table.
 
 Layout on disk::
 
@@ -7,37 +8,53 @@ Layout on disk::
     ROOT/case2_ground_to_aerial/{query,gallery}/<PID>/<tracklet>/*.jpg
     ROOT/case3_aerial_to_aerial/{query,gallery}/<PID>/<tracklet>/*.jpg
 
-Frame names follow one of two schemes (fields split on ``_``):
+Frame names (fields split on ``_``):
 
 * outdoor / aerial (soft-biometric scheme)::
 
     PID_DD_MM_YYYY_HH_MM_Height_Distance_Angle_Location_HairColor_HairStyle_Beard_Moustache_
     Glasses_HeadAccessories_UpperBodyCloths_LowerBodyCloths_Feet_Accessories_Action_DroneScene_
-    SessionID[_more tokens such as a frame number]
+    Session[_Frame]
 
-  height / distance / angle are fields 6 / 7 / 8, the session a token like ``S1``.
-* ground / indoor::
+  height / distance / angle are fields 6 / 7 / 8 (metres, metres, pitch degrees 0-90). The session
+  is ``S1``, ``s1`` or ``1``, read (as the authors' loader does) from the token just before the
+  frame number, or else from field 22.
+* ground: any other name whose first token is an integer (PID), e.g. the authors' short form
+  ``PID_..._Frame`` with fewer than 8 tokens, or ``PID_Gender_Age_Height_Weight_Ethnicity_Angle_View_Frame``.
 
-    PID_Gender_Age_Height_Weight_Ethnicity_Angle_View[_more tokens]
+A name that starts like the outdoor scheme (integer PID, then a date and a time) is checked, not
+guessed: an impossible date or time, or a height / distance / angle that is not a plain
+non-negative decimal (NaN, inf, negative, pitch over 90), is an error naming the file and the field.
+Only ASCII digits count as digits anywhere a number is read.
 
-Run ``python -m datasets.detreidx --root DIR`` to print the statistics table of a root.
+The view of a tracklet is fixed by its case folder (each case's query and gallery hold one view);
+in ``train/`` it comes from the name. Ground is camera 0 and aerial session ``n`` camera ``n`` (in
+sorted order); the camera count comes from the data.
+
+Run ``python -m datasets.detreidx --root DIR`` to print the statistics table of a root, including
+what the scanner understood of the names.
 """
 from __future__ import annotations
 
 import argparse
+import calendar
+import hashlib
+import json
 import logging
 import math
 import os
 import re
+import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from datasets.registry import register_dataset
 from utils.protocol import (  # noqa: F401  (re-exported: the protocol lives in utils.protocol)
-    CASE_FOLDERS, CASE_NAMES, CASE_VIEWS, EXPECTED_LAYOUT, FRAME_EXTENSIONS, TRAIN_FOLDER, natural_sort_key,
+    CASE_FOLDERS, CASE_NAMES, CASE_PARTS, CASE_VIEWS, EXPECTED_LAYOUT, FRAME_EXTENSIONS, JUNK_RULES,
+    TRAIN_FOLDER, csv_unsafe_reason, is_ascii_int, natural_sort_key, split_tracklet_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,14 +67,31 @@ CAPTURE_POINTS: tuple[tuple[float, float, float], ...] = (
     (10, 0, 90), (20, 0, 90), (30, 0, 90), (40, 0, 90), (80, 0, 90), (120, 0, 90),
 )
 
-OUTDOOR_MIN_FIELDS = 9  # PID, date (3), time (2), height, distance, angle
+OUTDOOR_MIN_FIELDS = 9       # PID, date (3), time (2), height, distance, angle
 OUTDOOR_SESSION_FIELD = 22
-GROUND_MIN_FIELDS = 8
-_SESSION_RE = re.compile(r"^[Ss](\d+)$")
+# The authors' loader: a frame name of fewer than 8 tokens is a ground frame.
+AUTHORS_GROUND_MAX_TOKENS = 7
+OUTDOOR_FIELDS = ("PID", "day", "month", "year", "hour", "minute", "height", "distance", "angle")
+MAX_PITCH_DEG = 90.0
+_SESSION_RE = re.compile(r"[Ss]?([0-9]+)")
+_DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_DATE_SHAPES = (re.compile(r"[0-9]{1,2}"), re.compile(r"[0-9]{1,2}"), re.compile(r"[0-9]{4}"),
+                re.compile(r"[0-9]{1,2}"), re.compile(r"[0-9]{1,2}"))
+SCAN_CACHE_VERSION = 1
+# The scan cache is written only when every folder is older than this: folder mtimes have a coarse
+# clock (a few ms), so a folder changed again within the same tick would look unchanged (racy-git).
+SCAN_CACHE_SETTLE_S = 2.0
 
 
 class DatasetLayoutError(ValueError):
     """The dataset folder does not follow the DetReIDX layout; the message names the path and the fix."""
+
+
+def non_ascii_digit(text: str) -> str | None:
+    """The first character of ``text`` that Python reads as a digit but is not ASCII (``'²'``), or None."""
+    if text.isascii():
+        return None
+    return next((c for c in text if c.isnumeric() and not c.isascii()), None)
 
 
 # ----------------------------------------------------------------------------- frame names
@@ -66,12 +100,13 @@ class FrameNameInfo:
     """What a frame file name says about its tracklet."""
 
     scheme: str                 # "outdoor" | "ground" | "unknown"
-    view: str                   # "aerial" | "ground"
+    view: str                   # "aerial" | "ground" (what the name says; a case folder may override it)
     pid_token: str | None       # field 0 as written (may differ from the PID folder in anonymised sets)
-    session: str | None         # "S1", "S2", ... (outdoor scheme) or None
+    session: str | None         # "S1", "S2", ... (outdoor scheme, when readable) or None
     height: float | None        # drone altitude in metres (outdoor scheme)
     distance: float | None      # horizontal distance in metres (outdoor scheme)
-    angle: float | None         # pitch in degrees (outdoor scheme)
+    angle: float | None         # pitch in degrees, 0-90 (outdoor scheme)
+    num_tokens: int = 0         # ``_``-separated tokens of the stem (the name's shape)
 
     @property
     def aerial_distance(self) -> float | None:
@@ -80,32 +115,64 @@ class FrameNameInfo:
         return math.hypot(self.height, self.distance)
 
 
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
+def _starts_like_outdoor(tokens: Sequence[str]) -> bool:
+    """PID, then something shaped like DD_MM_YYYY_HH_MM (at least 3 of its 5 tokens), and enough tokens
+    that the authors' loader would call it aerial. The ground scheme's letter gender token at field 1
+    never starts a date."""
+    if len(tokens) <= AUTHORS_GROUND_MAX_TOKENS or not is_ascii_int(tokens[0]) or tokens[1].isalpha():
         return False
-    return math.isfinite(float(token))
+    return sum(shape.fullmatch(t) is not None for shape, t in zip(_DATE_SHAPES, tokens[1:6])) >= 3
 
 
-def _looks_like_outdoor(tokens: Sequence[str]) -> bool:
-    if len(tokens) < OUTDOOR_MIN_FIELDS or not all(t.isdigit() for t in tokens[:6]):
-        return False
+def _field_error(path: str, index: int, token: str, why: str) -> ValueError:
+    return ValueError(
+        f"Frame name {path!r}: field {index} ({OUTDOOR_FIELDS[index]}) {token!r} {why}. The name starts like the "
+        f"outdoor scheme PID_DD_MM_YYYY_HH_MM_Height_Distance_Angle_..._Session_Frame; fix or remove the file."
+    )
+
+
+def _read_outdoor(path: str, tokens: Sequence[str]) -> tuple[float, float, float]:
+    """Check the date, time, height, distance and angle of an outdoor-scheme name; (h, d, angle)."""
+    for index in range(1, 6):
+        if _DATE_SHAPES[index - 1].fullmatch(tokens[index]) is None:
+            raise _field_error(path, index, tokens[index], "is not a number of the expected digits (ASCII only)")
     day, month, year, hour, minute = (int(t) for t in tokens[1:6])
-    date_ok = 1 <= day <= 31 and 1 <= month <= 12 and len(tokens[3]) == 4 and hour <= 23 and minute <= 59
-    return date_ok and all(_is_number(t) for t in tokens[6:9])
+    if year < 1:
+        raise _field_error(path, 3, tokens[3], "is not a year")
+    if not 1 <= month <= 12:
+        raise _field_error(path, 2, tokens[2], "is not a month (1-12)")
+    if not 1 <= day <= calendar.monthrange(year, month)[1]:
+        raise _field_error(path, 1, tokens[1], f"is not a day of {month:02d}/{year:04d} (impossible date)")
+    if hour > 23:
+        raise _field_error(path, 4, tokens[4], "is not an hour (0-23)")
+    if minute > 59:
+        raise _field_error(path, 5, tokens[5], "is not a minute (0-59)")
+    if len(tokens) < OUTDOOR_MIN_FIELDS:
+        missing = OUTDOOR_FIELDS[len(tokens)]
+        raise ValueError(f"Frame name {path!r}: field {len(tokens)} ({missing}) is missing; the name starts like the "
+                         f"outdoor scheme PID_DD_MM_YYYY_HH_MM_Height_Distance_Angle_..., fix or remove the file.")
+    values = []
+    for index in (6, 7, 8):
+        token = tokens[index]
+        if _DECIMAL_RE.fullmatch(token) is None:
+            raise _field_error(path, index, token, "is not a non-negative decimal number such as 5.8 "
+                               "(NaN, inf, signs, exponents and non-ASCII digits are refused)")
+        values.append(float(token))
+    if values[2] > MAX_PITCH_DEG:
+        raise _field_error(path, 8, tokens[8], "is not a pitch between 0 and 90 degrees")
+    return values[0], values[1], values[2]
 
 
-def _find_session(tokens: Sequence[str]) -> str | None:
-    # The scheme puts the session at field 22; be lenient about extra or missing soft-biometric
-    # fields and take the first S<n> token after the location field otherwise.
+def _read_session(tokens: Sequence[str]) -> str | None:
+    """``S1``/``s1``/``1`` -> "S1": the token before the frame number (the authors' rule), else field 22."""
     candidates = []
+    if len(tokens) > OUTDOOR_MIN_FIELDS + 1 and is_ascii_int(tokens[-1]):
+        candidates.append(tokens[-2])
     if len(tokens) > OUTDOOR_SESSION_FIELD:
         candidates.append(tokens[OUTDOOR_SESSION_FIELD])
-    candidates.extend(tokens[10:])
     for token in candidates:
-        match = _SESSION_RE.match(token)
-        if match:
+        match = _SESSION_RE.fullmatch(token)
+        if match and int(match.group(1)) >= 1:
             return f"S{int(match.group(1))}"
     return None
 
@@ -113,33 +180,204 @@ def _find_session(tokens: Sequence[str]) -> str | None:
 def parse_frame_name(name: str, unknown_as_ground: bool = False) -> FrameNameInfo:
     """Parse a frame file name (with or without folder and extension).
 
-    Raises ``ValueError`` naming the file when it fits neither scheme, unless ``unknown_as_ground``
-    (config ``DATASETS.UNKNOWN_NAMES_AS_GROUND``), in which case it is a ground frame.
+    Outdoor-scheme names are checked field by field; any other name whose first token is an ASCII
+    integer is a ground frame. Raises ``ValueError`` naming the file (and the field) when the name
+    cannot be read; a name that fits no scheme is a ground frame of scheme "unknown" instead when
+    ``unknown_as_ground`` (config ``DATASETS.UNKNOWN_NAMES_AS_GROUND``).
     """
     stem = os.path.splitext(os.path.basename(name))[0]
+    bad_digit = non_ascii_digit(stem)
+    if bad_digit is not None:
+        raise ValueError(f"Frame name {name!r} contains the non-ASCII digit {bad_digit!r}; numbers in names must use "
+                         f"ASCII digits 0-9. Rename the file.")
     tokens = stem.split("_")
-    if _looks_like_outdoor(tokens):
-        return FrameNameInfo(
-            scheme="outdoor", view="aerial", pid_token=tokens[0], session=_find_session(tokens),
-            height=float(tokens[6]), distance=float(tokens[7]), angle=float(tokens[8]),
-        )
-    if len(tokens) >= GROUND_MIN_FIELDS and tokens[0].isdigit():
-        return FrameNameInfo("ground", "ground", tokens[0], None, None, None, None)
+    if _starts_like_outdoor(tokens):
+        height, distance, angle = _read_outdoor(name, tokens)
+        return FrameNameInfo("outdoor", "aerial", tokens[0], _read_session(tokens), height, distance, angle, len(tokens))
+    if is_ascii_int(tokens[0]) and len(tokens) >= 2:
+        return FrameNameInfo("ground", "ground", tokens[0], None, None, None, None, len(tokens))
     if unknown_as_ground:
-        return FrameNameInfo("unknown", "ground", None, None, None, None, None)
+        return FrameNameInfo("unknown", "ground", None, None, None, None, None, len(tokens))
     raise ValueError(
-        f"Frame name {name!r} fits no DetReIDX scheme (outdoor: PID_DD_MM_YYYY_HH_MM_Height_Distance_Angle_..._S<n>_..., "
-        f"ground: PID_Gender_Age_Height_Weight_Ethnicity_Angle_View_...). Rename the file, remove it, or set "
+        f"Frame name {name!r} fits no DetReIDX scheme (outdoor: PID_DD_MM_YYYY_HH_MM_Height_Distance_Angle_..._Session_Frame; "
+        f"ground: PID_..._Frame, first token an integer PID). Rename the file, remove it, or set "
         f"DATASETS.UNKNOWN_NAMES_AS_GROUND True to treat such frames as ground frames."
     )
+
+
+# ----------------------------------------------------------------------------- compact frame lists
+_LAST_NUMBER_RE = re.compile(r"(.*[^0-9])?([0-9]+)([^0-9]*)", re.S)
+_MAX_NUMBER_DIGITS = 18            # fits int64
+
+
+class FrameNames(Sequence):
+    """The frame file names of one tracklet, in order, stored compactly.
+
+    DetReIDX tracklets hold ~1,000 frames whose names differ only in a frame number, so a tracklet
+    keeps one template ``prefix + number + suffix`` (``width`` > 0: zero-padded to that width) and
+    its numbers (a ``range`` when evenly spaced, else an int array). Names that fit no template are
+    kept as one ``/``-joined string (``/`` cannot occur in a file name). Names are built when read.
+    """
+
+    __slots__ = ("prefix", "suffix", "width", "numbers", "_joined", "_starts")
+
+    def __init__(self, prefix: str = "", suffix: str = "", width: int = 0, numbers: range | np.ndarray = range(0),
+                 joined: str | None = None):
+        self.prefix, self.suffix, self.width, self.numbers = prefix, suffix, width, numbers
+        self._joined = joined
+        self._starts = None
+        if joined is not None:
+            lengths = np.fromiter((len(n) + 1 for n in joined.split("/")), dtype=np.int64)
+            self._starts = np.concatenate([[0], np.cumsum(lengths)])
+
+    @classmethod
+    def from_names(cls, names: Sequence[str], sort: bool = True) -> "FrameNames":
+        """Compact ``names``; ``sort``: in natural order (frame_2 before frame_10), else as given."""
+        names = list(names)
+        template = cls._template(names, sort)
+        if template is not None:
+            return template
+        if sort:
+            names.sort(key=natural_sort_key)
+        return cls(joined="/".join(names))
+
+    @classmethod
+    def _template(cls, names: list[str], sort: bool) -> "FrameNames | None":
+        if not names:
+            return cls()
+        match = _LAST_NUMBER_RE.fullmatch(names[0])
+        if match is None:
+            return None
+        prefix, suffix = match.group(1) or "", match.group(3)
+        start, cut = len(prefix), len(suffix)
+        if not all(n.startswith(prefix) and n.endswith(suffix) and len(n) > start + cut for n in names):
+            return None
+        digits = [n[start:len(n) - cut] for n in names]
+        joined = "".join(digits)
+        if not (joined.isascii() and joined.isdigit()):
+            return None
+        lengths = {len(d) for d in digits}
+        if max(lengths) > _MAX_NUMBER_DIGITS:
+            return None
+        if len(lengths) == 1:
+            width = lengths.pop()
+        elif any(len(d) > 1 and d[0] == "0" for d in digits):
+            return None          # mixed widths with leading zeros: no single template rebuilds them
+        else:
+            width = 0
+        numbers = np.array(digits).astype(np.int64)
+        if sort:
+            numbers = np.sort(numbers)
+        if len(numbers) == 1:
+            return cls(prefix, suffix, width, range(int(numbers[0]), int(numbers[0]) + 1))
+        steps = np.diff(numbers)
+        if steps[0] > 0 and bool((steps == steps[0]).all()):
+            return cls(prefix, suffix, width, range(int(numbers[0]), int(numbers[-1]) + 1, int(steps[0])))
+        if numbers.min() >= 0 and numbers.max() < 2**31:
+            numbers = numbers.astype(np.int32)
+        return cls(prefix, suffix, width, numbers)
+
+    def _name(self, number: int) -> str:
+        return f"{self.prefix}{number:0{self.width}d}{self.suffix}" if self.width else f"{self.prefix}{number}{self.suffix}"
+
+    def __len__(self) -> int:
+        if self._joined is not None:
+            return len(self._starts) - 1
+        return len(self.numbers)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"frame index {index} out of range for a tracklet of {len(self)} frames")
+        if self._joined is not None:
+            return self._joined[int(self._starts[index]):int(self._starts[index + 1]) - 1]
+        return self._name(int(self.numbers[index]))
+
+    def __iter__(self) -> Iterator[str]:
+        if self._joined is not None:
+            if self._joined or len(self):
+                yield from self._joined.split("/")
+            return
+        for number in self.numbers:
+            yield self._name(int(number))
+
+    def _state(self) -> tuple:
+        if self._joined is not None:
+            return ("joined", self._joined)
+        numbers = self.numbers
+        key = (numbers.start, numbers.stop, numbers.step) if isinstance(numbers, range) else np.asarray(numbers, np.int64).tobytes()
+        return (self.prefix, self.suffix, self.width, key)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, FrameNames):
+            # The same names always get the same representation, so comparing states is enough.
+            return self._state() == other._state()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._state())
+
+    def __repr__(self) -> str:
+        return f"FrameNames({len(self)} names, first {self[0]!r})" if len(self) else "FrameNames(empty)"
+
+
+class FramePaths(Sequence):
+    """Frame file paths of one tracklet: its folder plus its :class:`FrameNames`; paths are built when read."""
+
+    __slots__ = ("folder", "names")
+
+    def __init__(self, folder: str, names: FrameNames):
+        self.folder, self.names = folder, names
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[str]) -> "FramePaths":
+        """From full paths in the given order; they must share one folder."""
+        paths = list(paths)
+        folders = {os.path.dirname(p) for p in paths}
+        if len(folders) > 1:
+            raise ValueError(f"Frames of one tracklet must share one folder, got {sorted(folders)[:3]}")
+        return cls(folders.pop() if folders else "", FrameNames.from_names([os.path.basename(p) for p in paths], sort=False))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [os.path.join(self.folder, n) for n in self.names[index]]
+        return os.path.join(self.folder, self.names[index])
+
+    def __iter__(self) -> Iterator[str]:
+        folder = self.folder
+        return (os.path.join(folder, n) for n in self.names)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, FramePaths):
+            return self.folder == other.folder and self.names == other.names
+        if isinstance(other, (tuple, list)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.folder, self.names))
+
+    def __repr__(self) -> str:
+        return f"FramePaths({self.folder!r}, {self.names!r})"
 
 
 # ----------------------------------------------------------------------------- records
 @dataclass(frozen=True)
 class Tracklet:
-    """One tracklet (a folder of frames of one person seen by one camera)."""
+    """One tracklet (a folder of frames of one person seen by one camera).
 
-    frames: tuple[str, ...]          # frame file paths in temporal order (natural sort of the names)
+    ``frames`` is a sequence of frame paths (``frames[i]``, ``len(frames)``, iteration) stored as the
+    folder plus compact names (:class:`FramePaths`); a tuple of paths given here is compacted.
+    """
+
+    frames: FramePaths               # frame file paths in temporal order (natural sort of the names)
     pid: int                         # PID folder as an int (anonymised id in the public test set)
     camid: int                       # 0 ground, 1.. aerial sessions in sorted order (S1 -> 1, S2 -> 2)
     view: str                        # "aerial" | "ground"
@@ -151,9 +389,20 @@ class Tracklet:
     aerial_distance: float | None    # sqrt(h^2 + d^2)
     label: int = -1                  # relabelled train pid 0..C-1 (train only), -1 elsewhere
 
+    def __post_init__(self):
+        if not isinstance(self.frames, FramePaths):
+            object.__setattr__(self, "frames", FramePaths.from_paths(self.frames))
+
     @property
     def folder(self) -> str:
-        return os.path.dirname(self.frames[0])
+        return self.frames.folder
+
+    @property
+    def frame_names(self) -> FrameNames:
+        return self.frames.names
+
+    def frame_path(self, index: int) -> str:
+        return self.frames[index]
 
     @property
     def view_id(self) -> int:
@@ -196,20 +445,46 @@ def _make_case(case: int, query: list[Tracklet], gallery: list[Tracklet]) -> Cas
 
 
 # ----------------------------------------------------------------------------- scanning
+@dataclass(frozen=True)
+class _Part:
+    """One scanned folder of PID folders: ``train`` or one case's query/gallery."""
+
+    label: str                      # "train" or "<case folder>/<query|gallery>"
+    path: str
+    fixed_view: str | None          # the view its case folder fixes; None in train/
+    case: int | None = None
+    role: str | None = None         # "query" | "gallery"
+
+
+@dataclass(frozen=True)
+class _TrackletDir:
+    path: str
+    pid: int
+    name: str
+    part: int                       # index into the scan's parts
+    mtime_ns: int
+
+
 @dataclass
 class _RawTracklet:
     """A scanned tracklet before camera ids are known."""
 
-    frames: tuple[str, ...]
+    frames: FramePaths
     pid: int
     name: str
+    part: int
     info: FrameNameInfo
+    view: str                       # the case folder's view where it fixes one, else the name's
+
+    @property
+    def session(self) -> str | None:
+        return self.info.session if self.view == "aerial" else None
 
     @property
     def camera_key(self) -> str:
-        if self.info.view == "ground":
+        if self.view == "ground":
             return "ground"
-        return f"aerial-{self.info.session or 'unknown'}"
+        return f"aerial-{self.session or 'unknown'}"
 
 
 def _list_subfolders(path: str) -> list[os.DirEntry]:
@@ -217,54 +492,106 @@ def _list_subfolders(path: str) -> list[os.DirEntry]:
         return sorted((e for e in entries if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _scan_tracklet(folder: str, pid: int, unknown_as_ground: bool) -> _RawTracklet:
+def _list_frame_names(folder: str) -> list[str]:
+    """The frame file names in ``folder`` (unsorted). One place, so a benchmark can stand in memory for disk."""
     with os.scandir(folder) as entries:
-        names = [e.name for e in entries if e.is_file() and e.name.lower().endswith(FRAME_EXTENSIONS)]
+        return [e.name for e in entries if e.name.lower().endswith(FRAME_EXTENSIONS) and e.is_file()]
+
+
+def _pid_from_folder(entry: os.DirEntry, parent: str) -> int:
+    if not is_ascii_int(entry.name):
+        bad_digit = non_ascii_digit(entry.name)
+        why = (f"contains the non-ASCII digit {bad_digit!r} (only ASCII digits 0-9 count)" if bad_digit is not None
+               else "is not an integer")
+        raise DatasetLayoutError(
+            f"PID folder {entry.path!r} {why}. DetReIDX PID folders are integers such as 0004; "
+            f"rename the folder or move it out of {parent!r}. {EXPECTED_LAYOUT}"
+        )
+    return int(entry.name)
+
+
+def _unusable_tracklet_name(name: str, junk_rule: str) -> str | None:
+    """Why a tracklet folder name cannot serve as a submission row, or None."""
+    bad_digit = non_ascii_digit(name)
+    if bad_digit is not None:
+        return f"contains the non-ASCII digit {bad_digit!r}"
+    reason = csv_unsafe_reason(name)
+    if reason is not None:
+        return reason
+    if junk_rule == "tracklet":
+        try:
+            split_tracklet_name(name)
+        except ValueError:
+            return "is not {pid}_{tid} with integer pid and tid (needed by TEST.JUNK_RULE tracklet)"
+    return None
+
+
+def _walk_folders(parts: Sequence[_Part], junk_rule: str) -> list[_TrackletDir]:
+    """PID and tracklet folders of every part (no frame listing); checks PID folders and tracklet names.
+
+    Tracklet names that cannot go into the submission CSV stop the scan with one message for all of them.
+    """
+    found: list[_TrackletDir] = []
+    unusable: list[tuple[str, str]] = []
+    for index, part in enumerate(parts):
+        for pid_entry in _list_subfolders(part.path):
+            pid = _pid_from_folder(pid_entry, part.path)
+            for entry in _list_subfolders(pid_entry.path):
+                reason = _unusable_tracklet_name(entry.name, junk_rule)
+                if reason is not None:
+                    unusable.append((entry.path, reason))
+                found.append(_TrackletDir(entry.path, pid, entry.name, index, entry.stat().st_mtime_ns))
+    if unusable:
+        listed = "; ".join(f"{path!r} {reason}" for path, reason in unusable[:10])
+        raise DatasetLayoutError(
+            f"{len(unusable)} tracklet folder name(s) cannot go into the submission CSV (rows are named after "
+            f"tracklet folders; no whitespace, comma or quote; {{pid}}_{{tid}} with integer ids under TEST.JUNK_RULE "
+            f"tracklet). First {min(10, len(unusable))}: {listed}. Rename them before training."
+        )
+    return found
+
+
+def _scan_tracklet(folder: str, unknown_as_ground: bool) -> tuple[FramePaths, FrameNameInfo]:
+    """List, compact and read one tracklet folder: one name parsed, plus the last one as a consistency check."""
+    names = _list_frame_names(folder)
     if not names:
         raise DatasetLayoutError(
-            f"Tracklet folder {folder} holds no frames ({'/'.join(FRAME_EXTENSIONS)} files). "
+            f"Tracklet folder {folder!r} holds no frames ({'/'.join(FRAME_EXTENSIONS)} files). "
             f"Remove the empty folder or copy its frames back."
         )
-    names.sort(key=natural_sort_key)
-    infos = []
-    parsed_prefixes: dict[str, FrameNameInfo] = {}
-    for frame_name in names:
-        # Frames of one tracklet usually differ only in a trailing frame number: parse each distinct
-        # prefix once, which keeps scanning ~12M real frame names fast. A trailing number after the
-        # ninth field never changes the parse (it cannot be height/distance/angle or a session).
-        prefix, _, last = os.path.splitext(frame_name)[0].rpartition("_")
-        cacheable = last.isdigit() and prefix.count("_") >= 8
-        info = parsed_prefixes.get(prefix) if cacheable else None
-        if info is None:
-            try:
-                info = parse_frame_name(frame_name, unknown_as_ground)
-            except ValueError as exc:
-                raise DatasetLayoutError(f"In {folder}: {exc}") from None
-            if cacheable:
-                parsed_prefixes[prefix] = info
-        infos.append(info)
-    # Metadata comes from the first frame; a tracklet mixing views is a data error worth stopping for.
-    views = {info.view for info in infos}
+    frame_names = FrameNames.from_names(names)
+    try:
+        if frame_names._joined is None:
+            # One template: every name shares the prefix and suffix, only the frame number varies.
+            info = parse_frame_name(os.path.join(folder, frame_names[0]), unknown_as_ground)
+            last = parse_frame_name(os.path.join(folder, frame_names[-1]), unknown_as_ground)
+            if replace(last, num_tokens=info.num_tokens) != info:
+                raise DatasetLayoutError(
+                    f"Tracklet folder {folder!r}: its first and last frame names say different things "
+                    f"({frame_names[0]!r}: {info}; {frame_names[-1]!r}: {last}). Split it into one tracklet per camera."
+                )
+        else:
+            info = _read_mixed_names(folder, frame_names, unknown_as_ground)
+    except DatasetLayoutError:
+        raise
+    except ValueError as exc:
+        raise DatasetLayoutError(str(exc)) from None
+    return FramePaths(folder, frame_names), info
+
+
+def _read_mixed_names(folder: str, frame_names: FrameNames, unknown_as_ground: bool) -> FrameNameInfo:
+    """Names that fit no single template: read each distinct prefix (all but the last token) once."""
+    infos: dict[str, FrameNameInfo] = {}
+    for name in frame_names:
+        prefix = os.path.splitext(name)[0].rpartition("_")[0] or name
+        if prefix not in infos:
+            infos[prefix] = parse_frame_name(os.path.join(folder, name), unknown_as_ground)
+    views = {info.view for info in infos.values()}
     if len(views) > 1:
         raise DatasetLayoutError(
-            f"Tracklet folder {folder} mixes aerial and ground frame names. Split it into one tracklet per camera."
+            f"Tracklet folder {folder!r} mixes aerial and ground frame names. Split it into one tracklet per camera."
         )
-    return _RawTracklet(tuple(os.path.join(folder, n) for n in names), pid, os.path.basename(folder), infos[0])
-
-
-def _scan_pid_tree(path: str, unknown_as_ground: bool, split_label: str) -> list[_RawTracklet]:
-    """Scan ``path/<PID>/<tracklet>/frames`` and check that tracklet names are unique across PIDs."""
-    tracklets: list[_RawTracklet] = []
-    for pid_entry in _list_subfolders(path):
-        if not pid_entry.name.isdigit():
-            raise DatasetLayoutError(
-                f"PID folder {pid_entry.path} is not an integer. DetReIDX PID folders are integers such as 0004; "
-                f"rename the folder or move it out of {path}. {EXPECTED_LAYOUT}"
-            )
-        pid = int(pid_entry.name)
-        for tracklet_entry in _list_subfolders(pid_entry.path):
-            tracklets.append(_scan_tracklet(tracklet_entry.path, pid, unknown_as_ground))
-    return tracklets
+    return infos[next(iter(infos))]
 
 
 def _check_unique_names(tracklets: Iterable[_RawTracklet], where: str) -> None:
@@ -274,7 +601,7 @@ def _check_unique_names(tracklets: Iterable[_RawTracklet], where: str) -> None:
         if other is not tracklet and other.pid != tracklet.pid:
             raise DatasetLayoutError(
                 f"Tracklet name {tracklet.name!r} occurs under two PIDs in {where}: "
-                f"{os.path.dirname(other.frames[0])} and {os.path.dirname(tracklet.frames[0])}. "
+                f"{other.frames.folder} and {tracklet.frames.folder}. "
                 f"Tracklet names identify rows of the submission; rename one of them."
             )
 
@@ -282,6 +609,125 @@ def _check_unique_names(tracklets: Iterable[_RawTracklet], where: str) -> None:
 def _check_folder(path: str, what: str, fix: str) -> None:
     if not os.path.isdir(path):
         raise DatasetLayoutError(f"Missing {what}: {path}. {fix}")
+
+
+# ----------------------------------------------------------------------------- scan cache
+def default_scan_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/sas_vpreid/scan`` (``~/.cache/...`` without it): where ``DATASETS.SCAN_CACHE_DIR auto`` points."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "sas_vpreid", "scan")
+
+
+def _cache_key(root: str, dirs: Sequence[_TrackletDir], unknown_as_ground: bool) -> str:
+    digest = hashlib.sha256(f"{SCAN_CACHE_VERSION}\0{root}\0{unknown_as_ground}".encode())
+    for d in dirs:
+        digest.update(f"\0{d.part}\0{d.path}\0{d.mtime_ns}".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _cache_path(cache_dir: str, root: str) -> str:
+    return os.path.join(cache_dir, f"scan-{hashlib.sha1(root.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}.npz")
+
+
+def _save_scan_cache(path: str, key: str, root: str, raw: Sequence[_RawTracklet]) -> None:
+    """One ``.npz`` (no pickles): the records as JSON bytes plus all frame numbers in one array."""
+    records, arrays = [], []
+    for t in raw:
+        names = t.frames.names
+        if names._joined is not None:
+            frames = ["joined", names._joined]
+        elif isinstance(names.numbers, range):
+            frames = ["range", names.prefix, names.suffix, names.width, names.numbers.start, names.numbers.stop, names.numbers.step]
+        else:
+            frames = ["array", names.prefix, names.suffix, names.width, len(names.numbers)]
+            arrays.append(np.asarray(names.numbers, np.int64))
+        info = t.info
+        records.append([os.path.relpath(t.frames.folder, root), t.pid, t.name, t.part, t.view, frames,
+                        [info.scheme, info.view, info.pid_token, info.session, info.height, info.distance, info.angle,
+                         info.num_tokens]])
+    meta = json.dumps({"version": SCAN_CACHE_VERSION, "key": key, "root": root, "tracklets": records}).encode("utf-8", "surrogateescape")
+    numbers = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, meta=np.frombuffer(meta, dtype=np.uint8), numbers=numbers)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_scan_cache(path: str, key: str, root: str) -> list[_RawTracklet] | None:
+    """The cached records when the file exists and its key matches, else None (any damage: a rescan)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(data["meta"].tobytes().decode("utf-8", "surrogateescape"))
+            if meta.get("version") != SCAN_CACHE_VERSION or meta.get("key") != key or meta.get("root") != root:
+                return None
+            numbers = data["numbers"]
+        raw, offset = [], 0
+        for rel, pid, name, part, view, frames, info in meta["tracklets"]:
+            kind = frames[0]
+            if kind == "joined":
+                names = FrameNames(joined=frames[1])
+            elif kind == "range":
+                names = FrameNames(frames[1], frames[2], frames[3], range(frames[4], frames[5], frames[6]))
+            else:
+                count = frames[4]
+                chunk = numbers[offset:offset + count]
+                offset += count
+                if len(chunk) and chunk.min() >= 0 and chunk.max() < 2**31:
+                    chunk = chunk.astype(np.int32)
+                names = FrameNames(frames[1], frames[2], frames[3], np.array(chunk))
+            raw.append(_RawTracklet(FramePaths(os.path.join(root, rel), names), pid, name, part, FrameNameInfo(*info), view))
+        return raw
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        logger.warning("Ignoring the unreadable scan cache %s (%s); scanning the folders", path, exc)
+        return None
+
+
+@dataclass
+class ScanSummary:
+    """What the scanner understood of the names (the "understood" lines of the statistics table)."""
+
+    shapes: dict[str, Counter] = field(default_factory=dict)      # part label -> tokens per name -> tracklets
+    no_session: list[str] = field(default_factory=list)          # aerial tracklet folders without a readable session
+    pid_mismatch: list[str] = field(default_factory=list)        # folders whose names' PID token differs from the PID folder
+    view_mismatch: list[str] = field(default_factory=list)       # folders whose names' view differs from their case folder
+    from_cache: bool = False
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = ["what the scanner understood:"]
+        for label, shapes in self.shapes.items():
+            listed = ", ".join(f"{tokens} tokens x {count}" for tokens, count in sorted(shapes.items()))
+            out.append(f"  name shapes in {label}: {listed or 'no tracklets'} (tracklets)")
+        for what, folders in (("aerial tracklets without a readable session (own camera 'aerial-unknown')", self.no_session),
+                              ("tracklets whose names' PID token disagrees with their PID folder", self.pid_mismatch),
+                              ("tracklets whose names' view disagrees with their case folder (folder wins)", self.view_mismatch)):
+            examples = f", e.g. {', '.join(repr(f) for f in folders[:3])}" if folders else ""
+            out.append(f"  {what}: {len(folders)}{examples}")
+        out.append(f"  scan: {'from the scan cache' if self.from_cache else 'folders walked'} in {self.seconds:.2f} s")
+        return out
+
+
+def _summarise(parts: Sequence[_Part], raw: Sequence[_RawTracklet]) -> ScanSummary:
+    summary = ScanSummary(shapes={part.label: Counter() for part in parts})
+    for t in raw:
+        part = parts[t.part]
+        info = t.info
+        summary.shapes[part.label][info.num_tokens] += 1
+        folder = t.frames.folder
+        if t.view == "aerial" and t.session is None:
+            summary.no_session.append(folder)
+        if info.pid_token is not None and (not is_ascii_int(info.pid_token) or int(info.pid_token) != t.pid):
+            summary.pid_mismatch.append(folder)
+        if part.fixed_view is not None and info.scheme != "unknown" and info.view != part.fixed_view:
+            summary.view_mismatch.append(folder)
+    return summary
 
 
 # ----------------------------------------------------------------------------- validation split
@@ -356,23 +802,47 @@ class DetReIDX:
         root: dataset root holding ``train/`` and/or the three ``case*/`` folders.
         val_ids: number of train identities held out as a labelled validation split (``DATASETS.VAL_IDS``).
         unknown_names_as_ground: treat frame names that fit no scheme as ground frames
-            (``DATASETS.UNKNOWN_NAMES_AS_GROUND``) instead of failing.
+            (``DATASETS.UNKNOWN_NAMES_AS_GROUND``; in a case folder they take the folder's view) instead of failing.
         seed: chooses the validation identities and their case-3 query/gallery split.
+        junk_rule: ``TEST.JUNK_RULE``; under "tracklet" every tracklet folder must be named ``{pid}_{tid}``.
+        scan_cache_dir: folder of the scan cache (``DATASETS.SCAN_CACHE_DIR``; "auto": the user cache
+            folder, "" or None: no cache). Keyed on the root and every tracklet folder's mtime.
     """
 
-    def __init__(self, root: str, val_ids: int = 0, unknown_names_as_ground: bool = False, seed: int = 0):
+    def __init__(self, root: str, val_ids: int = 0, unknown_names_as_ground: bool = False, seed: int = 0,
+                 junk_rule: str = "tracklet", scan_cache_dir: str | None = None):
         self.root = os.path.abspath(root)
         self.unknown_names_as_ground = unknown_names_as_ground
+        if junk_rule not in JUNK_RULES:
+            raise ValueError(f"TEST.JUNK_RULE must be one of {JUNK_RULES}, got {junk_rule!r}")
+        self.junk_rule = junk_rule
+        self.scan_cache_dir = default_scan_cache_dir() if scan_cache_dir == "auto" else (scan_cache_dir or None)
         if not os.path.isdir(self.root):
             raise DatasetLayoutError(
                 f"Dataset root {self.root} does not exist. Set DATASETS.ROOT_DIR to the DetReIDXV1 folder "
                 f"(holding train/ and case*/), or generate the synthetic dataset there with "
                 f"`python -m datasets.synthetic --root {root}` (or DATASETS.SYNTHETIC_IF_MISSING True)."
             )
-        raw_train, raw_cases = self._scan()
-        camera_keys = sorted({t.camera_key for t in raw_train} | {t.camera_key for q, g in raw_cases.values() for t in q + g})
-        # Ground is always camera 0; aerial sessions follow in sorted order (S1 -> 1, S2 -> 2).
-        aerial_keys = sorted(k for k in camera_keys if k != "ground")
+        start = time.perf_counter()
+        parts, raw = self._scan()
+        self.scan_summary = _summarise(parts, raw)
+        self.scan_summary.seconds = time.perf_counter() - start
+        self.scan_summary.from_cache = self._from_cache
+        for line in self.scan_summary.lines()[1:-1]:
+            if not line.rstrip().endswith(": 0") and "name shapes" not in line:
+                logger.warning("Scan of %s: %s", self.root, line.strip())
+        raw_train = [t for t in raw if parts[t.part].case is None]
+        raw_cases: dict[int, tuple[list[_RawTracklet], list[_RawTracklet]]] = {}
+        for t in raw:
+            part = parts[t.part]
+            if part.case is not None:
+                raw_cases.setdefault(part.case, ([], []))[CASE_PARTS.index(part.role)].append(t)
+
+        camera_keys = {t.camera_key for t in raw}
+        # Ground is always camera 0; aerial sessions follow in sorted order (S1 -> 1, S2 -> 2), a
+        # camera for aerial tracklets without a readable session last.
+        aerial_keys = sorted((k for k in camera_keys if k != "ground"),
+                             key=lambda k: (k == "aerial-unknown", natural_sort_key(k)))
         self.camera_index: dict[str, int] = {"ground": 0, **{k: i + 1 for i, k in enumerate(aerial_keys)}}
         self.num_cameras = 1 + len(aerial_keys)
 
@@ -404,7 +874,7 @@ class DetReIDX:
         logger.info("DetReIDX at %s\n%s", self.root, self.statistics_table())
 
     # -- scanning
-    def _scan(self) -> tuple[list[_RawTracklet], dict[int, tuple[list[_RawTracklet], list[_RawTracklet]]]]:
+    def _parts(self) -> list[_Part]:
         train_dir = os.path.join(self.root, TRAIN_FOLDER)
         case_dirs = {c: os.path.join(self.root, f) for c, f in CASE_FOLDERS.items()}
         present = {c for c, d in case_dirs.items() if os.path.isdir(d)}
@@ -420,31 +890,57 @@ class DetReIDX:
                 f"Missing case folder(s): {', '.join(missing)} (the root has the other case folders). "
                 f"Copy the complete test set into {self.root}. {EXPECTED_LAYOUT}"
             )
-        raw_train: list[_RawTracklet] = []
+        parts = []
         if os.path.isdir(train_dir):
-            raw_train = _scan_pid_tree(train_dir, self.unknown_names_as_ground, "train")
-            _check_unique_names(raw_train, train_dir)
+            parts.append(_Part(TRAIN_FOLDER, train_dir, None))
         else:
             logger.warning("No %s/ folder in %s: only the test cases are available", TRAIN_FOLDER, self.root)
-        raw_cases = {}
         for case in sorted(present):
-            parts = []
-            for part in ("query", "gallery"):
-                part_dir = os.path.join(case_dirs[case], part)
-                _check_folder(part_dir, f"{part} folder of {CASE_FOLDERS[case]}",
+            for role, view in zip(CASE_PARTS, CASE_VIEWS[case]):
+                part_dir = os.path.join(case_dirs[case], role)
+                _check_folder(part_dir, f"{role} folder of {CASE_FOLDERS[case]}",
                               f"Each case folder holds query/ and gallery/; copy the complete test set into "
                               f"{self.root}. {EXPECTED_LAYOUT}")
-                parts.append(_scan_pid_tree(part_dir, self.unknown_names_as_ground, f"{CASE_FOLDERS[case]}/{part}"))
-            _check_unique_names(parts[0] + parts[1], case_dirs[case])
-            raw_cases[case] = (parts[0], parts[1])
-        return raw_train, raw_cases
+                parts.append(_Part(f"{CASE_FOLDERS[case]}/{role}", part_dir, view, case, role))
+        return parts
+
+    def _scan(self) -> tuple[list[_Part], list[_RawTracklet]]:
+        parts = self._parts()
+        dirs = _walk_folders(parts, self.junk_rule)
+        self._from_cache = False
+        key = cache_file = None
+        raw = None
+        if self.scan_cache_dir:
+            key = _cache_key(self.root, dirs, self.unknown_names_as_ground)
+            cache_file = _cache_path(self.scan_cache_dir, self.root)
+            raw = _load_scan_cache(cache_file, key, self.root)
+            self._from_cache = raw is not None
+        if raw is None:
+            raw = []
+            for d in dirs:
+                frames, info = _scan_tracklet(d.path, self.unknown_names_as_ground)
+                fixed = parts[d.part].fixed_view
+                raw.append(_RawTracklet(frames, d.pid, d.name, d.part, info, fixed or info.view))
+            newest = max((d.mtime_ns for d in dirs), default=0) / 1e9
+            if cache_file is not None and time.time() - newest > SCAN_CACHE_SETTLE_S:
+                try:
+                    _save_scan_cache(cache_file, key, self.root, raw)
+                except OSError as exc:
+                    logger.warning("Could not write the scan cache %s (%s); the next start scans again", cache_file, exc)
+        if parts[0].case is None:
+            _check_unique_names((t for t in raw if t.part == 0), parts[0].path)
+        for case in sorted({p.case for p in parts if p.case is not None}):
+            _check_unique_names((t for t in raw if parts[t.part].case == case), os.path.join(self.root, CASE_FOLDERS[case]))
+        return parts, raw
 
     def _to_tracklet(self, raw: _RawTracklet) -> Tracklet:
         info = raw.info
+        aerial = raw.view == "aerial"
         return Tracklet(
-            frames=raw.frames, pid=raw.pid, camid=self.camera_index[raw.camera_key], view=info.view,
-            name=raw.name, session=info.session, height=info.height, distance=info.distance,
-            angle=info.angle, aerial_distance=info.aerial_distance,
+            frames=raw.frames, pid=raw.pid, camid=self.camera_index[raw.camera_key], view=raw.view,
+            name=raw.name, session=raw.session, height=info.height if aerial else None,
+            distance=info.distance if aerial else None, angle=info.angle if aerial else None,
+            aerial_distance=info.aerial_distance if aerial else None,
         )
 
     @staticmethod
@@ -464,7 +960,8 @@ class DetReIDX:
 
     # -- reporting
     def statistics_table(self) -> str:
-        """A text table: identities, tracklets, frames per split/case, cameras and capture points."""
+        """A text table: identities, tracklets, frames per split/case, cameras, capture points and what
+        the scanner understood of the names."""
         rows: list[tuple[str, Sequence[Tracklet]]] = [("train", self.train)]
         for case, split in sorted(self.val.items()):
             rows += [(f"val {CASE_FOLDERS[case]} query", split.query), (f"val {CASE_FOLDERS[case]} gallery", split.gallery)]
@@ -501,6 +998,7 @@ class DetReIDX:
         point_table += [(label, *(str(per_point[g].get(label, 0)) for g in groups)) for label in labels]
         lines.append("tracklets per capture point (unique tracklet names):")
         lines.append(_format_table(point_table))
+        lines += self.scan_summary.lines()
         return "\n".join(lines)
 
     def _unique_tracklets(self) -> list[Tracklet]:
@@ -543,9 +1041,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val-ids", type=int, default=0, help="train identities held out as validation (DATASETS.VAL_IDS)")
     parser.add_argument("--unknown-names-as-ground", action="store_true", help="treat unparseable frame names as ground frames")
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    parser.add_argument("--junk-rule", choices=JUNK_RULES, default="tracklet",
+                        help="TEST.JUNK_RULE: 'tracklet' needs {pid}_{tid} tracklet folder names")
+    parser.add_argument("--scan-cache", default="", help="scan cache folder (DATASETS.SCAN_CACHE_DIR; 'auto' = user cache; default: none)")
     args = parser.parse_args(argv)
     try:
-        dataset = DetReIDX(args.root, val_ids=args.val_ids, unknown_names_as_ground=args.unknown_names_as_ground, seed=args.seed)
+        dataset = DetReIDX(args.root, val_ids=args.val_ids, unknown_names_as_ground=args.unknown_names_as_ground,
+                           seed=args.seed, junk_rule=args.junk_rule, scan_cache_dir=args.scan_cache)
     except DatasetLayoutError as exc:
         print(f"error: {exc}")
         return 2

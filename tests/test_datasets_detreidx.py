@@ -40,7 +40,7 @@ def test_parse_ground_scheme():
     assert info.height is None and info.session is None and info.pid_token == "0004"
 
 
-@pytest.mark.parametrize("name", ["frame_0001.jpg", "img00001.jpg", "0004_00001.jpg", "abc_M_27_172_68_2_45_F_1.jpg"])
+@pytest.mark.parametrize("name", ["frame_0001.jpg", "img00001.jpg", "00001.jpg", "abc_M_27_172_68_2_45_F_1.jpg"])
 def test_parse_unknown_scheme_is_an_error_naming_the_file(name):
     with pytest.raises(ValueError, match=name.replace(".", r"\.")) as err:
         parse_frame_name(name)
