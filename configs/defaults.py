@@ -141,6 +141,9 @@ _C.DATASETS.ROOT_DIR = "data/DetReIDXV1"
 _C.DATASETS.VAL_IDS = 0
 # Treat frame names that fit no DetReIDX scheme as ground frames instead of failing.
 _C.DATASETS.UNKNOWN_NAMES_AS_GROUND = False
+# Scan cache folder: a second start on an unchanged root skips listing its frames (keyed on the root and
+# every tracklet folder's mtime). "auto": $XDG_CACHE_HOME/sas_vpreid/scan (~/.cache/...); "": no cache.
+_C.DATASETS.SCAN_CACHE_DIR = "auto"
 # Skip unreadable frames with a warning (and a count at the end) instead of failing.
 _C.DATASETS.SKIP_CORRUPT_FRAMES = False
 # Generate the synthetic XFD dataset into ROOT_DIR when it does not exist (demo).

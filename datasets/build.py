@@ -47,7 +47,8 @@ def build_dataset(cfg) -> DetReIDX:
             logger.info("%s appeared while generating; using it", root)
     dataset_class = get_dataset_class(data.NAMES)
     return dataset_class(root, val_ids=int(data.VAL_IDS), unknown_names_as_ground=bool(data.UNKNOWN_NAMES_AS_GROUND),
-                         seed=int(cfg.SOLVER.SEED))
+                         seed=int(cfg.SOLVER.SEED), junk_rule=str(cfg.TEST.JUNK_RULE),
+                         scan_cache_dir=str(data.SCAN_CACHE_DIR))
 
 
 def seed_worker(worker_id: int) -> None:

@@ -17,8 +17,12 @@ What it draws, and why it is learnable the way the real data is:
   the apparent size (a few pixels tall at 120 m), blurred, given sensor noise there, and upsampled
   back, as real far-distance crops are. Stripes and checks vanish with distance; colour blobs stay.
 * Tracklet lengths vary (some shorter than 8 frames); frame names follow the DetReIDX outdoor
-  scheme (aerial) and the short indoor scheme (ground); tracklet folders are ``{pid}_{tracklet_id}``
-  with tracklet ids unique over the whole dataset.
+  scheme (aerial) and a ground scheme; tracklet folders are ``{pid}_{tracklet_id}`` with tracklet
+  ids unique over the whole dataset. ``--session-style int`` (default) writes the form the authors'
+  loader reads: the bare session integer just before the frame number (``..._1_00001.jpg``) and
+  short ground names (``PID_Gender_Age_View_Frame``, fewer than 8 tokens); ``--session-style S``
+  writes ``S1``/``S2`` session tokens and the long ground scheme
+  (``PID_Gender_Age_Height_Weight_Ethnicity_Angle_View_Frame``).
 * Train and test identities are disjoint; the test identities are laid out as the three cases and
   every query has at least one true match in its case's gallery.
 * Deterministic: the same arguments give the same bytes (per-identity and per-tracklet seeds,
@@ -55,6 +59,8 @@ PALETTE = np.array([
 HAIR_COLOURS = np.array([(20, 15, 10), (70, 40, 20), (140, 90, 40), (200, 170, 100), (120, 120, 120), (150, 50, 20)], dtype=np.float64)
 SKIN_TONES = np.array([(240, 200, 170), (225, 175, 140), (190, 140, 100), (140, 95, 65), (95, 65, 45)], dtype=np.float64)
 PATTERNS = ("plain", "stripes", "split", "checks")
+# How frame names carry the session: "int" (the authors' form, short ground names) or "S" (S1/S2 tokens).
+SESSION_STYLES = ("int", "S")
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class SyntheticConfig:
     aerial_size: int = 80             # saved aerial crop longer side in pixels
     jpeg_quality: int = 90
     first_pid: int = 1                # PID of the first training identity
+    session_style: str = "int"        # frame-name form, see SESSION_STYLES
 
     def validate(self) -> None:
         checks = [
@@ -86,6 +93,7 @@ class SyntheticConfig:
             (1 <= self.jpeg_quality <= 100, "--jpeg-quality must be in [1, 100]"),
             (self.first_pid >= 0 and self.first_pid + self.num_ids + self.num_test_ids <= 10000,
              "PIDs must fit in 4 digits (first_pid + ids + test ids <= 10000)"),
+            (self.session_style in SESSION_STYLES, f"--session-style must be one of {SESSION_STYLES}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -472,12 +480,19 @@ def plan_identity_tracklets(identity: Identity, config: SyntheticConfig, next_tr
     return plans
 
 
-def frame_name(identity: Identity, plan: TrackletPlan, frame_index: int, meta: dict) -> str:
-    """A DetReIDX-style frame file name: outdoor scheme for aerial frames, indoor scheme for ground frames."""
+def frame_name(identity: Identity, plan: TrackletPlan, frame_index: int, meta: dict, session_style: str = "int") -> str:
+    """A DetReIDX-style frame file name: outdoor scheme for aerial frames, a ground scheme for ground frames.
+
+    ``session_style`` "int": session as a bare integer before the frame number and short ground names
+    (the authors' form); "S": ``S1``/``S2`` and the long ground scheme.
+    """
     b = identity.build
     if not plan.aerial:
-        fields = [f"{plan.pid:04d}", b.gender, str(b.age), str(int(round(b.stature * 100))), str(b.weight_kg),
-                  str(b.ethnicity), str(meta["camera_angle"]), meta["view_letter"], f"{frame_index:05d}"]
+        if session_style == "int":
+            fields = [f"{plan.pid:04d}", b.gender, str(b.age), meta["view_letter"], f"{frame_index:05d}"]
+        else:
+            fields = [f"{plan.pid:04d}", b.gender, str(b.age), str(int(round(b.stature * 100))), str(b.weight_kg),
+                      str(b.ethnicity), str(meta["camera_angle"]), meta["view_letter"], f"{frame_index:05d}"]
         return "_".join(fields) + ".jpg"
     outfit = identity.outfits[plan.session]
     day, month, year = SESSION_DATES[plan.session]
@@ -488,7 +503,7 @@ def frame_name(identity: Identity, plan: TrackletPlan, frame_index: int, meta: d
         str(identity.hair + 1), str(int(identity.long_hair) + 1), str(int(identity.beard)), str(int(identity.beard)),
         str(int(identity.glasses)), str(0 if outfit.hat is None else outfit.hat + 1),
         str(outfit.upper + 1), str(outfit.lower + 1), str(outfit.shoes + 1), str(0 if outfit.bag is None else outfit.bag + 1),
-        "1", str(meta["scene"]), plan.session, f"{frame_index:05d}",
+        "1", str(meta["scene"]), plan.session if session_style == "S" else plan.session.lstrip("S"), f"{frame_index:05d}",
     ]
     return "_".join(fields) + ".jpg"
 
@@ -530,7 +545,7 @@ def render_tracklet(identity: Identity, plan: TrackletPlan, config: SyntheticCon
         ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), encode_params)
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for tracklet {plan.name}")
-        frames.append((frame_name(identity, plan, index + 1, meta), buffer.tobytes()))
+        frames.append((frame_name(identity, plan, index + 1, meta, config.session_style), buffer.tobytes()))
     return frames
 
 
@@ -644,13 +659,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ground-size", type=int, default=defaults.ground_size, help="saved ground crop height (px)")
     parser.add_argument("--aerial-size", type=int, default=defaults.aerial_size, help="saved aerial crop longer side (px)")
     parser.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality, help="JPEG quality")
+    parser.add_argument("--session-style", choices=SESSION_STYLES, default=defaults.session_style,
+                        help="frame names: 'int' = the authors' form (..._<session>_<frame>.jpg, short ground names); "
+                             "'S' = S1/S2 session tokens and long ground names")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --root")
     args = parser.parse_args(argv)
     config = SyntheticConfig(
         num_ids=args.ids, num_test_ids=args.test_ids, seed=args.seed, ground_tracklets=args.ground_tracklets,
         aerial_tracklets=args.aerial_tracklets, min_frames=args.min_frames, max_frames=args.max_frames,
         clothes_change=args.clothes_change, ground_size=args.ground_size, aerial_size=args.aerial_size,
-        jpeg_quality=args.jpeg_quality,
+        jpeg_quality=args.jpeg_quality, session_style=args.session_style,
     )
     start = time.perf_counter()
     try:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -96,7 +95,7 @@ def tracklet_identity(t: Tracklet) -> tuple:
     DetReIDX stores a tracklet used by two cases (case 1 query = case 2 gallery) in both case
     folders; this key lets such copies share one encoding.
     """
-    return (t.pid, t.name, tuple(os.path.basename(f) for f in t.frames))
+    return (t.pid, t.name, t.frame_names)
 
 
 def unique_tracklets(cases: Mapping[int, CaseSplit]) -> tuple[list[Tracklet], dict[int, tuple[np.ndarray, np.ndarray]]]:
