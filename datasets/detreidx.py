@@ -166,7 +166,8 @@ def _read_outdoor(path: str, tokens: Sequence[str]) -> tuple[float, float, float
 def _read_session(tokens: Sequence[str]) -> str | None:
     """``S1``/``s1``/``1`` -> "S1": the token before the frame number (the authors' rule), else field 22."""
     candidates = []
-    if len(tokens) > OUTDOOR_MIN_FIELDS + 1 and is_ascii_int(tokens[-1]):
+    # A name of exactly 23 tokens ends with field 22 itself (no frame number after it).
+    if len(tokens) > OUTDOOR_MIN_FIELDS + 1 and len(tokens) != OUTDOOR_SESSION_FIELD + 1 and is_ascii_int(tokens[-1]):
         candidates.append(tokens[-2])
     if len(tokens) > OUTDOOR_SESSION_FIELD:
         candidates.append(tokens[OUTDOOR_SESSION_FIELD])
@@ -567,8 +568,8 @@ def _scan_tracklet(folder: str, unknown_as_ground: bool) -> tuple[FramePaths, Fr
             last = parse_frame_name(os.path.join(folder, frame_names[-1]), unknown_as_ground)
             if replace(last, num_tokens=info.num_tokens) != info:
                 raise DatasetLayoutError(
-                    f"Tracklet folder {folder!r}: its first and last frame names say different things "
-                    f"({frame_names[0]!r}: {info}; {frame_names[-1]!r}: {last}). Split it into one tracklet per camera."
+                    f"Tracklet folder {folder!r}: its frame names say different things (first and last: "
+                    f"{frame_names[0]!r}: {info}; {frame_names[-1]!r}: {last}). Split it into one tracklet per camera."
                 )
         else:
             info = _read_mixed_names(folder, frame_names, unknown_as_ground)
@@ -586,12 +587,18 @@ def _read_mixed_names(folder: str, frame_names: FrameNames, unknown_as_ground: b
         prefix = os.path.splitext(name)[0].rpartition("_")[0] or name
         if prefix not in infos:
             infos[prefix] = parse_frame_name(os.path.join(folder, name), unknown_as_ground)
-    views = {info.view for info in infos.values()}
-    if len(views) > 1:
-        raise DatasetLayoutError(
-            f"Tracklet folder {folder!r} mixes aerial and ground frame names. Split it into one tracklet per camera."
-        )
-    return infos[next(iter(infos))]
+    first_prefix = next(iter(infos))
+    first = infos[first_prefix]
+    for prefix, info in infos.items():
+        if info.view != first.view:
+            raise DatasetLayoutError(f"Tracklet folder {folder!r} mixes aerial and ground frame names "
+                                     f"({first_prefix!r}..., {prefix!r}...). Split it into one tracklet per camera.")
+        if replace(info, num_tokens=first.num_tokens) != first:
+            raise DatasetLayoutError(
+                f"Tracklet folder {folder!r}: its frame names say different things ({first_prefix!r}...: {first}; "
+                f"{prefix!r}...: {info}). Split it into one tracklet per camera."
+            )
+    return first
 
 
 def _check_unique_names(tracklets: Iterable[_RawTracklet], where: str) -> None:
