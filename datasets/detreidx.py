@@ -691,7 +691,7 @@ def _load_scan_cache(path: str, key: str, root: str) -> list[_RawTracklet] | Non
                 names = FrameNames(frames[1], frames[2], frames[3], np.array(chunk))
             raw.append(_RawTracklet(FramePaths(os.path.join(root, rel), names), pid, name, part, FrameNameInfo(*info), view))
         return raw
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+    except Exception as exc:  # noqa: BLE001  (any damage of a cache file, zip errors included, means: scan again)
         logger.warning("Ignoring the unreadable scan cache %s (%s); scanning the folders", path, exc)
         return None
 
