@@ -109,3 +109,24 @@ def test_layout_errors_reach_the_command_lines_without_a_traceback(root, tmp_pat
     train = run_cli("train.py", "--config_file", DEMO, *fast_opts(root, str(tmp_path / "out")))
     assert_clean_failure(train, pid_folder, LAYOUT)
     assert not re.search(r"epoch 1 \[", train.stdout)
+
+
+def test_unusable_tracklet_names_stop_train_cli_before_training(root, tmp_path):
+    # A space, a comma, a quote, a non-{pid}_{tid} name and a Unicode digit: one message for all, before epoch 1.
+    pid_dir = os.path.join(root, "train", "0003")
+    source = os.path.join(pid_dir, sorted(os.listdir(pid_dir))[0])
+    bad = ["0003_1 a", "0003_2,", "0003_'3", "0003_x", "0003_4\u00b2"]
+    for name in bad:
+        shutil.copytree(source, os.path.join(pid_dir, name))
+    train = run_cli("train.py", "--config_file", DEMO, *fast_opts(root, str(tmp_path / "out")))
+    out = assert_clean_failure(train, "5 tracklet folder name(s) cannot go into the submission CSV",
+                               *(repr(os.path.join(pid_dir, name)) for name in bad))
+    assert not re.search(r"epoch 1 \[", out)
+
+
+def test_pid_folder_with_a_trailing_space_is_shown_quoted(root):
+    part = os.path.join(root, "train")
+    first = sorted(os.listdir(part))[0]
+    os.rename(os.path.join(part, first), os.path.join(part, first + " "))
+    message = _layout_error(root)
+    assert repr(os.path.join(part, first + " ")) in message and LAYOUT in message
