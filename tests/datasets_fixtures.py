@@ -23,5 +23,5 @@ def tiny_cfg(root: str, *opts: str):
         "DATASETS.ROOT_DIR", root, "DATASETS.SYNTHETIC_IF_MISSING", "False", "DATASETS.VAL_IDS", "0",
         "DATALOADER.NUM_WORKERS", "0", "DATALOADER.NUM_INSTANCE", "2", "DATALOADER.SEQ_LEN", "4",
         "SOLVER.IMS_PER_BATCH", "4", "INPUT.SIZE_TRAIN", "[16, 8]", "INPUT.SIZE_TEST", "[16, 8]",
-        "TEST.SEQ_LEN", "4", "TEST.IMS_PER_BATCH", "8", *opts,
+        "TEST.SEQ_LEN", "4", "TEST.IMS_PER_BATCH", "8", "DATASETS.SCAN_CACHE_DIR", "", *opts,
     ])

@@ -327,3 +327,17 @@ def test_damaged_scan_cache_is_ignored(root, tmp_path):
         f.truncate(100)
     again = DetReIDX(root, scan_cache_dir=cache)
     assert not again.scan_summary.from_cache and again.train
+
+
+def test_build_dataset_passes_the_cache_folder_and_the_junk_rule(root, tmp_path):
+    from datasets.build import build_dataset
+    from tests.datasets_fixtures import tiny_cfg
+    cache = str(tmp_path / "cache")
+    pid_dir = os.path.join(root, "train", "0004")
+    shutil.copytree(os.path.join(pid_dir, sorted(os.listdir(pid_dir))[0]), os.path.join(pid_dir, "0004_name"))
+    _age(root)
+    with pytest.raises(DatasetLayoutError, match="0004_name"):
+        build_dataset(tiny_cfg(root, "DATASETS.SCAN_CACHE_DIR", cache))
+    dataset = build_dataset(tiny_cfg(root, "DATASETS.SCAN_CACHE_DIR", cache, "TEST.JUNK_RULE", "camera"))
+    assert any(t.name == "0004_name" for t in dataset.train) and len(os.listdir(cache)) == 1
+    assert detreidx.default_scan_cache_dir().endswith(os.path.join("sas_vpreid", "scan"))
