@@ -85,7 +85,7 @@ def find_tracklets(spec: str, what: str) -> list[FoundTracklet]:
                 rel = os.path.relpath(folder, base)
                 name = os.path.basename(os.path.abspath(folder)) if rel == "." else rel
                 found[os.path.abspath(folder)] = FoundTracklet(name, folder, list_frames(folder))
-            elif not subfolders:
+            elif not subfolders and folder != root:
                 raise InferenceInputError(
                     f"Folder {folder} (under {what} {spec}) holds no frames ({'/'.join(FRAME_EXTENSIONS)} files) "
                     "and no tracklet folders. Copy its frames there or remove it."

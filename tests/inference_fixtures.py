@@ -12,6 +12,8 @@ from model.build import build_model
 from tests.datasets_fixtures import make_tiny_root, tiny_cfg
 from utils.checkpoint import save_checkpoint
 
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def make_tiny_checkpoint(folder) -> tuple[str, str]:
     """(data root, checkpoint path): the demo config at 32x16 frames, 4-frame clips, random weights.

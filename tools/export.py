@@ -81,32 +81,25 @@ def onnx_friendly_ops():
 
 
 def export_onnx(graph: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor], path: str) -> None:
-    """Write ``graph`` as ONNX with a dynamic batch dimension on every input and output (atomic)."""
-    from utils.checkpoint import atomic_write
-
-    def write(tmp: str) -> None:
-        # Grad mode on: under no_grad, eval-mode nn.MultiheadAttention / TransformerEncoderLayer (open_clip
-        # blocks, the PRSD aggregator) take the fused fast path, aten::_native_multi_head_attention,
-        # which has no ONNX symbolic. With grad mode on they trace as plain matmul/softmax ops.
-        with warnings.catch_warnings(), torch.enable_grad(), onnx_friendly_ops():
-            warnings.simplefilter("ignore")  # the TorchScript-based exporter warns about its deprecation
-            torch.onnx.export(
-                graph, inputs, tmp, dynamo=False, opset_version=ONNX_OPSET,
-                input_names=["frames", "camids"], output_names=["embedding"],
-                dynamic_axes={"frames": {0: "batch"}, "camids": {0: "batch"}, "embedding": {0: "batch"}},
-            )
-
-    atomic_write(path, write)
+    """Write ``graph`` as ONNX with a dynamic batch dimension on every input and output."""
+    # Grad mode on: under no_grad, eval-mode nn.MultiheadAttention / TransformerEncoderLayer (open_clip
+    # blocks, the PRSD aggregator) take the fused fast path, aten::_native_multi_head_attention,
+    # which has no ONNX symbolic. With grad mode on they trace as plain matmul/softmax ops.
+    with warnings.catch_warnings(), torch.enable_grad(), onnx_friendly_ops():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter warns about its deprecation
+        torch.onnx.export(
+            graph, inputs, path, dynamo=False, opset_version=ONNX_OPSET,
+            input_names=["frames", "camids"], output_names=["embedding"],
+            dynamic_axes={"frames": {0: "batch"}, "camids": {0: "batch"}, "embedding": {0: "batch"}},
+        )
 
 
 def export_torchscript(graph: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor], path: str) -> None:
-    """Trace ``graph`` and save it (atomic); shapes are recorded symbolically, so the batch stays dynamic."""
-    from utils.checkpoint import atomic_write
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python values derived from shapes
+    """Trace ``graph`` and save it; shapes are recorded symbolically, so the batch stays dynamic."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values derived from shapes; jit deprecation
         traced = torch.jit.trace(graph, inputs, check_trace=False)
-    atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
+        torch.jit.save(traced, path)
 
 
 def load_runner(path: str, fmt: str):
@@ -120,7 +113,9 @@ def load_runner(path: str, fmt: str):
             return session.run(["embedding"], {"frames": frames.numpy(), "camids": camids.numpy()})[0]
 
         return run_onnx
-    module = torch.jit.load(path, map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+        module = torch.jit.load(path, map_location="cpu")
 
     def run_torchscript(frames: torch.Tensor, camids: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -146,6 +141,7 @@ def parity(graph: torch.nn.Module, runner, frames: int, size, num_cameras: int) 
 def export(model_path: str, fmt: str, out: str, frames: int | None = None, tolerance: float = 1e-4) -> float:
     """Export ``model_path`` to ``out`` in ``fmt`` and return the parity max |diff| (ExportError above tolerance)."""
     from processor.inference import EmbeddingGraph, FeatureExtractor
+    from utils.checkpoint import atomic_write
 
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {FORMATS}, got {fmt!r}")
@@ -159,18 +155,27 @@ def export(model_path: str, fmt: str, out: str, frames: int | None = None, toler
     extractor = FeatureExtractor.from_checkpoint(model_path, device="cpu", amp="off", num_workers=0)
     graph = EmbeddingGraph(extractor.model).eval()
     size = tuple(int(v) for v in extractor.cfg.INPUT.SIZE_TEST)
-    frames = int(frames or extractor.cfg.TEST.SEQ_LEN)
+    frames = int(extractor.cfg.TEST.SEQ_LEN if frames is None else frames)
     if frames < 1:
         raise ExportError(f"--frames must be >= 1, got {frames}")
     inputs = example_inputs(2, frames, size, extractor.num_cameras, seed=0)
     logger.info("Exporting %s: frames (B, %d, 3, %d, %d) + camids (B,) -> embedding (B, %d) to %s",
                 fmt, frames, size[0], size[1], extractor.embedding_dim, out)
-    with torch.no_grad():
-        (export_onnx if fmt == "onnx" else export_torchscript)(graph, inputs, out)
-    diff = parity(graph, load_runner(out, fmt), frames, size, extractor.num_cameras)
-    print(f"{fmt} parity vs PyTorch on batches {list(PARITY_BATCHES)}: max |diff| = {diff:.3g} (tolerance {tolerance:g})")
-    if not diff <= tolerance:
-        raise ExportError(f"parity check failed: max |diff| {diff:.3g} > {tolerance:g}; {out} does not match PyTorch")
+    results = {}
+
+    def write_and_check(tmp: str) -> None:
+        # The file reaches ``out`` only when its parity check passes.
+        (export_onnx if fmt == "onnx" else export_torchscript)(graph, inputs, tmp)
+        diff = parity(graph, load_runner(tmp, fmt), frames, size, extractor.num_cameras)
+        print(f"{fmt} parity vs PyTorch on batches {list(PARITY_BATCHES)}: max |diff| = {diff:.3g} "
+              f"(tolerance {tolerance:g})")
+        if not diff <= tolerance:
+            raise ExportError(f"parity check failed: max |diff| {diff:.3g} > {tolerance:g}; {out} was not written")
+        results["diff"] = diff
+
+    atomic_write(out, write_and_check)
+    logger.info("Wrote %s", out)
+    diff = results["diff"]
     return diff
 
 
