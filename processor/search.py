@@ -3,7 +3,7 @@
 ``python -m processor.search --model_path CKPT --query DIR_OR_GLOB --gallery DIR_OR_GLOB [--topk 10]
 [--out results.csv] [--visualize N] [--cache F.npz] [--query_camera C] [--gallery_camera C]``
 
-A tracklet is any folder that directly holds frame files (.jpg/.jpeg/.png/.bmp); ``--query`` and
+A tracklet is any folder that directly holds frame files (.jpg/.jpeg/.png); ``--query`` and
 ``--gallery`` name a folder (searched recursively for tracklet folders, so no DetReIDX layout or
 frame names are needed) or a glob of folders. Tracklets are named by their path relative to that
 folder. Writes a CSV with one row per (query, rank): ``query,rank,gallery_tracklet,distance``
