@@ -19,9 +19,9 @@ from tqdm import tqdm
 from datasets.build import build_inference_loader
 from datasets.detreidx import CASE_NAMES, CaseSplit, Tracklet
 from datasets.sampling import SAMPLING_MODES
-from utils.protocol import FRAME_EXTENSIONS, natural_sort_key
 from utils.distributed import is_main_process
 from utils.metrics import compute_distance, evaluate_ranking, rank_gallery
+from utils.protocol import FRAME_EXTENSIONS, natural_sort_key
 from utils.reranking import k_reciprocal_rerank
 
 logger = logging.getLogger(__name__)
