@@ -1,4 +1,8 @@
-"""Feature extraction and case evaluation shared by validation during training and evaluate_all_cases.py."""
+"""Feature extraction and case evaluation shared by validation during training, evaluate_all_cases.py,
+the :class:`FeatureExtractor` API, ``processor.search`` and ``tools.export``.
+
+Every path encodes clips through :func:`forward_clips` (tracklets via :func:`encode_tracklets`).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,12 +12,15 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets.build import build_inference_loader
 from datasets.detreidx import CASE_NAMES, CaseSplit, Tracklet
+from datasets.sampling import SAMPLING_MODES
 from utils.distributed import is_main_process
 from utils.metrics import compute_distance, evaluate_ranking, rank_gallery
+from utils.protocol import FRAME_EXTENSIONS, natural_sort_key
 from utils.reranking import k_reciprocal_rerank
 
 logger = logging.getLogger(__name__)
@@ -44,6 +51,25 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def camera_views(camids: torch.Tensor) -> torch.Tensor:
+    """View ids (0 ground, 1 aerial) of camera ids (B,): camera 0 is the ground camera, the others aerial."""
+    return (camids > 0).long()
+
+
+def forward_clips(model: torch.nn.Module, frames: torch.Tensor, camids: torch.Tensor, views: torch.Tensor,
+                  device: torch.device, amp_dtype: torch.dtype | None, outputs: Sequence[str]) -> dict[str, torch.Tensor]:
+    """One eval forward of a batch of clips: the single encoder call of every inference path.
+
+    frames (B,T,3,H,W) normalised, camids (B,), views (B,) -> {name: (B, d) float32 tensor on ``device``}.
+    """
+    frames = frames.to(device, non_blocking=True)
+    camids = camids.to(device, non_blocking=True)
+    views = views.to(device, non_blocking=True)
+    with autocast(device, amp_dtype):
+        result = model(frames, camids, views)
+    return {name: result[name].float() for name in outputs}
+
+
 @torch.no_grad()
 def encode_tracklets(
     model: torch.nn.Module,
@@ -57,6 +83,7 @@ def encode_tracklets(
 
     Returns {name: (N, d) float32 CPU tensor} for each requested model output. With dense test
     sampling a tracklet yields several chunks; their features are averaged (index_add by tracklet).
+    Evaluation, validation, the memory rebuild and :class:`FeatureExtractor` all encode through here.
     """
     outputs = tuple(outputs)
     loader = build_inference_loader(cfg, tracklets)
@@ -67,14 +94,10 @@ def encode_tracklets(
     counts = torch.zeros(len(tracklets), dtype=torch.float32)
     progress = tqdm(loader, desc=desc, leave=False, disable=not is_main_process())
     for batch in progress:
-        frames = batch["frames"].to(device, non_blocking=True)
-        camids = batch["camids"].to(device, non_blocking=True)
-        views = batch["views"].to(device, non_blocking=True)
         indices = batch["indices"]
-        with autocast(device, amp_dtype):
-            result = model(frames, camids, views)
+        result = forward_clips(model, batch["frames"], batch["camids"], batch["views"], device, amp_dtype, outputs)
         for name in outputs:
-            feats = result[name].float().cpu()
+            feats = result[name].cpu()
             if name not in sums:
                 sums[name] = torch.zeros(len(tracklets), feats.shape[1])
             sums[name].index_add_(0, indices, feats)
@@ -228,3 +251,215 @@ def format_summary(summary: Mapping) -> str:
     if rules.get("junk"):
         lines.append(f"rules: junk={rules['junk']} AP={rules['ap']}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- using a trained model
+GROUND_CAMERA = 0  # camera id of the ground camera in the SIE table (aerial sessions are 1, 2, ...)
+
+
+class InferenceInputError(ValueError):
+    """Input the feature extractor cannot use (missing or empty folder, bad shape, unknown camera id);
+    the message names it and says how to fix it."""
+
+
+def list_frames(folder: str) -> tuple[str, ...]:
+    """Frame files (FRAME_EXTENSIONS) directly inside ``folder``, naturally sorted (temporal order)."""
+    if not os.path.isdir(folder):
+        raise InferenceInputError(f"Tracklet folder not found: {folder}")
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries if e.is_file() and e.name.lower().endswith(FRAME_EXTENSIONS)]
+    if not names:
+        raise InferenceInputError(
+            f"Tracklet folder {folder} holds no frames ({'/'.join(FRAME_EXTENSIONS)} files). "
+            "Copy its frames there or leave the folder out."
+        )
+    names.sort(key=natural_sort_key)
+    return tuple(os.path.join(folder, name) for name in names)
+
+
+def plain_tracklet(frames: Sequence[str], camid: int, name: str) -> Tracklet:
+    """A Tracklet record for frames outside the DetReIDX layout: no identity, no capture metadata.
+
+    The only place outside datasets/ that builds Tracklet records (keep it so when their fields change).
+    """
+    return Tracklet(frames=tuple(frames), pid=-1, camid=int(camid), view="aerial" if camid != GROUND_CAMERA else "ground",
+                    name=name, session=None, height=None, distance=None, angle=None, aerial_distance=None)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as torch.device (CUDA must be visible)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InferenceInputError(f"device {device} asks for CUDA but no GPU is visible; use 'cpu' or 'auto'")
+    return device
+
+
+def checkpoint_config(stored_yaml: str, source: str, **settings):
+    """The config stored in a checkpoint with inference ``settings`` applied and pretrained paths cleared.
+
+    settings: MODEL_DEVICE, SOLVER_AMP, TEST_SAMPLING, DATALOADER_NUM_WORKERS, TEST_IMS_PER_BATCH
+    (None = keep the stored value). The checkpoint holds every weight, so the initial pretrained
+    files are never read again.
+    """
+    from configs import config_from_yaml_text
+    from utils.checkpoint import CheckpointError
+
+    try:
+        cfg = config_from_yaml_text(stored_yaml)
+    except Exception as exc:  # noqa: BLE001 - yaml and yacs raise several types besides ConfigError
+        raise CheckpointError(f"The config stored in {source} cannot be read by this code version: {exc}") from None
+    cfg.defrost()
+    for key, value in settings.items():
+        if value is not None:
+            section, name = key.split("_", 1)
+            cfg[section][name] = type(cfg[section][name])(value)
+    cfg.MODEL.PRETRAIN_PATH = ""
+    cfg.MODEL.PRETRAIN_TAG = ""
+    cfg.MODEL.PRSD.PRETRAINED = ""
+    cfg.freeze()
+    return cfg
+
+
+class FeatureExtractor:
+    """Embeds tracklets with a trained checkpoint; the inference path of evaluate_all_cases.py.
+
+    Inputs (each with optional camera ids: one int for all, or one per tracklet/clip; default
+    ``GROUND_CAMERA`` = 0, the ground camera; aerial sessions are 1, 2, ... as in training. The SIE
+    view follows: camera 0 is ground, any other aerial):
+
+    * :meth:`embed_folders` - a list of tracklet folders (the frame files directly inside each,
+      naturally sorted) -> (N, E) float32 numpy;
+    * :meth:`embed_frame_lists` - a list of frame-path lists in temporal order -> (N, E) float32 numpy;
+    * :meth:`embed_clips` - a (B, T, 3, H, W) tensor already resized to INPUT.SIZE_TEST and normalised
+      with INPUT.PIXEL_MEAN/STD -> (B, E) float32 tensor on the input's device.
+
+    Calling the object dispatches on the input type. Embeddings are L2-normalised (cosine distance
+    = 1 - dot product). Frames are sampled, resized and normalised as the stored config says
+    (TEST.SEQ_LEN, TEST.SAMPLING, INPUT.SIZE_TEST, INPUT.PIXEL_MEAN/STD): no YAML file is read.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg, device: torch.device, num_cameras: int):
+        self.model = model.to(device).eval()
+        self.cfg = cfg
+        self.device = device
+        self.num_cameras = int(num_cameras)
+        self.graph = EmbeddingGraph(self.model, resolve_amp_dtype(cfg.SOLVER.AMP, device))
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str | torch.device = "auto", amp: str = "auto",
+                        sampling: str | None = None, num_workers: int | None = None,
+                        batch_size: int | None = None) -> "FeatureExtractor":
+        """Rebuild the model from a train.py checkpoint (its stored config and weights).
+
+        device: "auto" (CUDA when available) or a torch device; amp: auto / bf16 / fp16 / off;
+        sampling: None (the stored TEST.SAMPLING) or "even" / "dense"; num_workers / batch_size:
+        None keeps the stored DATALOADER.NUM_WORKERS / TEST.IMS_PER_BATCH. Raises CheckpointError
+        for a file that is not a readable train.py checkpoint.
+        """
+        from model.build import build_model, check_weight_files
+        from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
+
+        state = load_checkpoint(path)
+        if not isinstance(state, dict) or not {"config", "model", "meta"} <= set(state):
+            raise CheckpointError(f"{path} is not a checkpoint written by train.py (no stored config, model and meta)")
+        if sampling is not None and sampling not in SAMPLING_MODES:
+            raise InferenceInputError(f"sampling must be None or one of {SAMPLING_MODES}, got {sampling!r}")
+        torch_device = resolve_device(device)
+        cfg = checkpoint_config(state["config"], path, MODEL_DEVICE=str(torch_device), SOLVER_AMP=amp,
+                                TEST_SAMPLING=sampling, DATALOADER_NUM_WORKERS=num_workers,
+                                TEST_IMS_PER_BATCH=batch_size)
+        check_weight_files(cfg)  # the SMPL files the stored config names are still read to build PRSD
+        meta = state["meta"]
+        model = build_model(cfg, num_classes=int(meta["num_classes"]), num_cameras=int(meta["num_cameras"]))
+        load_model_state(model, state["model"], path)
+        return cls(model, cfg, torch_device, int(meta["num_cameras"]))
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model.embedding_dim)
+
+    def __call__(self, inputs, camids=None):
+        """Dispatch: a tensor -> :meth:`embed_clips`; strings -> :meth:`embed_folders`; lists -> :meth:`embed_frame_lists`."""
+        if isinstance(inputs, torch.Tensor):
+            return self.embed_clips(inputs, camids)
+        inputs = list(inputs)
+        if inputs and all(isinstance(item, (str, os.PathLike)) for item in inputs):
+            return self.embed_folders(inputs, camids)
+        return self.embed_frame_lists(inputs, camids)
+
+    def _camids(self, camids, count: int) -> list[int]:
+        if camids is None:
+            camids = GROUND_CAMERA
+        if isinstance(camids, (int, np.integer)):
+            camids = [int(camids)] * count
+        camids = [int(c) for c in (camids.tolist() if isinstance(camids, (np.ndarray, torch.Tensor)) else camids)]
+        if len(camids) != count:
+            raise InferenceInputError(f"got {len(camids)} camera ids for {count} inputs; give one per input or one int")
+        bad = sorted({c for c in camids if not 0 <= c < max(self.num_cameras, 1)})
+        if bad:
+            raise InferenceInputError(
+                f"camera ids {bad} are outside the model's {self.num_cameras} cameras "
+                f"(0 = ground, 1..{self.num_cameras - 1} = aerial sessions)"
+            )
+        return camids
+
+    def embed_folders(self, folders: Sequence[str], camids=None) -> np.ndarray:
+        """(N,) tracklet folders -> (N, E) float32 L2-normalised embeddings."""
+        folders = [os.fspath(f) for f in folders]
+        return self.embed_frame_lists([list_frames(f) for f in folders], camids,
+                                      names=[os.path.basename(os.path.normpath(f)) for f in folders])
+
+    def embed_frame_lists(self, frame_lists: Sequence[Sequence[str]], camids=None,
+                          names: Sequence[str] | None = None) -> np.ndarray:
+        """(N,) lists of frame paths (temporal order) -> (N, E) float32 L2-normalised embeddings."""
+        frame_lists = [list(frames) for frames in frame_lists]
+        for i, frames in enumerate(frame_lists):
+            if not frames:
+                raise InferenceInputError(f"frame list {i} is empty: every tracklet needs at least one frame")
+        camids = self._camids(camids, len(frame_lists))
+        names = names or [f"tracklet{i}" for i in range(len(frame_lists))]
+        tracklets = [plain_tracklet(frames, camid, name) for frames, camid, name in zip(frame_lists, camids, names)]
+        return self.embed_tracklets(tracklets).numpy()
+
+    def embed_tracklets(self, tracklets: Sequence[Tracklet], desc: str = "embed") -> torch.Tensor:
+        """(N,) Tracklet records -> (N, E) float32 CPU tensor, L2-normalised."""
+        if not tracklets:
+            return torch.zeros(0, self.embedding_dim)
+        features = encode_tracklets(self.model, self.cfg, tracklets, self.device, desc=desc)["embedding"]
+        return F.normalize(features, dim=1)
+
+    @torch.no_grad()
+    def embed_clips(self, frames: torch.Tensor, camids=None) -> torch.Tensor:
+        """frames (B, T, 3, H, W) normalised, (H, W) = INPUT.SIZE_TEST -> (B, E) float32 L2-normalised,
+        on the device of ``frames``; clips run in batches of TEST.IMS_PER_BATCH."""
+        size = tuple(int(v) for v in self.cfg.INPUT.SIZE_TEST)
+        if frames.dim() != 5 or frames.shape[2] != 3 or tuple(frames.shape[-2:]) != size:
+            raise InferenceInputError(
+                f"clips must be (B, T, 3, {size[0]}, {size[1]}) (INPUT.SIZE_TEST of the checkpoint), got {tuple(frames.shape)}"
+            )
+        camid_tensor = torch.tensor(self._camids(camids, frames.shape[0]), dtype=torch.long, device=self.device)
+        batch = max(int(self.cfg.TEST.IMS_PER_BATCH), 1)
+        chunks = [self.graph(frames[i:i + batch].to(self.device), camid_tensor[i:i + batch])
+                  for i in range(0, frames.shape[0], batch)]
+        embedding = torch.cat(chunks) if chunks else torch.zeros(0, self.embedding_dim)
+        return embedding.to(frames.device)
+
+
+class EmbeddingGraph(torch.nn.Module):
+    """The eval embedding graph: frames (B,T,3,H,W) normalised, camids (B,) long -> (B,E) float32
+    L2-normalised embedding. The SIE view follows the camera id (0 ground, others aerial).
+
+    :meth:`FeatureExtractor.embed_clips` runs it and ``tools.export`` exports it (amp_dtype None).
+    """
+
+    def __init__(self, model: torch.nn.Module, amp_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.model = model
+        self.amp_dtype = amp_dtype
+
+    def forward(self, frames: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
+        embedding = forward_clips(self.model, frames, camids, camera_views(camids), frames.device, self.amp_dtype,
+                                  ("embedding",))["embedding"]
+        return F.normalize(embedding, dim=1)

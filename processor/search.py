@@ -1,0 +1,278 @@
+"""Search a gallery of your own tracklets with a trained checkpoint.
+
+``python -m processor.search --model_path CKPT --query DIR_OR_GLOB --gallery DIR_OR_GLOB [--topk 10]
+[--out results.csv] [--visualize N] [--cache F.npz] [--query_camera C] [--gallery_camera C]``
+
+A tracklet is any folder that directly holds frame files (.jpg/.jpeg/.png); ``--query`` and
+``--gallery`` name a folder (searched recursively for tracklet folders, so no DetReIDX layout or
+frame names are needed) or a glob of folders. Tracklets are named by their path relative to that
+folder. Writes a CSV with one row per (query, rank): ``query,rank,gallery_tracklet,distance``
+(cosine distance 1 - cos, or as TEST.DISTANCE of the checkpoint says), best match first.
+Embeddings are cached in an .npz keyed on the tracklet folder, its frame names, sizes and mtimes,
+the camera id and the checkpoint (path, size, mtime, test settings): a second search over the same
+tracklets re-encodes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import hashlib
+import io
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from processor.inference import GROUND_CAMERA, FeatureExtractor, InferenceInputError, list_frames, plain_tracklet
+from utils.checkpoint import atomic_write, write_text_atomic
+from utils.metrics import compute_distance, rank_gallery
+from utils.protocol import FRAME_EXTENSIONS, natural_sort_key
+
+logger = logging.getLogger("search")
+
+CSV_HEADER = ("query", "rank", "gallery_tracklet", "distance")
+
+
+@dataclass(frozen=True)
+class FoundTracklet:
+    """A tracklet folder found under a --query/--gallery argument."""
+
+    name: str                  # path relative to the searched folder (its own name when it is one)
+    folder: str
+    frames: tuple[str, ...]    # frame paths, naturally sorted
+
+
+def _holds_frames(folder: str) -> bool:
+    with os.scandir(folder) as entries:
+        return any(e.is_file() and e.name.lower().endswith(FRAME_EXTENSIONS) for e in entries)
+
+
+def _glob_base(spec: str) -> str:
+    """The deepest folder of ``spec`` without glob characters (names are made relative to it)."""
+    parts = []
+    for part in os.path.normpath(spec).split(os.sep):
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    return os.sep.join(parts) or "."
+
+
+def find_tracklets(spec: str, what: str) -> list[FoundTracklet]:
+    """Every tracklet folder named by ``spec`` (a folder searched recursively, or a glob of folders).
+
+    A folder without frames and without subfolders is an error (it would silently drop a tracklet).
+    Raises InferenceInputError naming ``what`` (--query / --gallery) when nothing is found.
+    """
+    if glob.has_magic(spec):
+        roots = sorted((p for p in glob.glob(spec) if os.path.isdir(p)), key=natural_sort_key)
+        base = _glob_base(spec)
+        if not roots:
+            raise InferenceInputError(f"{what} {spec!r} matches no folder")
+    else:
+        if not os.path.isdir(spec):
+            raise InferenceInputError(f"{what} {spec!r} is not a folder: give a folder of tracklet folders or a glob")
+        roots, base = [spec], spec
+    found: dict[str, FoundTracklet] = {}
+    for root in roots:
+        for folder, subfolders, _ in os.walk(root):
+            subfolders[:] = sorted((d for d in subfolders if not d.startswith(".")), key=natural_sort_key)
+            if _holds_frames(folder):
+                rel = os.path.relpath(folder, base)
+                name = os.path.basename(os.path.abspath(folder)) if rel == "." else rel
+                found[os.path.abspath(folder)] = FoundTracklet(name, folder, list_frames(folder))
+            elif not subfolders and folder != root:
+                raise InferenceInputError(
+                    f"Folder {folder} (under {what} {spec}) holds no frames ({'/'.join(FRAME_EXTENSIONS)} files) "
+                    "and no tracklet folders. Copy its frames there or remove it."
+                )
+    if not found:
+        raise InferenceInputError(f"{what} {spec!r} holds no tracklet folders (folders of frame files)")
+    return sorted(found.values(), key=lambda t: natural_sort_key(t.name))
+
+
+# ----------------------------------------------------------------------------- feature cache
+def model_cache_key(model_path: str, cfg) -> str:
+    """Identifies the checkpoint file and every setting that changes an embedding."""
+    stat = os.stat(model_path)
+    parts = [os.path.abspath(model_path), stat.st_size, stat.st_mtime_ns, cfg.TEST.SEQ_LEN, cfg.TEST.SAMPLING,
+             cfg.SOLVER.AMP, str(cfg.MODEL.DEVICE), list(cfg.INPUT.SIZE_TEST)]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def tracklet_cache_key(tracklet: FoundTracklet, camid: int) -> str:
+    """Folder, frame names, sizes and mtimes, camera id: any change to a frame gives a new key."""
+    parts = [os.path.abspath(tracklet.folder), int(camid)]
+    for frame in tracklet.frames:
+        stat = os.stat(frame)
+        parts.append((os.path.basename(frame), stat.st_size, stat.st_mtime_ns))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+class FeatureCache:
+    """Embeddings by tracklet key, stored in one .npz (model_key, keys (N,), features (N, E) float32)."""
+
+    def __init__(self, path: str | None, model_key: str):
+        self.path = path
+        self.model_key = model_key
+        self.features: dict[str, np.ndarray] = {}
+        self.changed = False
+        if path and os.path.isfile(path):
+            self._load(path)
+
+    def _load(self, path: str) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if str(data["model_key"]) != self.model_key:
+                    logger.info("Feature cache %s belongs to another checkpoint or setting: re-encoding", path)
+                    return
+                self.features = dict(zip((str(k) for k in data["keys"]), data["features"].astype(np.float32)))
+        except Exception as exc:  # noqa: BLE001 - a damaged cache is only a lost speed-up
+            logger.warning("Ignoring unreadable feature cache %s (%s: %s); it will be rewritten",
+                           path, type(exc).__name__, exc)
+            self.features = {}
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self.features.get(key)
+
+    def put(self, key: str, feature: np.ndarray) -> None:
+        self.features[key] = feature
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.path or not self.changed:
+            return
+        keys = sorted(self.features)
+        features = np.stack([self.features[k] for k in keys]).astype(np.float32)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, model_key=np.array(self.model_key), keys=np.array(keys), features=features)
+
+        atomic_write(self.path, write)
+        self.changed = False
+
+
+def embed_cached(extractor: FeatureExtractor, tracklets: Sequence[FoundTracklet], camid: int,
+                 cache: FeatureCache, desc: str) -> np.ndarray:
+    """(N,) tracklets -> (N, E) float32 L2-normalised embeddings; only cache misses are encoded."""
+    keys = [tracklet_cache_key(t, camid) for t in tracklets]
+    missing = [i for i, key in enumerate(keys) if cache.get(key) is None]
+    logger.info("%s: %d tracklets, %d cached, %d to encode", desc, len(keys), len(keys) - len(missing), len(missing))
+    if missing:
+        records = [plain_tracklet(tracklets[i].frames, camid, tracklets[i].name) for i in missing]
+        features = extractor.embed_tracklets(records, desc=desc).numpy()
+        for i, feature in zip(missing, features):
+            cache.put(keys[i], feature)
+    return np.stack([cache.get(key) for key in keys]).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- search
+@dataclass
+class SearchResult:
+    queries: list[FoundTracklet]
+    gallery: list[FoundTracklet]
+    ranking: np.ndarray        # (Q, k) gallery indices, best first
+    distances: np.ndarray      # (Q, k) the matching distances
+
+
+def search(extractor: FeatureExtractor, queries: Sequence[FoundTracklet], gallery: Sequence[FoundTracklet],
+           topk: int = 10, cache: FeatureCache | None = None, query_camera: int = GROUND_CAMERA,
+           gallery_camera: int = GROUND_CAMERA) -> SearchResult:
+    """Rank ``gallery`` for every query by TEST.DISTANCE of the checkpoint on L2-normalised embeddings."""
+    cache = cache or FeatureCache(None, "")
+    qf = embed_cached(extractor, queries, query_camera, cache, "query")
+    gf = embed_cached(extractor, gallery, gallery_camera, cache, "gallery")
+    cfg = extractor.cfg
+    distmat = compute_distance(torch.from_numpy(qf), torch.from_numpy(gf), metric=cfg.TEST.DISTANCE,
+                               chunk=cfg.TEST.QUERY_CHUNK)
+    ranking = rank_gallery(distmat, chunk=cfg.TEST.QUERY_CHUNK, topk=topk)
+    distances = np.take_along_axis(distmat.numpy(), ranking.astype(np.int64), axis=1)
+    return SearchResult(list(queries), list(gallery), ranking, distances)
+
+
+def write_results_csv(path: str, result: SearchResult) -> None:
+    """``query,rank,gallery_tracklet,distance`` rows (rank from 1), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for qi, query in enumerate(result.queries):
+        for rank, (gi, dist) in enumerate(zip(result.ranking[qi], result.distances[qi]), start=1):
+            writer.writerow((query.name, rank, result.gallery[int(gi)].name, f"{float(dist):.6f}"))
+    write_text_atomic(path, buffer.getvalue())
+
+
+def write_ranklists(out_dir: str, result: SearchResult, count: int) -> list[str]:
+    """Rank-list pictures of ``count`` queries (no identities known: no entry is marked a true match)."""
+    from utils.visualize import visualize_ranklists
+
+    queries = [plain_tracklet(t.frames, GROUND_CAMERA, t.name.replace(os.sep, "_")) for t in result.queries]
+    gallery = [plain_tracklet(t.frames, GROUND_CAMERA, t.name.replace(os.sep, "_")) for t in result.gallery]
+    return visualize_ranklists(out_dir, queries, gallery, result.ranking, q_pids=np.arange(len(queries)),
+                               g_pids=-1 - np.arange(len(gallery)), num_queries=count, topk=result.ranking.shape[1])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", required=True, help="checkpoint written by train.py")
+    parser.add_argument("--query", required=True, help="folder of query tracklet folders, or a glob of folders")
+    parser.add_argument("--gallery", required=True, help="folder of gallery tracklet folders, or a glob of folders")
+    parser.add_argument("--topk", type=int, default=10, help="gallery entries per query in the CSV (default 10)")
+    parser.add_argument("--out", default="search_results.csv", help="results CSV (default search_results.csv)")
+    parser.add_argument("--visualize", type=int, default=0, help="write rank-list pictures of N queries next to --out")
+    parser.add_argument("--cache", default="", help="feature cache .npz (default: search_features.npz next to --out; "
+                                                     "'none' disables it)")
+    parser.add_argument("--query_camera", type=int, default=GROUND_CAMERA, help="camera id of the queries (0 = ground)")
+    parser.add_argument("--gallery_camera", type=int, default=GROUND_CAMERA, help="camera id of the gallery (0 = ground)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--amp", default="auto", help="autocast: auto, bf16, fp16 or off")
+    parser.add_argument("--sampling", default=None, choices=("even", "dense"), help="test sampling (default: the checkpoint's)")
+    parser.add_argument("--num_workers", type=int, default=None, help="loader workers (default: the checkpoint's)")
+    return parser.parse_args(argv)
+
+
+def _error_message(exc: BaseException) -> str:
+    """One readable line: errors re-raised from loader workers carry the worker's traceback text."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback" in str(exc):
+        last = lines[-1]
+        return last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+    return str(exc)
+
+
+def main(argv=None) -> SearchResult:
+    args = parse_args(argv)
+    from datasets.video import CorruptFrameError
+    from model.backbone import PretrainedWeightsError
+    from utils.checkpoint import CheckpointError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.topk < 1:
+        sys.exit(f"--topk must be >= 1, got {args.topk}")
+    try:
+        queries = find_tracklets(args.query, "--query")
+        gallery = find_tracklets(args.gallery, "--gallery")
+        extractor = FeatureExtractor.from_checkpoint(args.model_path, device=args.device, amp=args.amp,
+                                                     sampling=args.sampling, num_workers=args.num_workers)
+        cache_path = None if args.cache.lower() == "none" else (
+            args.cache or os.path.join(os.path.dirname(os.path.abspath(args.out)), "search_features.npz"))
+        cache = FeatureCache(cache_path, model_cache_key(args.model_path, extractor.cfg))
+        result = search(extractor, queries, gallery, topk=args.topk, cache=cache,
+                        query_camera=args.query_camera, gallery_camera=args.gallery_camera)
+        cache.save()
+    except (CheckpointError, InferenceInputError, PretrainedWeightsError, CorruptFrameError) as exc:
+        sys.exit(f"Error: {_error_message(exc)}")
+    write_results_csv(args.out, result)
+    logger.info("Ranked %d gallery tracklets for %d queries; wrote %s", len(gallery), len(queries), args.out)
+    if args.visualize > 0:
+        folder = os.path.join(os.path.dirname(os.path.abspath(args.out)), "ranklists")
+        write_ranklists(folder, result, args.visualize)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""tools.export: ONNX / TorchScript export of the eval embedding graph, parity with PyTorch, clear errors."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from processor.inference import FeatureExtractor
+from tests.inference_fixtures import make_tiny_checkpoint
+from tools import export
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("export"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pooling_matmul_equals_adaptive_avg_pool2d(seed):
+    """The ONNX-friendly pooling (one matmul) against torch's own op, divisible and not, up and down."""
+    rng = np.random.default_rng(seed)
+    height, width = (int(v) for v in rng.integers(1, 17, size=2))
+    out = (int(rng.integers(1, 9)), int(rng.integers(1, 9)))
+    x = torch.randn(3, 5, height, width, generator=torch.Generator().manual_seed(seed))
+    expected = F.adaptive_avg_pool2d(x, out)
+    torch.testing.assert_close(export._adaptive_avg_pool2d_as_matmul(x, out), expected, atol=1e-5, rtol=1e-5)
+    square = int(rng.integers(1, 6))
+    torch.testing.assert_close(export._adaptive_avg_pool2d_as_matmul(x, square),
+                               F.adaptive_avg_pool2d(x, square), atol=1e-5, rtol=1e-5)
+    with export.onnx_friendly_ops():
+        assert F.adaptive_avg_pool2d is export._adaptive_avg_pool2d_as_matmul
+    assert F.adaptive_avg_pool2d is not export._adaptive_avg_pool2d_as_matmul
+
+
+def check_exported(ckpt, runner, frames):
+    """The exported graph on a batch size never seen at export equals FeatureExtractor.embed_clips."""
+    extractor = FeatureExtractor.from_checkpoint(ckpt, device="cpu", amp="off")
+    clips = torch.randn(5, frames, 3, 32, 16, generator=torch.Generator().manual_seed(9))
+    camids = torch.tensor([0, 1, 2, 0, 1])
+    got = runner(clips, camids)
+    assert got.shape == (5, extractor.embedding_dim)
+    np.testing.assert_allclose(got, extractor.embed_clips(clips, camids).numpy(), atol=1e-4)
+
+
+def test_torchscript_export_parity(tiny, tmp_path, capsys):
+    _, ckpt = tiny
+    out = str(tmp_path / "model.pt")
+    diff = export.main(["--model_path", ckpt, "--format", "torchscript", "--out", out, "--frames", "6"])
+    assert diff <= 1e-4 and os.path.isfile(out)
+    assert "max |diff|" in capsys.readouterr().out
+    check_exported(ckpt, export.load_runner(out, "torchscript"), frames=6)
+
+
+def test_onnx_export_parity(tiny, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime (pip install onnx onnxruntime)")
+    _, ckpt = tiny
+    out = str(tmp_path / "model.onnx")
+    diff = export.main(["--model_path", ckpt, "--format", "onnx", "--out", out])
+    assert diff <= 1e-4 and os.path.isfile(out)
+    assert "onnx parity" in capsys.readouterr().out
+    import onnx
+
+    graph = onnx.load(out).graph
+    assert [i.name for i in graph.input] == ["frames", "camids"] and graph.output[0].name == "embedding"
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # dynamic batch
+    check_exported(ckpt, export.load_runner(out, "onnx"), frames=4)  # default T = TEST.SEQ_LEN of the checkpoint
+
+
+def test_failed_parity_and_bad_checkpoint_exit_cleanly(tiny, tmp_path):
+    _, ckpt = tiny
+    with pytest.raises(SystemExit, match=r"parity check failed: max \|diff\|"):
+        export.main(["--model_path", ckpt, "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                     "--tolerance", "-1"])
+    assert os.listdir(tmp_path) == []  # a file that fails its parity check is not left behind
+    notes = tmp_path / "notes.pth"
+    notes.write_text("hello")
+    with pytest.raises(SystemExit, match="Cannot read checkpoint"):
+        export.main(["--model_path", str(notes), "--format", "torchscript", "--out", str(tmp_path / "x.pt")])
+    with pytest.raises(SystemExit, match="--frames must be >= 1"):
+        export.main(["--model_path", ckpt, "--format", "torchscript", "--out", str(tmp_path / "x.pt"), "--frames", "0"])
+    assert not os.path.exists(tmp_path / "x.pt")
