@@ -76,3 +76,16 @@ def csv_unsafe_reason(name: str) -> str | None:
     if match:
         return f"contains {match.group(0)!r}"
     return None
+
+
+def good_and_junk(query_pid, query_key, pids, keys):
+    """Both junk rules in one: (good, junk) masks of gallery entries for one query or for pairs.
+
+    Among the entries of the query's pid, junk = the same key as the query (its camera under the
+    "camera" rule, its tracklet id under "tracklet"), good = another key. An entry of another
+    identity is neither, even when it shares the key. Works elementwise on scalars, NumPy arrays
+    and torch tensors (pids, keys (G,) against a scalar query, or (P,) pairs against (P,)).
+    """
+    same_pid = pids == query_pid
+    same_key = keys == query_key
+    return same_pid & ~same_key, same_pid & same_key
