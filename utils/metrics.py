@@ -48,6 +48,29 @@ _ENTRIES_PER_BIN = 4
 DISTANCE_METRICS = ("cosine", "euclidean")
 
 
+# ----------------------------------------------------------------------------- features
+class NonFiniteFeaturesError(ValueError):
+    """A model produced NaN/Inf features; the message names the model (checkpoint) and the tracklets."""
+
+
+def check_finite_features(features: torch.Tensor, source: str, names: Sequence[str] | None = None) -> None:
+    """Raise NonFiniteFeaturesError when any row of ``features`` (N, D) holds NaN or Inf.
+
+    Called where features are produced for evaluation, before any distance or metric: NaN features
+    would otherwise surface as NaN distances deep inside the ranking code. ``source`` names the
+    model (e.g. the checkpoint path); ``names`` (N,) the tracklets, for the message.
+    """
+    bad = ~torch.isfinite(features).reshape(features.shape[0], -1).all(dim=1)
+    count = int(bad.sum())
+    if count == 0:
+        return
+    first = int(torch.nonzero(bad)[0, 0])
+    example = f" (first: {names[first]!r})" if names is not None else f" (first: row {first})"
+    raise NonFiniteFeaturesError(
+        f"{source} produces non-finite features (NaN or Inf) for {count} of {features.shape[0]} tracklets{example}; "
+        f"no metric was computed. Its weights are damaged or training diverged: use another checkpoint.")
+
+
 # ----------------------------------------------------------------------------- distances
 def _check_distance_inputs(qf: torch.Tensor, gf: torch.Tensor, metric: str) -> None:
     if metric not in DISTANCE_METRICS:

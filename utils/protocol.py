@@ -74,7 +74,10 @@ def csv_unsafe_reason(name: str) -> str | None:
         return "empty name"
     match = _CSV_UNSAFE_RE.search(name)
     if match:
-        return f"contains {match.group(0)!r}"
+        char = match.group(0)
+        kind = {" ": "a space", ",": "a comma", '"': "a quote", "'": "a quote"}.get(
+            char, "a line break" if char in "\r\n" else "whitespace")
+        return f"contains {kind} ({char!r})"
     return None
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from utils.protocol import (CASE_BY_NAME, CASE_FOLDERS, CASE_NAMES, CASE_PARTS, EXPECTED_LAYOUT, csv_unsafe_reason,
                             good_and_junk, is_ascii_int, natural_sort_key, split_tracklet_name)
-from utils.fileio import make_temp_file
+from utils.fileio import WriteFailure, atomic_write, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +77,16 @@ def submission_rows(case: int, query_names: Sequence[str], gallery_names: Sequen
 
 
 def write_submission(path: str, rows: Iterable[tuple[int, str, Sequence[str]]]) -> int:
-    """Write the challenge CSV atomically (temp file in the same folder, then os.replace).
+    """Write the challenge CSV atomically (``utils.fileio.atomic_write``: temp file, then os.replace).
 
     rows: (case number 1..3, query tracklet name, ranked gallery tracklet names best first), case by
     case in the order 1, 2, 3 and, within a case, in CSV query order. Returns the number of rows.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = make_temp_file(folder, ".submission-", ".csv.tmp")
     count = 0
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as f:
+
+    def write(tmp_path: str) -> None:
+        nonlocal count
+        with open(tmp_path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(CSV_COLUMNS)
             previous_case = 0
@@ -105,13 +104,8 @@ def write_submission(path: str, rows: Iterable[tuple[int, str, Sequence[str]]]) 
                 previous_case = case
                 count += 1
                 writer.writerow((count, CASE_NAMES[case], query_name, " ".join(ranked)))
-            f.flush()
-            os.fsync(f.fileno())  # data on disk before the rename, or a power cut can leave an empty CSV
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+
+    atomic_write(path, write)   # temp file, fsync, rename; a failed write is a WriteFailure naming path
     logger.info("Wrote %d submission rows to %s", count, path)
     return count
 
@@ -361,15 +355,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"{args.csv}: OK ({len(read_submission(args.csv))} rows)")
         return 0
-    scores = score_submission(args.csv)
-    print(format_scores(scores))
-    if args.json:
-        payload = {str(k): v for k, v in scores.items()}
-        folder = os.path.dirname(os.path.abspath(args.json))
-        handle, tmp_path = make_temp_file(folder, ".scores-", ".json.tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp_path, args.json)
+    try:
+        scores = score_submission(args.csv)
+        print(format_scores(scores))
+        if args.json:
+            write_text_atomic(args.json, json.dumps({str(k): v for k, v in scores.items()}, indent=2))
+    except (ValueError, FileNotFoundError, WriteFailure) as exc:   # the message names the file and the fix
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
