@@ -12,7 +12,12 @@ Facts (from the challenge's released ``calculate_metrics_from_csv.py`` and the D
 * a tracklet folder is named ``{pid}_{tid}``; the scorer reads both parts as integers;
 * junk (``"tracklet"`` rule, the scorer's): a gallery entry with the query's pid *and* the query's
   tid; an entry of another identity is never junk. ``"camera"`` is the Market-1501 rule of the
-  authors' in-process evaluator (same pid and same camera).
+  authors' in-process evaluator (same pid and same camera). Both are ``good_and_junk``, used by
+  ``utils.metrics.evaluate_ranking`` and ``utils.submission.score_submission`` alike.
+
+This module is stricter than the released script where that script would read a name loosely
+(``int()`` accepts ``' 7'``, ``'+7'`` and ``'²'``; ``split('_')`` ignores a third field): such names
+are refused with an error naming them, never scored differently.
 """
 from __future__ import annotations
 
