@@ -16,8 +16,8 @@ Facts (from the challenge's released ``calculate_metrics_from_csv.py`` and the D
   ``utils.metrics.evaluate_ranking`` and ``utils.submission.score_submission`` alike.
 
 This module is stricter than the released script where that script would read a name loosely
-(``int()`` accepts ``' 7'``, ``'+7'`` and Arabic-Indic digits such as ``'٣'``; ``split('_')`` ignores a third field): such names
-are refused with an error naming them, never scored differently.
+(``int()`` accepts ``' 7'``, ``'+7'`` and Arabic-Indic digits such as ``'٣'``; ``split('_')``
+ignores a third field): such names are refused with an error naming them, never scored differently.
 """
 from __future__ import annotations
 
