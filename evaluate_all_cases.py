@@ -107,4 +107,9 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.fileio import WriteFailure
+    from utils.metrics import NonFiniteFeaturesError
+    try:
+        main()
+    except (WriteFailure, NonFiniteFeaturesError) as exc:   # the message names the file and the cause
+        sys.exit(f"error: {exc}")

@@ -61,7 +61,8 @@ def main(argv=None) -> dict:
 EXPLAINED_ERRORS = (
     ("datasets.detreidx", "DatasetLayoutError"), ("datasets.video", "CorruptFrameError"),
     ("model.backbone", "PretrainedWeightsError"), ("utils.checkpoint", "CheckpointError"),
-    ("processor.trainer", "NonFiniteLossError"),
+    ("processor.trainer", "NonFiniteLossError"), ("utils.fileio", "WriteFailure"),
+    ("utils.metrics", "NonFiniteFeaturesError"),
 )
 
 

@@ -255,7 +255,7 @@ _C.TEST.RERANK_K1 = 20
 _C.TEST.RERANK_K2 = 6
 # Re-ranking lambda (weight of the original distance).
 _C.TEST.RERANK_LAMBDA = 0.3
-# Junk rule: "tracklet" (same tracklet id, the challenge scorer's) or "camera" (same pid and camera, Market-1501).
+# Junk rule: "tracklet" (same pid and same tracklet id, the challenge scorer's) or "camera" (same pid and camera, Market-1501).
 _C.TEST.JUNK_RULE = "tracklet"
 # Average precision: "trapezoid" (the challenge scorer's) or "standard" (mean precision at hits).
 _C.TEST.AP_MODE = "trapezoid"

@@ -19,6 +19,8 @@ from processor.inference import (
     unique_tracklets,
 )
 from utils.checkpoint import atomic_write, write_text_atomic
+from utils.fileio import remove_stale_temp_files
+from utils.metrics import check_finite_features
 from utils.submission import write_submission
 
 logger = logging.getLogger(__name__)
@@ -75,9 +77,11 @@ def run_case_evaluation(
     """
     if not cases:
         raise ValueError("No cases to evaluate: check DATASETS.ROOT_DIR and --cases")
+    remove_stale_temp_files(output_dir)   # left by a killed earlier evaluation (CSV, JSON, plots)
     tracklets, index = unique_tracklets(cases)
     logger.info("Encoding %d unique tracklets for cases %s", len(tracklets), sorted(cases))
     features = encode_tracklets(model, cfg, tracklets, device, desc="test")["embedding"]
+    check_finite_features(features, (extra or {}).get("checkpoint") or "The model", [t.name for t in tracklets])
     if save_features:
         save_features_npz(save_features, features, tracklets, index)
         logger.info("Saved features to %s", save_features)

@@ -30,6 +30,7 @@ from utils.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from utils.fileio import remove_stale_temp_files
 from utils.logger import MetricsWriter
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class Trainer:
         self.start_epoch = 1
         self.global_step = 0
         self.best_map = -1.0
+        if self.is_main:  # temporary files of a killed earlier run in this folder (plots, CSV, checkpoints)
+            remove_stale_temp_files(output_dir)
         self.writer = MetricsWriter(output_dir, enabled=self.is_main)
 
     # ------------------------------------------------------------------ checkpoints

@@ -47,7 +47,7 @@ def test_truncated_checkpoint_error_and_resume_fallback(tmp_path):
     save_checkpoint({"model": {}, "epoch": 5}, str(tmp_path / "checkpoint_last.pth"))
     data = (tmp_path / "checkpoint_last.pth").read_bytes()
     (tmp_path / "checkpoint_last.pth").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
         load_checkpoint(str(tmp_path / "checkpoint_last.pth"))
     path, state = find_resume_checkpoint(str(tmp_path))
     assert path.endswith("checkpoint_epoch4.pth") and state["epoch"] == 4

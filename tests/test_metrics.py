@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import (compute_distance, evaluate_ranking, rank_gallery, summarize_cases,
-                           tracklet_id)
+from utils.metrics import compute_distance, evaluate_ranking, rank_gallery, summarize_cases
 
 
 def oracle_evaluate(dist, q_pids, g_pids, q_cams, g_cams, q_names, g_names, junk_rule, ap_mode,
@@ -21,7 +20,8 @@ def oracle_evaluate(dist, q_pids, g_pids, q_cams, g_cams, q_names, g_names, junk
             if junk_rule == "camera":
                 junk = g_pids[j] == q_pids[q] and g_cams[j] == q_cams[q]
             else:
-                junk = g_names[j].split("_", 1)[1] == q_names[q].split("_", 1)[1]
+                junk = (g_pids[j] == q_pids[q]
+                        and int(g_names[j].split("_")[1]) == int(q_names[q].split("_")[1]))
             if not junk:
                 kept_is_good.append(g_pids[j] == q_pids[q])
         num_good = sum(kept_is_good)
@@ -121,7 +121,7 @@ def test_large_gallery_with_random_ties_matches_oracle():
     cams = rng.integers(0, 2, num_g)
     q_cams = rng.integers(0, 2, num_q)
     names_g = [f"{p}_{i}" for i, p in enumerate(g_pids)]
-    names_q = [f"{p}_q{i}" for i, p in enumerate(q_pids)]
+    names_q = [f"{p}_{num_g + i}" for i, p in enumerate(q_pids)]
     for rule in ("camera", "tracklet"):
         expected = oracle_evaluate(dist.tolist(), q_pids.tolist(), g_pids.tolist(), q_cams.tolist(),
                                    cams.tolist(), names_q, names_g, rule, "trapezoid")
@@ -147,7 +147,8 @@ def test_bad_inputs_raise_clear_errors():
         evaluate_ranking(np.array([[np.nan, 1.0]]), [1], [1, 2], q_names=["1_0"], g_names=["1_1", "2_1"])
     with pytest.raises(ValueError, match="camids"):
         evaluate_ranking(dist, [1], [1, 2], junk_rule="camera")
-    assert tracklet_id("0004_12") == "12"
+    with pytest.raises(ValueError, match="'0004_x'"):
+        evaluate_ranking(dist, [4], [4, 2], q_names=["0004_x"], g_names=["4_1", "2_1"])
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

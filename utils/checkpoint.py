@@ -1,17 +1,37 @@
-"""Checkpoint I/O: atomic writes, ``weights_only`` loads, resume discovery and strict model loading."""
+"""Checkpoint I/O: atomic writes with a checksum, ``weights_only`` loads, resume discovery and strict
+model loading.
+
+File format: what ``torch.save`` writes (a zip archive), followed by a small checksum trailer::
+
+    payload | CRC-32 of each chunk of the payload (uint32 LE, n of them) | footer (32 bytes)
+    footer = payload_bytes (uint64) | chunk_bytes (uint64) | n (uint32) | CRC-32 of the CRCs and the
+             preceding footer fields (uint32) | b"SASCKSUM"
+
+torch's zip reader finds its central directory from the end of the file and tolerates up to 64 KiB
+after it, so ``torch.load(path, weights_only=True)`` reads such a file unchanged; the trailer stays
+under 5 KiB (at most MAX_CHUNKS chunks). The checksum is for corruption (flipped bits, a bad copy),
+not for safety: ``weights_only`` already refuses code. CRC-32 runs at memory speed per core and the
+chunks are checked in parallel threads (zlib releases the GIL), so verifying a multi-GB checkpoint
+costs a fraction of a second on a many-core machine (``bench/checkpoint_checksum.py``).
+"""
 from __future__ import annotations
 
 import glob
 import logging
+import mmap
 import os
 import random
 import re
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
-from utils.fileio import make_temp_file
+from utils.fileio import RecordingWriter, remove_stale_temp_files, write_text_atomic  # noqa: F401  (re-exported)
+from utils.fileio import atomic_write  # noqa: F401  (re-exported: processor.evaluation writes through it)
 
 logger = logging.getLogger(__name__)
 
@@ -19,54 +39,123 @@ LAST_NAME = "checkpoint_last.pth"
 BEST_NAME = "checkpoint_best.pth"
 EPOCH_PATTERN = re.compile(r"checkpoint_epoch(\d+)\.pth$")
 
+CHECKSUM_MAGIC = b"SASCKSUM"
+_FOOTER = struct.Struct("<QQII8s")      # payload bytes, chunk bytes, chunk count, CRC of the trailer, magic
+CHUNK_BYTES = 64 * 2**20                # checksum granularity (a mismatch is located to a chunk)
+MAX_CHUNKS = 1024                       # larger files get larger chunks: the trailer stays small
+# torch's own files are never shorter: below this a file is truncated or not a checkpoint at all.
+MIN_CHECKPOINT_BYTES = 64
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message says which and why."""
 
 
-def atomic_write(path: str, write_fn) -> None:
-    """Call ``write_fn(tmp_path)`` then rename onto ``path``: a crash never leaves a half file there."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = make_temp_file(folder, "." + os.path.basename(path) + ".", ".tmp")
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _chunk_crcs(path: str, length: int, chunk: int) -> list[int]:
+    """CRC-32 of each ``chunk``-byte piece of the first ``length`` bytes of ``path``, in parallel."""
+    if length == 0:
+        return []
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            starts = range(0, length, chunk)
+            workers = min(len(starts), os.cpu_count() or 1, 16)
+            crc = lambda start: zlib.crc32(view[start:min(start + chunk, length)])  # noqa: E731
+            if workers <= 1:
+                return [crc(start) for start in starts]
+            with ThreadPoolExecutor(workers) as pool:
+                return list(pool.map(crc, starts))
+        finally:
+            view.release()
 
 
-def write_text_atomic(path: str, text: str) -> None:
+def _chunk_size(length: int) -> int:
+    return max(CHUNK_BYTES, -(-length // MAX_CHUNKS))
+
+
+def append_checksum(path: str) -> None:
+    """Append the checksum trailer (see the module docstring) to the torch file at ``path``."""
+    length = os.path.getsize(path)
+    chunk = _chunk_size(length)
+    crcs = _chunk_crcs(path, length, chunk)
+    table = struct.pack(f"<{len(crcs)}I", *crcs)
+    head = struct.pack("<QQI", length, chunk, len(crcs))
+    footer = _FOOTER.pack(length, chunk, len(crcs), zlib.crc32(table + head), CHECKSUM_MAGIC)
+    with RecordingWriter(path, "ab") as f:
+        f.write(table + footer)
+
+
+def verify_checksum(path: str) -> bool:
+    """Check ``path`` against its checksum trailer. True when it matches, False when the file has no
+    trailer (written before checksums existed); CheckpointError ("corrupt") when it does not match."""
+    size = os.path.getsize(path)
+    if size < _FOOTER.size:
+        return False
+    with open(path, "rb") as f:
+        f.seek(size - _FOOTER.size)
+        length, chunk, count, trailer_crc, magic = _FOOTER.unpack(f.read(_FOOTER.size))
+        if magic != CHECKSUM_MAGIC:
+            return False
+        table_bytes = 4 * count
+        if count > MAX_CHUNKS or length + table_bytes + _FOOTER.size != size:
+            raise CheckpointError(f"Checkpoint {path} is corrupt or truncated: its checksum trailer does not fit "
+                                  f"its size ({size} bytes). Use an earlier checkpoint.")
+        f.seek(length)
+        table = f.read(table_bytes)
+    if zlib.crc32(table + struct.pack("<QQI", length, chunk, count)) != trailer_crc or chunk < 1 \
+            or count != -(-length // chunk):
+        raise CheckpointError(f"Checkpoint {path} is corrupt: its checksum record is damaged. Use an earlier checkpoint.")
+    expected = struct.unpack(f"<{count}I", table)
+    for index, (got, want) in enumerate(zip(_chunk_crcs(path, length, chunk), expected)):
+        if got != want:
+            start = index * chunk
+            raise CheckpointError(
+                f"Checkpoint {path} is corrupt: checksum mismatch in bytes {start}..{min(start + chunk, length) - 1} "
+                f"of {length}; the file changed after it was written (disk or copy error). Use an earlier "
+                f"checkpoint (--resume auto picks the newest good one).")
+    return True
+
+
+def save_checkpoint(state: dict, path: str) -> None:
+    """torch.save + checksum trailer, written atomically (a failed write is a WriteFailure naming ``path``)."""
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with RecordingWriter(tmp) as f:
+            torch.save(state, f)
+        append_checksum(tmp)
 
     atomic_write(path, write)
 
 
-def save_checkpoint(state: dict, path: str) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
-    """Load with ``weights_only=True`` (refuses pickled code); a damaged file raises CheckpointError."""
+    """Verify the checksum, then ``torch.load(weights_only=True)`` (refuses pickled code).
+
+    A damaged file raises CheckpointError: "corrupt" when the checksum does not match, "truncated or
+    not a checkpoint" when torch cannot read it. A file without a checksum (older versions) loads with
+    a warning.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"Checkpoint not found: {path}")
+    size = os.path.getsize(path)
+    if size < MIN_CHECKPOINT_BYTES:
+        raise CheckpointError(f"Cannot read checkpoint {path}: it is {size} bytes long, truncated or not a checkpoint")
+    verified = verify_checksum(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged or unsafe files
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
+        # Refused code names a global it may not import; anything else (an unknown pickle opcode,
+        # a missing zip directory) means the bytes are not a checkpoint, or no longer one.
+        if "GLOBAL" in text or "Unsupported global" in text or "Unsupported class" in text:
             raise CheckpointError(
                 f"Refused to load {path}: it holds pickled objects other than tensors and plain containers "
                 "(possibly code). Only checkpoints written by this project can be loaded."
             ) from exc
-        raise CheckpointError(f"Cannot read checkpoint {path} (truncated or corrupt?): {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"Cannot read checkpoint {path} (truncated or not a checkpoint): "
+                              f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}") from exc
+    if not verified:
+        logger.warning("Checkpoint %s has no checksum (written by an older version): loaded without an "
+                       "integrity check", path)
+    return state
 
 
 def epoch_checkpoints(output_dir: str) -> list[tuple[int, str]]:
@@ -79,32 +168,13 @@ def epoch_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
-def remove_stale_temp_files(output_dir: str) -> list[str]:
-    """Delete the ``.checkpoint*.pth.*.tmp`` files that writers killed mid-write left in ``output_dir``.
-
-    Each is as large as a checkpoint, so a run killed again and again would fill the disk. Only
-    for the start of a resumed run, when nothing else writes checkpoints there.
-    """
-    removed = []
-    for path in glob.glob(os.path.join(output_dir, ".checkpoint*.pth.*.tmp")):
-        try:
-            size = os.path.getsize(path)
-            os.remove(path)
-        except FileNotFoundError:  # another rank of the same resumed run removed it first
-            continue
-        removed.append(path)
-        logger.warning("Removed %s (%.1f MiB), the temporary file of a checkpoint write that was killed",
-                       path, size / 2**20)
-    return removed
-
-
 def find_resume_checkpoint(output_dir: str) -> tuple[str, dict] | None:
     """The newest loadable checkpoint in ``output_dir`` (last, then epoch files newest first).
 
     A damaged candidate is skipped with a warning that names it, so a kill during a write never
     costs more than the epochs since the previous good file. Reading stops at the first good file:
     holding every epoch checkpoint of a long run in memory at once could exhaust it. Temporary
-    files of killed writes are removed (remove_stale_temp_files).
+    files of killed writes are removed (``utils.fileio.remove_stale_temp_files``).
     """
     remove_stale_temp_files(output_dir)
     candidates = [os.path.join(output_dir, LAST_NAME)] + [p for _, p in epoch_checkpoints(output_dir)]

@@ -1,4 +1,9 @@
-"""Logging setup (console + text file on rank 0) and a metrics writer (JSON lines + TensorBoard)."""
+"""Logging setup (console + text file on rank 0) and a metrics writer (JSON lines + TensorBoard).
+
+A log or metrics file that cannot be written (disk full, read-only, no permission) stops the run
+with ``utils.fileio.WriteFailure`` (one line naming the file), not with logging's traceback per
+message on stderr.
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +12,33 @@ import os
 import sys
 from typing import Mapping
 
+from utils.fileio import WriteFailure, ensure_folder
+
 ROOT_LOGGER = ""
+
+
+class FailingFileHandler(logging.FileHandler):
+    """A FileHandler whose failed write raises WriteFailure (once; it then stays silent so that the
+    messages logged while the run unwinds do not raise again). logging's default prints a traceback
+    to stderr for every message and carries on writing nothing."""
+
+    def __init__(self, filename: str, encoding: str = "utf-8"):
+        try:
+            super().__init__(filename, encoding=encoding)
+        except OSError as exc:
+            raise WriteFailure(filename, exc) from None
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            self.failed = True
+            raise WriteFailure(self.baseFilename, error) from None
+        super().handleError(record)
 
 
 def setup_logging(output_dir: str | None, rank: int = 0, filename: str = "log.txt") -> logging.Logger:
@@ -24,8 +55,8 @@ def setup_logging(output_dir: str | None, rank: int = 0, filename: str = "log.tx
     console._sas_handler = True  # type: ignore[attr-defined]
     logger.addHandler(console)
     if output_dir and rank == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(output_dir, filename), encoding="utf-8")
+        ensure_folder(output_dir)
+        file_handler = FailingFileHandler(os.path.join(output_dir, filename))
         file_handler.setFormatter(fmt)
         file_handler._sas_handler = True  # type: ignore[attr-defined]
         logger.addHandler(file_handler)
@@ -41,8 +72,12 @@ class MetricsWriter:
         self._tb = None
         if not enabled:
             return
-        os.makedirs(output_dir, exist_ok=True)
-        self._jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        ensure_folder(output_dir)
+        self._jsonl_path = os.path.join(output_dir, "metrics.jsonl")
+        try:
+            self._jsonl = open(self._jsonl_path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise WriteFailure(self._jsonl_path, exc) from None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -55,14 +90,20 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"kind": kind, "step": step, "epoch": epoch, **{k: float(v) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        except OSError as exc:
+            raise WriteFailure(self._jsonl_path, exc) from None
         if self._tb is not None:
             for key, value in scalars.items():
                 self._tb.add_scalar(f"{kind}/{key}", float(value), step)
 
     def close(self) -> None:
         if self._jsonl is not None:
-            self._jsonl.close()
+            try:
+                self._jsonl.close()
+            except OSError as exc:
+                raise WriteFailure(self._jsonl_path, exc) from None
         if self._tb is not None:
             self._tb.close()

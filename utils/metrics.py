@@ -9,8 +9,10 @@ gallery order (a *stable* sort), so results never depend on the sorting algorith
 Two junk rules (what is removed from a query's ranking before scoring):
   * ``"camera"`` (Market-1501): good = same pid and different camera; junk = same pid and same
     camera.
-  * ``"tracklet"`` (the VReID-XFD challenge scorer): tracklet names are ``"{pid}_{tracklet_id}"``;
-    a gallery entry whose tracklet id equals the query's is junk; good = same pid (and not junk).
+  * ``"tracklet"`` (the VReID-XFD challenge scorer, ``utils.protocol``): pid and tracklet id are
+    read as integers from the ``"{pid}_{tid}"`` names (``7_3`` and ``0007_03`` are the same);
+    junk = same pid and same tid; good = same pid and another tid. An entry of another identity
+    is never junk, even when it shares the query's tid.
 
 Two AP definitions, with a query's good entries at 0-based ranks r_0 < r_1 < ... among the
 non-junk entries, n_good of them:
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.protocol import AP_MODES, JUNK_RULES
+from utils.protocol import AP_MODES, JUNK_RULES, good_and_junk, split_tracklet_name
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,29 @@ logger = logging.getLogger(__name__)
 _ENTRIES_PER_BIN = 4
 
 DISTANCE_METRICS = ("cosine", "euclidean")
+
+
+# ----------------------------------------------------------------------------- features
+class NonFiniteFeaturesError(ValueError):
+    """A model produced NaN/Inf features; the message names the model (checkpoint) and the tracklets."""
+
+
+def check_finite_features(features: torch.Tensor, source: str, names: Sequence[str] | None = None) -> None:
+    """Raise NonFiniteFeaturesError when any row of ``features`` (N, D) holds NaN or Inf.
+
+    Called where features are produced for evaluation, before any distance or metric: NaN features
+    would otherwise surface as NaN distances deep inside the ranking code. ``source`` names the
+    model (e.g. the checkpoint path); ``names`` (N,) the tracklets, for the message.
+    """
+    bad = ~torch.isfinite(features).reshape(features.shape[0], -1).all(dim=1)
+    count = int(bad.sum())
+    if count == 0:
+        return
+    first = int(torch.nonzero(bad)[0, 0])
+    example = f" (first: {names[first]!r})" if names is not None else f" (first: row {first})"
+    raise NonFiniteFeaturesError(
+        f"{source} produces non-finite features (NaN or Inf) for {count} of {features.shape[0]} tracklets{example}; "
+        f"no metric was computed. Its weights are damaged or training diverged: use another checkpoint.")
 
 
 # ----------------------------------------------------------------------------- distances
@@ -155,13 +180,29 @@ def rank_gallery(distmat, chunk: int = 512, topk: int | None = None) -> np.ndarr
 
 
 # ----------------------------------------------------------------------------- label handling
-def tracklet_id(name: str) -> str:
-    """Tracklet id of a ``"{pid}_{tracklet_id}"`` folder name (everything after the first '_')."""
-    head, sep, tail = str(name).partition("_")
-    if not sep or not head or not tail:
-        raise ValueError(f"Tracklet name {name!r} is not of the form '{{pid}}_{{tracklet_id}}', which the "
-                         f"'tracklet' junk rule needs; use TEST.JUNK_RULE camera for such data")
-    return tail
+def _tracklet_rule_codes(q_names, g_names, q_pid_codes: np.ndarray, g_pid_codes: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+    """The "tracklet" rule's labels, read from the names as the challenge scorer reads them.
+
+    q_names (Q,), g_names (G,) ``"{pid}_{tid}"`` names; q_pid_codes (Q,), g_pid_codes (G,) the
+    codes of the pids the caller passed (from the PID folders), only to warn when the names say
+    otherwise. -> (q pid codes, g pid codes, number of pid codes, q tid codes, g tid codes), int64.
+    """
+    pairs = [split_tracklet_name(n) for n in q_names] + [split_tracklet_name(n) for n in g_names]
+    pid_code: dict[int, int] = {}
+    tid_code: dict[int, int] = {}
+    # Python ints as dict keys: a tid of any length is fine (no int64 overflow).
+    pids = np.fromiter((pid_code.setdefault(p, len(pid_code)) for p, _ in pairs), np.int64, len(pairs))
+    tids = np.fromiter((tid_code.setdefault(t, len(tid_code)) for _, t in pairs), np.int64, len(pairs))
+    given = np.concatenate([q_pid_codes, g_pid_codes])
+    # The caller's pids and the names' pids must group the tracklets alike, else the names win.
+    num_pairs = len(np.unique(given * len(pid_code) + pids)) if len(pairs) else 0
+    if num_pairs != len(pid_code) or num_pairs != len(np.unique(given)):
+        logger.warning("The pids passed for evaluation group the tracklets differently from the pids in their "
+                       "'{pid}_{tid}' names; the 'tracklet' junk rule reads identities from the names, as the "
+                       "challenge scorer does (check the PID folders against the tracklet names)")
+    num_q = len(q_names)
+    return pids[:num_q], pids[num_q:], len(pid_code), tids[:num_q], tids[num_q:]
 
 
 def _to_numpy(values) -> np.ndarray:
@@ -277,7 +318,8 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids=None, g_camids=None, q_na
     distmat (Q, G) tensor (any device), numpy array or ChunkedDistance (the matrix is read ``chunk``
     query rows at a time, so a ChunkedDistance never exists whole); q_pids (Q,), g_pids (G,) labels of any
     hashable kind; q_camids (Q,), g_camids (G,) ints (needed by the "camera" rule); q_names (Q,),
-    g_names (G,) tracklet folder names "{pid}_{tid}" (needed by the "tracklet" rule).
+    g_names (G,) tracklet folder names "{pid}_{tid}" (needed by the "tracklet" rule, which reads pid and
+    tid from the names as the challenge scorer does; the pids passed are then only compared with them).
 
     Returns {"mAP", "mINP", "R1", "R5", ... (fractions 0..1, nan when no query is valid),
     "num_queries", "num_valid", "num_without_match", "junk_rule", "ap_mode",
@@ -299,19 +341,18 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids=None, g_camids=None, q_na
 
     q_pid_codes, g_pid_codes, num_pid_codes = _encode_jointly(q_pids, g_pids)
     as_tensor = lambda a: torch.as_tensor(a, dtype=torch.int64, device=device)  # noqa: E731
-    q_pid_t, g_pid_t = as_tensor(q_pid_codes), as_tensor(g_pid_codes)
-    by_pid = _GroupIndex(g_pid_t, num_pid_codes)
     if junk_rule == "camera":
         if q_camids is None or g_camids is None or len(q_camids) != num_q or len(g_camids) != num_g:
             raise ValueError("The 'camera' junk rule needs q_camids (Q,) and g_camids (G,)")
-        q_cam_t, g_cam_t = as_tensor(_to_numpy(q_camids)), as_tensor(_to_numpy(g_camids))
+        q_side, g_side = as_tensor(_to_numpy(q_camids)), as_tensor(_to_numpy(g_camids))  # camera ids
     else:
         if q_names is None or g_names is None or len(q_names) != num_q or len(g_names) != num_g:
             raise ValueError("The 'tracklet' junk rule needs q_names (Q,) and g_names (G,) tracklet folder names")
-        q_tid_codes, g_tid_codes, num_tid_codes = _encode_jointly([tracklet_id(n) for n in q_names],
-                                                                 [tracklet_id(n) for n in g_names])
-        q_tid_t, g_tid_t = as_tensor(q_tid_codes), as_tensor(g_tid_codes)
-        by_tid = _GroupIndex(g_tid_t, num_tid_codes)
+        q_pid_codes, g_pid_codes, num_pid_codes, q_tid_codes, g_tid_codes = _tracklet_rule_codes(
+            q_names, g_names, q_pid_codes, g_pid_codes)
+        q_side, g_side = as_tensor(q_tid_codes), as_tensor(g_tid_codes)                  # tracklet ids
+    q_pid_t, g_pid_t = as_tensor(q_pid_codes), as_tensor(g_pid_codes)
+    by_pid = _GroupIndex(g_pid_t, num_pid_codes)
 
     ap = np.full(num_q, np.nan, dtype=np.float64)
     inp = np.full(num_q, np.nan, dtype=np.float64)
@@ -326,18 +367,10 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids=None, g_camids=None, q_na
                              f"check the features (NaN after training?) before evaluating")
         c = stop - start
         qp = q_pid_t[start:stop]
-        # Every gallery entry that is good or junk for a query of this chunk, as (row, col) pairs.
+        # Every gallery entry that is good or junk for a query of this chunk, as (row, col) pairs:
+        # both rules only ever drop entries of the query's own pid (same camera / same tracklet id).
         rows, cols = by_pid.pairs(qp)
-        if junk_rule == "camera":
-            is_junk = g_cam_t[cols] == q_cam_t[start:stop][rows]
-        else:
-            qt = q_tid_t[start:stop]
-            is_junk = g_tid_t[cols] == qt[rows]
-            tid_rows, tid_cols = by_tid.pairs(qt)
-            other_pid = g_pid_t[tid_cols] != qp[tid_rows]   # same-pid ones are already listed above
-            rows = torch.cat([rows, tid_rows[other_pid]])
-            cols = torch.cat([cols, tid_cols[other_pid]])
-            is_junk = torch.cat([is_junk, torch.ones(int(other_pid.sum()), dtype=torch.bool, device=device)])
+        _, is_junk = good_and_junk(qp[rows], q_side[start:stop][rows], g_pid_t[cols], g_side[cols])
         if rows.numel() == 0:
             continue
         positions = _positions_in_ranking(block, rows, cols, low, high)

@@ -12,7 +12,12 @@ Facts (from the challenge's released ``calculate_metrics_from_csv.py`` and the D
 * a tracklet folder is named ``{pid}_{tid}``; the scorer reads both parts as integers;
 * junk (``"tracklet"`` rule, the scorer's): a gallery entry with the query's pid *and* the query's
   tid; an entry of another identity is never junk. ``"camera"`` is the Market-1501 rule of the
-  authors' in-process evaluator (same pid and same camera).
+  authors' in-process evaluator (same pid and same camera). Both are ``good_and_junk``, used by
+  ``utils.metrics.evaluate_ranking`` and ``utils.submission.score_submission`` alike.
+
+This module is stricter than the released script where that script would read a name loosely
+(``int()`` accepts ``' 7'``, ``'+7'`` and Arabic-Indic digits such as ``'٣'``; ``split('_')``
+ignores a third field): such names are refused with an error naming them, never scored differently.
 """
 from __future__ import annotations
 
@@ -74,5 +79,21 @@ def csv_unsafe_reason(name: str) -> str | None:
         return "empty name"
     match = _CSV_UNSAFE_RE.search(name)
     if match:
-        return f"contains {match.group(0)!r}"
+        char = match.group(0)
+        kind = {" ": "a space", ",": "a comma", '"': "a quote", "'": "a quote"}.get(
+            char, "a line break" if char in "\r\n" else "whitespace")
+        return f"contains {kind} ({char!r})"
     return None
+
+
+def good_and_junk(query_pid, query_key, pids, keys):
+    """Both junk rules in one: (good, junk) masks of gallery entries for one query or for pairs.
+
+    Among the entries of the query's pid, junk = the same key as the query (its camera under the
+    "camera" rule, its tracklet id under "tracklet"), good = another key. An entry of another
+    identity is neither, even when it shares the key. Works elementwise on scalars, NumPy arrays
+    and torch tensors (pids, keys (G,) against a scalar query, or (P,) pairs against (P,)).
+    """
+    same_pid = pids == query_pid
+    same_key = keys == query_key
+    return same_pid & ~same_key, same_pid & same_key

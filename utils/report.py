@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
+
+from utils.fileio import atomic_write
 
 DEFAULT_BINS: dict[str, tuple[str, tuple[float, ...], str]] = {
     # condition name: (Tracklet field, bin edges, unit)
@@ -161,17 +162,11 @@ def plot_condition_report(report: dict, out_dir: str, filename: str = "per_condi
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title or f"Aerial queries by condition ({report['num_evaluated']} with a true match)", fontsize=11)
     fig.tight_layout()
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, filename)
-    handle, tmp_path = tempfile.mkstemp(prefix=".plot-", suffix=".png.tmp", dir=out_dir)
-    os.close(handle)
     try:
-        fig.savefig(tmp_path, format="png", dpi=110)
-        os.replace(tmp_path, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
     return path
 
 

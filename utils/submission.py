@@ -15,11 +15,14 @@ Command line::
     python -m utils.submission check CSV --root DATA_ROOT   # exit status 1 when problems are found
     python -m utils.submission score CSV [--json OUT.json]  # the challenge scorer's metrics
 
-``score`` follows the challenge scorer: pid and tracklet id are read from ``{pid}_{tracklet_id}``
-names; a ranked entry with the query's tracklet id is junk (skipped); good = same pid; AP by the
-trapezoid rule; mAP, R1, R5, R10, R20 per case and mAP-3 pooled over all scored queries. It is an
-independent per-row implementation; ``tests/test_submission.py`` checks that it agrees with
-``utils.metrics.evaluate_ranking(junk_rule="tracklet", ap_mode="trapezoid")``.
+``score`` follows the challenge's released scorer (``calculate_metrics_from_csv.py``): pid and
+tracklet id are read as integers from ``{pid}_{tid}`` names (``utils.protocol.split_tracklet_name``:
+``7_3`` and ``0007_03`` are the same tracklet); junk = same pid and same tid (skipped); good = same
+pid, another tid; an entry of another identity is never junk; queries without a good entry are left
+out of the means; AP by the trapezoid rule; mAP, R1, R5, R10, R20 per case and mAP-3 pooled over all
+scored queries. It is an independent per-row implementation; ``tests/test_scorer_oracle.py`` checks
+it and ``utils.metrics.evaluate_ranking(junk_rule="tracklet", ap_mode="trapezoid")`` against a loop
+written from that rule.
 """
 from __future__ import annotations
 
@@ -34,8 +37,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from utils.protocol import CASE_BY_NAME, CASE_FOLDERS, CASE_NAMES, EXPECTED_LAYOUT, natural_sort_key
-from utils.fileio import make_temp_file
+from utils.protocol import (CASE_BY_NAME, CASE_FOLDERS, CASE_NAMES, CASE_PARTS, EXPECTED_LAYOUT, csv_unsafe_reason,
+                            good_and_junk, is_ascii_int, natural_sort_key, split_tracklet_name)
+from utils.fileio import WriteFailure, atomic_write, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -73,17 +77,16 @@ def submission_rows(case: int, query_names: Sequence[str], gallery_names: Sequen
 
 
 def write_submission(path: str, rows: Iterable[tuple[int, str, Sequence[str]]]) -> int:
-    """Write the challenge CSV atomically (temp file in the same folder, then os.replace).
+    """Write the challenge CSV atomically (``utils.fileio.atomic_write``: temp file, then os.replace).
 
     rows: (case number 1..3, query tracklet name, ranked gallery tracklet names best first), case by
     case in the order 1, 2, 3 and, within a case, in CSV query order. Returns the number of rows.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp_path = make_temp_file(folder, ".submission-", ".csv.tmp")
     count = 0
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as f:
+
+    def write(tmp_path: str) -> None:
+        nonlocal count
+        with open(tmp_path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(CSV_COLUMNS)
             previous_case = 0
@@ -94,19 +97,15 @@ def write_submission(path: str, rows: Iterable[tuple[int, str, Sequence[str]]]) 
                     raise ValueError(f"Submission row {count + 1}: case {case} after case {previous_case}; "
                                      f"write the cases in the order 1, 2, 3")
                 for name in (query_name, *ranked):
-                    if not name or any(ch in name for ch in " ,\n\r\t\""):
-                        raise ValueError(f"Submission row {count + 1} (case {case}): tracklet name {name!r} is empty or "
-                                         f"holds a space, comma, quote or line break, which the CSV format cannot carry")
+                    reason = csv_unsafe_reason(name)
+                    if reason:
+                        raise ValueError(f"Submission row {count + 1} (case {case}): tracklet name {name!r} {reason}, "
+                                         f"which the CSV format cannot carry")
                 previous_case = case
                 count += 1
                 writer.writerow((count, CASE_NAMES[case], query_name, " ".join(ranked)))
-            f.flush()
-            os.fsync(f.fileno())  # data on disk before the rename, or a power cut can leave an empty CSV
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+
+    atomic_write(path, write)   # temp file, fsync, rename; a failed write is a WriteFailure naming path
     logger.info("Wrote %d submission rows to %s", count, path)
     return count
 
@@ -140,7 +139,7 @@ def scan_case_folders(root: str) -> dict[int, tuple[list[str], list[str]]]:
         if not os.path.isdir(case_dir):
             continue
         parts = []
-        for part in ("query", "gallery"):
+        for part in CASE_PARTS:
             part_dir = os.path.join(case_dir, part)
             if not os.path.isdir(part_dir):
                 raise FileNotFoundError(f"Missing {part_dir}: every case folder holds query/ and gallery/. "
@@ -150,8 +149,8 @@ def scan_case_folders(root: str) -> dict[int, tuple[list[str], list[str]]]:
                 pid_dir = os.path.join(part_dir, pid_folder)
                 if pid_folder.startswith(".") or not os.path.isdir(pid_dir):
                     continue
-                if not pid_folder.isdigit():
-                    raise ValueError(f"PID folder {pid_dir} is not an integer. {EXPECTED_LAYOUT}")
+                if not is_ascii_int(pid_folder):
+                    raise ValueError(f"PID folder {pid_dir!r} is not an integer. {EXPECTED_LAYOUT}")
                 entries += [(int(pid_folder), name) for name in os.listdir(pid_dir)
                             if not name.startswith(".") and os.path.isdir(os.path.join(pid_dir, name))]
             entries.sort(key=lambda e: (e[0], natural_sort_key(e[1])))
@@ -248,15 +247,6 @@ def check_submission(csv_path: str, root: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- scoring
-def _split_name(name: str) -> tuple[str, str]:
-    """``"{pid}_{tracklet_id}"`` -> (pid, tracklet id); pid without leading zeros when numeric."""
-    pid, sep, tid = name.partition("_")
-    if not sep or not pid or not tid:
-        raise ValueError(f"Tracklet name {name!r} is not of the form '{{pid}}_{{tracklet_id}}'; the scorer reads "
-                         f"identities from the names")
-    return (str(int(pid)) if pid.isdigit() else pid), tid
-
-
 def score_submission(csv_path: str, ranks: Sequence[int] = SCORE_RANKS) -> dict:
     """The challenge scorer's metrics of a submission CSV, from tracklet names alone.
 
@@ -276,14 +266,20 @@ def score_submission(csv_path: str, ranks: Sequence[int] = SCORE_RANKS) -> dict:
     pooled_ap: list[float] = []
     for case in sorted(by_case):
         code_of: dict[str, int] = {}
-        pid_codes: dict[str, int] = {}
-        tid_codes: dict[str, int] = {}
+        pid_codes: dict[int, int] = {}
+        tid_codes: dict[int, int] = {}
         gallery_pid: list[int] = []
         gallery_tid: list[int] = []
 
-        def code(name: str) -> int:
+        def split(name: str, line: int) -> tuple[int, int]:
+            try:
+                return split_tracklet_name(name)
+            except ValueError as exc:
+                raise ValueError(f"{csv_path} line {line}: {exc}") from None
+
+        def code(name: str, line: int) -> int:
             if name not in code_of:
-                pid, tid = _split_name(name)
+                pid, tid = split(name, line)
                 code_of[name] = len(code_of)
                 gallery_pid.append(pid_codes.setdefault(pid, len(pid_codes)))
                 gallery_tid.append(tid_codes.setdefault(tid, len(tid_codes)))
@@ -292,17 +288,17 @@ def score_submission(csv_path: str, ranks: Sequence[int] = SCORE_RANKS) -> dict:
         aps, first_hits = [], []
         pid_array = tid_array = np.zeros(0, dtype=np.int64)
         for row in by_case[case]:
-            q_pid, q_tid = _split_name(row["query_tracklet"])
-            codes = np.fromiter((code(n) for n in row["ranked_gallery_tracklets"].split(" ") if n), dtype=np.int64)
+            q_pid, q_tid = split(row["query_tracklet"], row["line"])
+            # str.split() as the released scorer does: any run of whitespace separates names.
+            codes = np.fromiter((code(n, row["line"]) for n in row["ranked_gallery_tracklets"].split()), dtype=np.int64)
             if len(pid_array) != len(gallery_pid):   # new names seen: refresh the lookup arrays
                 pid_array = np.asarray(gallery_pid, dtype=np.int64)
                 tid_array = np.asarray(gallery_tid, dtype=np.int64)
-            pids, tids = pid_array[codes], tid_array[codes]
-            kept = tids != tid_codes.get(q_tid, -1)                      # junk: the query's own tracklet id
-            good = pids[kept] == pid_codes.get(q_pid, -1)
-            hit_ranks = np.flatnonzero(good).astype(np.float64)         # 0-based ranks among kept entries
+            good, junk = good_and_junk(pid_codes.get(q_pid, -1), tid_codes.get(q_tid, -1),
+                                       pid_array[codes], tid_array[codes])
+            hit_ranks = np.flatnonzero(good[~junk]).astype(np.float64)  # 0-based ranks among non-junk entries
             if hit_ranks.size == 0:
-                continue
+                continue                                                # no good entry: left out of the means
             hit_index = np.arange(hit_ranks.size, dtype=np.float64)
             left = np.where(hit_ranks > 0, hit_index / np.maximum(hit_ranks, 1.0), 1.0)
             aps.append(float(((left + (hit_index + 1.0) / (hit_ranks + 1.0)) / 2.0).sum() / hit_ranks.size))
@@ -359,15 +355,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"{args.csv}: OK ({len(read_submission(args.csv))} rows)")
         return 0
-    scores = score_submission(args.csv)
-    print(format_scores(scores))
-    if args.json:
-        payload = {str(k): v for k, v in scores.items()}
-        folder = os.path.dirname(os.path.abspath(args.json))
-        handle, tmp_path = make_temp_file(folder, ".scores-", ".json.tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp_path, args.json)
+    try:
+        scores = score_submission(args.csv)
+        print(format_scores(scores))
+        if args.json:
+            write_text_atomic(args.json, json.dumps({str(k): v for k, v in scores.items()}, indent=2))
+    except (ValueError, FileNotFoundError, WriteFailure) as exc:   # the message names the file and the fix
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Sequence
 
 import cv2
 import numpy as np
+
+from utils.fileio import ensure_folder, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +51,7 @@ def _write_png_atomic(path: str, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise RuntimeError(f"PNG encoding failed for {path}")
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp_path = tempfile.mkstemp(prefix=".ranklist-", suffix=".png.tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(encoded.tobytes())
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    write_bytes_atomic(path, encoded.tobytes())   # usual file mode; a failed write is a WriteFailure
 
 
 def visualize_ranklists(out_dir: str, queries: Sequence, galleries: Sequence, ranking, q_pids, g_pids,
@@ -74,7 +67,7 @@ def visualize_ranklists(out_dir: str, queries: Sequence, galleries: Sequence, ra
     if ranking.ndim != 2 or ranking.shape[0] != len(queries):
         raise ValueError(f"ranking must be (num_queries={len(queries)}, >= topk), got {ranking.shape}")
     topk = min(topk, ranking.shape[1])
-    os.makedirs(out_dir, exist_ok=True)
+    ensure_folder(out_dir)
     paths = []
     for qi in _evenly_spaced(len(queries), num_queries):
         query = queries[qi]
