@@ -90,8 +90,6 @@ class Trainer:
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=any(w == 0 for w in loss_weights),
             )
-        if cfg.MODEL.COMPILE:
-            self.step_model = torch.compile(self.step_model)
 
         self.start_epoch = 1
         self.global_step = 0
