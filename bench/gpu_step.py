@@ -183,131 +183,148 @@ def forward_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def bench_model(name: str, args, device: torch.device, recorder: Recorder, peak_tflops: float | None) -> None:
-    backbone_name, height, width, extra = MODELS[name]
-    tiny = name == "tiny"
-    clips, frames, eval_frames = (4, 8, 16) if tiny else (args.clips, args.frames, args.eval_frames)
-    classes = args.classes
-    warmup, repeats = (1, 2) if tiny else ((2, 5) if args.quick else (3, 10))
-    amp = "off" if device.type == "cpu" else "bf16"
-    opts = ["MODEL.BACKBONE", backbone_name, "MODEL.PRETRAIN_PATH", "", "MODEL.PRETRAIN_TAG", "",
-            "MODEL.DEVICE", device.type, "SOLVER.AMP", amp, "INPUT.SIZE_TRAIN", f"[{height},{width}]",
-            "INPUT.SIZE_TEST", f"[{height},{width}]", "DATALOADER.SEQ_LEN", str(frames)] + extra
-    cfg = load_config(None, opts)
-    amp_dtype = torch.bfloat16 if amp == "bf16" else None
-    record = lambda key: measure(recorder, name, key)  # noqa: E731
-    recorder.put(name, "setup", f"{backbone_name} {height}x{width}, {clips} clips x {frames} frames, {classes} "
-                                f"classes, {'bf16 autocast' if amp_dtype else 'fp32'}, eval {eval_frames} frames")
+class Workload:
+    """One model at the paper batch with its training step, backbone-only step and eval forward."""
 
-    torch.manual_seed(0)
-    model = build_model(cfg, num_classes=classes, num_cameras=NUM_CAMERAS).to(device).train()
-    loss_fn = build_loss(cfg, classes)
-    optimizer = build_optimizer(cfg, model)
-    video = torch.randn(clips, frames, 3, height, width, device=device)
-    camids = torch.arange(clips, device=device) % NUM_CAMERAS
-    views = (camids > 0).long()
-    labels = torch.arange(clips, device=device) // 4 % classes  # P x K with K = 4 clips per identity
+    def __init__(self, name: str, args, device: torch.device):
+        backbone_name, height, width, extra = MODELS[name]
+        tiny = name == "tiny"
+        self.device = device
+        clips, frames, eval_frames = (4, 8, 16) if tiny else (args.clips, args.frames, args.eval_frames)
+        classes = args.classes
+        self.warmup, self.repeats = (1, 2) if tiny else ((2, 5) if args.quick else (3, 10))
+        amp = "off" if device.type == "cpu" else "bf16"
+        opts = ["MODEL.BACKBONE", backbone_name, "MODEL.PRETRAIN_PATH", "", "MODEL.PRETRAIN_TAG", "",
+                "MODEL.DEVICE", device.type, "SOLVER.AMP", amp, "INPUT.SIZE_TRAIN", f"[{height},{width}]",
+                "INPUT.SIZE_TEST", f"[{height},{width}]", "DATALOADER.SEQ_LEN", str(frames)] + extra
+        self.cfg = cfg = load_config(None, opts)
+        self.amp_dtype = amp_dtype = torch.bfloat16 if amp == "bf16" else None
+        self.description = (f"{backbone_name} {height}x{width}, {clips} clips x {frames} frames, {classes} classes, "
+                            f"{'bf16 autocast' if amp_dtype else 'fp32'}, eval {eval_frames} frames")
 
-    # ---- backbone-only step: CLIP + time-mean class token + linear CE + Adam
-    backbone = model.backbone
-    linear = torch.nn.Linear(backbone.width, classes, bias=False).to(device)
-    base_params = [p for p in backbone.parameters() if p.requires_grad] + list(linear.parameters())
-    base_optimizer = torch.optim.Adam(base_params, lr=cfg.SOLVER.BACKBONE_LR, fused=True)
-    flat_camids, flat_views = camids.repeat_interleave(frames), views.repeat_interleave(frames)
+        torch.manual_seed(0)
+        self.model = model = build_model(cfg, num_classes=classes, num_cameras=NUM_CAMERAS).to(device).train()
+        self.loss_fn = build_loss(cfg, classes)
+        self.optimizer = build_optimizer(cfg, model)
+        video = torch.randn(clips, frames, 3, height, width, device=device)
+        camids = torch.arange(clips, device=device) % NUM_CAMERAS
+        views = (camids > 0).long()
+        labels = torch.arange(clips, device=device) // 4 % classes  # P x K with K = 4 clips per identity
+        self.batch = (video, camids, views, labels)
 
-    def backbone_forward():
-        with autocast(device, amp_dtype):
-            tokens, _ = backbone(video.flatten(0, 1), flat_camids, flat_views)
-            return F.cross_entropy(linear(tokens[:, 0].reshape(clips, frames, -1).mean(1)).float(), labels)
+        # backbone-only step: CLIP + time-mean class token + linear CE + Adam
+        backbone = model.backbone
+        self.linear = torch.nn.Linear(backbone.width, classes, bias=False).to(device)
+        base_params = [p for p in backbone.parameters() if p.requires_grad] + list(self.linear.parameters())
+        self.base_optimizer = torch.optim.Adam(base_params, lr=cfg.SOLVER.BACKBONE_LR, fused=True)
+        self.flat_ids = (camids.repeat_interleave(frames), views.repeat_interleave(frames))
+        self.clips, self.frames = clips, frames
 
-    def backbone_step():
-        loss = backbone_forward()
-        base_optimizer.zero_grad(set_to_none=True)
+        self.eval_video = torch.randn(args.eval_clips if not tiny else 4, eval_frames, 3, height, width, device=device)
+        self.eval_camids = torch.arange(self.eval_video.shape[0], device=device) % NUM_CAMERAS
+
+    def backbone_forward(self) -> torch.Tensor:
+        video, _, _, labels = self.batch
+        with autocast(self.device, self.amp_dtype):
+            tokens, _ = self.model.backbone(video.flatten(0, 1), *self.flat_ids)
+            feat = tokens[:, 0].reshape(self.clips, self.frames, -1).mean(1)
+            return F.cross_entropy(self.linear(feat).float(), labels)
+
+    def backbone_step(self) -> None:
+        loss = self.backbone_forward()
+        self.base_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        base_optimizer.step()
+        self.base_optimizer.step()
 
-    # ---- full SAS step, as processor/trainer.py runs it (no host sync)
-    def sas_forward():
-        with autocast(device, amp_dtype):
-            outputs = model(video, camids, views, labels)
-            total, _ = loss_fn(outputs, labels)
+    def sas_forward(self):
+        video, camids, views, labels = self.batch
+        with autocast(self.device, self.amp_dtype):
+            outputs = self.model(video, camids, views, labels)
+            total, _ = self.loss_fn(outputs, labels)
         return outputs, total
 
-    def sas_step():
-        outputs, total = sas_forward()
-        optimizer.zero_grad(set_to_none=True)
+    def sas_step(self) -> None:
+        """The full SAS step as processor/trainer.py runs it (no host sync)."""
+        outputs, total = self.sas_forward()
+        self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        optimizer.step()
-        model.memory.update(outputs["memory_feat"].detach().float(), labels)
+        self.optimizer.step()
+        self.model.memory.update(outputs["memory_feat"].detach().float(), self.batch[3])
 
-    eval_video = torch.randn(args.eval_clips if not tiny else 4, eval_frames, 3, height, width, device=device)
-    eval_camids = torch.arange(eval_video.shape[0], device=device) % NUM_CAMERAS
-
-    def eval_forward():
-        """Eval-mode forward (test clips of eval_frames frames); leaves the model in train mode."""
-        model.eval()
+    def eval_forward(self) -> torch.Tensor:
+        """Eval-mode forward of the test clips; leaves the model in train mode."""
+        self.model.eval()
         try:
-            with torch.no_grad(), autocast(device, amp_dtype):
-                return model(eval_video, eval_camids, (eval_camids > 0).long())["embedding"]
+            with torch.no_grad(), autocast(self.device, self.amp_dtype):
+                return self.model(self.eval_video, self.eval_camids, (self.eval_camids > 0).long())["embedding"]
         finally:
-            model.train()
+            self.model.train()
 
-    def eval_clips_per_s() -> float:
-        return eval_video.shape[0] / seconds_per_call(eval_forward, device, warmup, repeats)
+    def seconds(self, fn) -> float:
+        return seconds_per_call(fn, self.device, self.warmup, self.repeats)
 
-    def peak_memory(fn) -> float | None:
-        if device.type != "cuda":
+    def eval_clips_per_s(self) -> float:
+        return self.eval_video.shape[0] / self.seconds(self.eval_forward)
+
+    def peak_memory_gib(self, fn) -> float | None:
+        if self.device.type != "cuda":
             return None
-        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.reset_peak_memory_stats(self.device)
         fn()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**30
+        synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) / 2**30
 
-    base_s = record("backbone_step_s")(lambda: seconds_per_call(backbone_step, device, warmup, repeats))
-    eager_s = record("sas_step_eager_s")(lambda: seconds_per_call(sas_step, device, warmup, repeats))
+
+def bench_eager(name: str, args, device: torch.device, recorder: Recorder, peak_tflops: float | None) -> None:
+    """Backbone-only and full SAS step, FLOPs, MFU, ATen ops, kernels, GPU-busy time, memory, eval (eager)."""
+    work = Workload(name, args, device)
+    record = lambda key: measure(recorder, name, key)  # noqa: E731
+    recorder.put(name, "setup", work.description)
+    base_s = record("backbone_step_s")(lambda: work.seconds(work.backbone_step))
+    eager_s = record("sas_step_eager_s")(lambda: work.seconds(work.sas_step))
     if base_s and eager_s:
         recorder.put(name, "ratio_eager_sas_over_backbone", eager_s / base_s)
-    base_flops = record("backbone_forward_gflop")(lambda: forward_flops(backbone_forward) / 1e9)
-    sas_flops = record("sas_forward_gflop")(lambda: forward_flops(sas_forward) / 1e9)
+    base_flops = record("backbone_forward_gflop")(lambda: forward_flops(work.backbone_forward) / 1e9)
+    sas_flops = record("sas_forward_gflop")(lambda: forward_flops(work.sas_forward) / 1e9)
     if peak_tflops:
         if base_flops and base_s:
             recorder.put(name, "mfu_backbone", 3 * base_flops * 1e9 / base_s / (peak_tflops * 1e12))
         if sas_flops and eager_s:
             recorder.put(name, "mfu_sas_eager", 3 * sas_flops * 1e9 / eager_s / (peak_tflops * 1e12))
-    record("aten_ops_backbone_step")(lambda: aten_ops(backbone_step))
-    record("aten_ops_sas_step_eager")(lambda: aten_ops(sas_step))
-    record("aten_ops_eval_forward")(lambda: aten_ops(eval_forward))
+    record("aten_ops_backbone_step")(lambda: aten_ops(work.backbone_step))
+    record("aten_ops_sas_step_eager")(lambda: aten_ops(work.sas_step))
+    record("aten_ops_eval_forward")(lambda: aten_ops(work.eval_forward))
     if device.type == "cuda":
-        for key, fn, seconds in (("backbone", backbone_step, base_s), ("sas_eager", sas_step, eager_s)):
+        for key, fn, seconds in (("backbone", work.backbone_step, base_s), ("sas_eager", work.sas_step, eager_s)):
             profiled = record(f"kernels_{key}")(lambda fn=fn: kernel_profile(fn, device, 3))
             if profiled:
                 recorder.put(name, f"kernels_per_step_{key}", profiled[0])
                 recorder.put(name, f"gpu_busy_ms_{key}", profiled[1])
                 if seconds:
                     recorder.put(name, f"gpu_busy_fraction_{key}", profiled[1] / 1000 / seconds)
-        record("peak_mem_gib_sas_eager")(lambda: peak_memory(sas_step))
-    record("eval_clips_per_s_eager")(eval_clips_per_s)
+        record("peak_mem_gib_sas_eager")(lambda: work.peak_memory_gib(work.sas_step))
+    record("eval_clips_per_s_eager")(work.eval_clips_per_s)
 
-    if args.skip_compile:
-        return
-    # ---- MODEL.COMPILE: the same model compiled by regions in place (blocks, heads, memory update, loss)
+
+def bench_compiled(name: str, args, device: torch.device, recorder: Recorder, peak_tflops: float | None) -> None:
+    """The same workload with MODEL.COMPILE's regional compilation (blocks, heads, memory update, loss)."""
+    work = Workload(name, args, device)
+    record = lambda key: measure(recorder, name, key)  # noqa: E731
     backend = args.compile_backend or ("inductor" if device.type == "cuda" else "eager")
-    recorder.put(name, "compile_backend", backend)
-    try:
-        compile_regions(model, args.compile_mode, backend=backend)
-        loss_fn = torch.compile(loss_fn.__call__, **compile_options(args.compile_mode, backend))
-    except Exception as exc:  # noqa: BLE001
-        recorder.error(name, "compile_setup", exc)
-        return
+    recorder.put(name, "compile_backend", f"{backend} ({args.compile_mode})")
+    compile_regions(work.model, args.compile_mode, backend=backend)  # what build_model does for MODEL.COMPILE
+    work.loss_fn = torch.compile(work.loss_fn.__call__, **compile_options(args.compile_mode, backend))
 
-    def first_steps() -> float:
+    def first_step() -> float:
         start = time.perf_counter()
-        sas_step()
+        work.sas_step()
         synchronize(device)
         return time.perf_counter() - start
 
-    first = record("compiled_first_step_s")(first_steps)
-    compiled_s = record("sas_step_compiled_s")(lambda: seconds_per_call(sas_step, device, warmup, repeats))
+    first = record("compiled_first_step_s")(first_step)
+    compiled_s = record("sas_step_compiled_s")(lambda: work.seconds(work.sas_step))
+    earlier = recorder.data["results"].get(name, {})
+    eager_s, base_s, sas_flops = (earlier.get(k) for k in ("sas_step_eager_s", "backbone_step_s", "sas_forward_gflop"))
     if first and compiled_s:
         recorder.put(name, "compile_time_s", first - compiled_s)
     if compiled_s:
@@ -318,20 +335,20 @@ def bench_model(name: str, args, device: torch.device, recorder: Recorder, peak_
         if peak_tflops and sas_flops:
             recorder.put(name, "mfu_sas_compiled", 3 * sas_flops * 1e9 / compiled_s / (peak_tflops * 1e12))
     if device.type == "cuda":
-        profiled = record("kernels_sas_compiled")(lambda: kernel_profile(sas_step, device, 3))
+        profiled = record("kernels_sas_compiled")(lambda: kernel_profile(work.sas_step, device, 3))
         if profiled:
             recorder.put(name, "kernels_per_step_sas_compiled", profiled[0])
             recorder.put(name, "gpu_busy_ms_sas_compiled", profiled[1])
             if compiled_s:
                 recorder.put(name, "gpu_busy_fraction_sas_compiled", profiled[1] / 1000 / compiled_s)
-        record("peak_mem_gib_sas_compiled")(lambda: peak_memory(sas_step))
+        record("peak_mem_gib_sas_compiled")(lambda: work.peak_memory_gib(work.sas_step))
 
     def compiled_eval() -> float:
         start = time.perf_counter()
-        eval_forward()  # compiles the eval graphs
+        work.eval_forward()  # compiles the eval graphs
         synchronize(device)
         recorder.put(name, "eval_compile_s", time.perf_counter() - start)
-        return eval_clips_per_s()
+        return work.eval_clips_per_s()
 
     record("eval_clips_per_s_compiled")(compiled_eval)
 
@@ -435,17 +452,20 @@ def main(argv=None) -> None:
     peak = measure(recorder, "run", "matmul_peak_tflops")(lambda: matmul_peak(device, args.quick))
     recorder.put("run", "matmul_dtype", "bf16" if device.type == "cuda" else "fp32")
     run_start = time.perf_counter()
-    for name in names:
-        try:
-            bench_model(name, args, device, recorder, peak)
-        except Exception as exc:  # noqa: BLE001 - e.g. out of memory while building: go on to the next model
-            recorder.error(name, "model", exc)
-        finally:
-            gc.collect()
-            torch._dynamo.reset()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        recorder.put("run", f"elapsed_after_{name}_s", time.perf_counter() - run_start)
+    # All eager figures first, then the compiled ones: a run cut short by its time limit still has the
+    # eager table of every model.
+    phases = [("eager", bench_eager)] + ([] if args.skip_compile else [("compiled", bench_compiled)])
+    for phase, bench in phases:
+        for name in names:
+            try:
+                bench(name, args, device, recorder, peak)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory while building: go on
+                recorder.error(name, phase, exc)
+            finally:
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            recorder.put("run", f"elapsed_after_{phase}_{name}_s", time.perf_counter() - run_start)
     print()
     print(markdown_table(recorder.data), flush=True)
 
