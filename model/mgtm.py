@@ -146,6 +146,14 @@ class MGTM(nn.Module):
         # Zeros -> softmax gives every granularity the same weight at the start.
         self.fusion_logits = nn.Parameter(torch.zeros(len(granularities)))
         self.norm = nn.LayerNorm(dim)
+        # The layout of the training clip length, built once (not per step); other lengths are built on
+        # the fly. Not persistent: derived from the config, so checkpoints stay as they were.
+        self.layout_frames = max_frames
+        token_mask, position = self.token_layout(max_frames, self.tokens_per_frame, None)
+        self.register_buffer("layout_token_mask", token_mask, persistent=False)
+        self.register_buffer("layout_position", position, persistent=False)
+        if pos_encoding == "sinusoidal":
+            self.register_buffer("layout_sinusoid", sinusoidal_encoding(position, dim), persistent=False)
 
     def extra_repr(self) -> str:
         return (f"granularities={self.granularities}, pool_size={self.pool_size}, "
@@ -170,17 +178,19 @@ class MGTM(nn.Module):
             table = F.interpolate(table.t()[None], size=length, mode="linear", align_corners=True)[0].t()
         return table.to(dtype)
 
-    def level_layout(self, num_frames: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(same_window (G, T, T) bool: frames i and j share a window at granularity g;
-        position (G, T) long: each frame's index inside its window). Shapes depend only on T and
+    def token_layout(self, num_frames: int, tokens_per_frame: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token_mask (G, T·K, T·K) bool: tokens i and j lie in frames of one window at granularity g;
+        position (G, T) long: each frame's index inside its window). Shapes depend only on T, K and
         the granularities (Python ints), so a traced graph holds no data-dependent shape."""
         windows, positions = zip(*(frame_windows(num_frames, g, device) for g in self.granularities))
-        window = torch.stack(windows)                                   # (G, T)
+        window = torch.stack(windows).repeat_interleave(tokens_per_frame, dim=1)  # (G, T·K)
         return window[:, :, None] == window[:, None, :], torch.stack(positions)
 
     def level_positions(self, position: torch.Tensor, num_frames: int, dtype) -> torch.Tensor:
         """position (G, T) -> (G, T, D) temporal encoding of every frame at every granularity."""
         if self.temporal_embedding is None:
+            if num_frames == self.layout_frames:
+                return self.layout_sinusoid.to(dtype)
             return sinusoidal_encoding(position, self.dim).to(dtype)
         # The learned table is interpolated to each granularity's longest window, as for a window alone.
         rows = []
@@ -199,8 +209,10 @@ class MGTM(nn.Module):
         """
         b, t, k, dim = tokens.shape
         levels = len(self.granularities)
-        same_window, position = self.level_layout(t, tokens.device)
-        token_mask = same_window.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)  # (G, T·K, T·K)
+        if (t, k) == (self.layout_frames, self.tokens_per_frame):
+            token_mask, position = self.layout_token_mask, self.layout_position
+        else:
+            token_mask, position = self.token_layout(t, k, tokens.device)
         attn_mask = token_mask[:, None, None].expand(levels, b, 1, t * k, t * k).reshape(levels * b, 1, t * k, t * k)
         x = tokens[None] + self.level_positions(position, t, tokens.dtype)[:, None, :, None, :]  # (G,B,T,K,D)
         x = x.reshape(levels, b * t * k, dim)
