@@ -56,17 +56,20 @@ def compile_options(mode: str = "default", backend: str = "inductor", fullgraph:
 
 
 def compile_regions(model: SASModel, mode: str = "default", backend: str = "inductor",
-                    fullgraph: bool = False) -> SASModel:
+                    fullgraph: bool = False, heads: bool = True) -> SASModel:
     """Regional torch.compile of ``model`` in place (parameter names and the state dict unchanged).
 
     Each backbone residual block is compiled on its own: all blocks run the same code, so one
     compilation serves every layer (minutes less than compiling the whole tower as one graph). The
     heads (:meth:`SASModel.heads`) and the memory update are one graph each. Eval mode compiles the
-    same regions again for its shapes, so inference uses compiled blocks too.
+    same regions again for its shapes, so inference uses compiled blocks too. ``heads=False`` compiles
+    the backbone blocks alone (a fallback for benchmarks).
     """
     options = compile_options(mode, backend, fullgraph)
     for block in model.backbone.transformer.resblocks:
         block.compile(**options)
+    if not heads:
+        return model
     model.heads = torch.compile(model.heads, **options)
     if model.memory is not None:
         model.memory.update = torch.compile(model.memory.update, **options)
