@@ -128,10 +128,18 @@ def test_training_hot_path_never_reads_a_tensor_back_to_the_host():
 
 # ----------------------------------------------------------------------------- MODEL.COMPILE
 def test_model_compile_builds_compiled_regions_and_checks_the_mode():
-    _, model = tiny("MODEL.COMPILE", "True")
+    cfg, model = tiny("MODEL.COMPILE", "True")
+    _, plain = tiny()
+    from loss.build import SASLoss
+
+    assert not isinstance(build_loss(cfg, NUM_CLASSES), SASLoss)  # the loss is one compiled function
+    assert isinstance(build_loss(load_config(None, TINY), NUM_CLASSES), SASLoss)
     assert all(getattr(block, "_compiled_call_impl", None) is not None for block in model.backbone.transformer.resblocks)
-    assert model.heads is not type(model).heads.__get__(model)  # the heads are a compiled function
-    assert set(model.state_dict()) == set(tiny()[1].state_dict())  # parameter names unchanged
+    assert all(getattr(block, "_compiled_call_impl", None) is None for block in plain.backbone.transformer.resblocks)
+    # The heads and the memory update are compiled functions set on the instance.
+    assert {"heads", "update"} <= set(model.__dict__) | set(model.memory.__dict__)
+    assert "heads" not in plain.__dict__ and "update" not in plain.memory.__dict__
+    assert set(model.state_dict()) == set(plain.state_dict())  # parameter names unchanged
     with pytest.raises(ValueError, match="MODEL.COMPILE_MODE"):
         tiny("MODEL.COMPILE", "True", "MODEL.COMPILE_MODE", "fast")
 
