@@ -32,8 +32,10 @@ _C.MODEL.SIE_VIEW = False
 _C.MODEL.SIE_COE = 1.0
 # Parts of the test embedding, concatenated in this order (any of cls, proj, tp, shape).
 _C.MODEL.EMBED_PARTS = ["cls", "proj", "tp", "shape"]
-# Use torch.compile on the model for training.
+# torch.compile by regions (each backbone block once, the heads, the loss, the memory update), train and eval.
 _C.MODEL.COMPILE = False
+# torch.compile mode when MODEL.COMPILE: "default", "max-autotune-no-cudagraphs" or "reduce-overhead" (CUDA graphs).
+_C.MODEL.COMPILE_MODE = "default"
 
 # Multi-proxy memory (MEVB).
 _C.MODEL.MEMORY = CN()

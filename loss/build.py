@@ -6,8 +6,8 @@ from typing import Callable
 import torch
 
 from loss.shape import shape_prior_loss
-from loss.softmax import framewise_cross_entropy, label_smoothed_cross_entropy, memory_loss
-from loss.triplet import batch_hard_triplet
+from loss.softmax import memory_loss, stacked_label_smoothed_cross_entropy
+from loss.triplet import stacked_batch_hard_triplet
 
 LossFn = Callable[[dict, torch.Tensor], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 
@@ -52,25 +52,42 @@ class SASLoss:
             )
 
     def __call__(self, outputs: dict, labels: torch.Tensor):
-        terms: dict[str, torch.Tensor] = {}
+        # Terms of one kind share a kernel call: every label-smoothed CE (clip and frame logits) is one
+        # cross-entropy over concatenated rows, every triplet one stacked distance computation.
+        ce_logits: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}  # term -> (logits, labels, factor)
         if self.id_weight > 0:
             for name, logits in outputs.get("id_logits", {}).items():
                 self._check_classes(f"id_logits[{name!r}]", logits)
-                terms[f"id_{name}"] = self.id_weight * label_smoothed_cross_entropy(logits, labels, self.epsilon)
-        if self.triplet_weight > 0:
-            for name, feats in outputs.get("triplet_feats", {}).items():
-                terms[f"tri_{name}"] = self.triplet_weight * batch_hard_triplet(feats, labels, self.margin)
+                ce_logits[f"id_{name}"] = (logits, labels, self.id_weight)
+        for term, key, weight in (("frame_id", "frame_logits", self.frame_id_weight),
+                                  ("shape_id", "framewise_shape_logits", self.shape_id_weight)):
+            if weight > 0 and key in outputs:
+                self._check_classes(key, outputs[key])
+                framewise = outputs[key]
+                if framewise.dim() != 3 or labels.shape != framewise.shape[:1]:
+                    raise ValueError(f"expected {key} (B, T, C) and labels (B,), got {tuple(framewise.shape)} and "
+                                     f"{tuple(labels.shape)}")
+                b, t, c = framewise.shape
+                # LS-CE over all B·T frames, divided by T (see framewise_cross_entropy).
+                ce_logits[term] = (framewise.reshape(b * t, c), labels.repeat_interleave(t), weight / t)
+        ce_values = {}
+        if ce_logits:
+            stacked = stacked_label_smoothed_cross_entropy([v[0] for v in ce_logits.values()],
+                                                           [v[1] for v in ce_logits.values()], self.epsilon)
+            ce_values = {term: factor * value for (term, (_, _, factor)), value in zip(ce_logits.items(), stacked)}
+
+        terms: dict[str, torch.Tensor] = {k: v for k, v in ce_values.items() if k.startswith("id_")}
+        if self.triplet_weight > 0 and outputs.get("triplet_feats"):
+            feats = outputs["triplet_feats"]
+            values = stacked_batch_hard_triplet(list(feats.values()), labels, self.margin)
+            for name, value in zip(feats, values):
+                terms[f"tri_{name}"] = self.triplet_weight * value
         if self.memory_weight > 0 and "memory_logits" in outputs:
             self._check_classes("memory_logits", outputs["memory_logits"])
             terms["memory"] = self.memory_weight * memory_loss(outputs["memory_logits"], labels)
-        if self.frame_id_weight > 0 and "frame_logits" in outputs:
-            self._check_classes("frame_logits", outputs["frame_logits"])
-            terms["frame_id"] = self.frame_id_weight * framewise_cross_entropy(
-                outputs["frame_logits"], labels, self.epsilon)
-        if self.shape_id_weight > 0 and "framewise_shape_logits" in outputs:
-            self._check_classes("framewise_shape_logits", outputs["framewise_shape_logits"])
-            terms["shape_id"] = self.shape_id_weight * framewise_cross_entropy(
-                outputs["framewise_shape_logits"], labels, self.epsilon)
+        for term in ("frame_id", "shape_id"):
+            if term in ce_values:
+                terms[term] = ce_values[term]
         if self.shape_prior_weight > 0 and "betas" in outputs:
             terms["shape_prior"] = self.shape_prior_weight * shape_prior_loss(outputs["betas"], self.prior_mean)
         if terms:
@@ -81,5 +98,11 @@ class SASLoss:
 
 
 def build_loss(cfg, num_classes: int) -> LossFn:
-    """The training loss of SASModel from ``cfg.LOSS`` (see :class:`SASLoss`)."""
-    return SASLoss(cfg, num_classes)
+    """The training loss of SASModel from ``cfg.LOSS`` (see :class:`SASLoss`); one compiled graph when
+    MODEL.COMPILE (mode MODEL.COMPILE_MODE)."""
+    loss = SASLoss(cfg, num_classes)
+    if cfg.MODEL.COMPILE:
+        from model.build import compile_options
+
+        return torch.compile(loss.__call__, **compile_options(cfg.MODEL.COMPILE_MODE))
+    return loss

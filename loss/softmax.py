@@ -48,3 +48,22 @@ def framewise_cross_entropy(frame_logits: torch.Tensor, labels: torch.Tensor, ep
         )
     b, t, c = frame_logits.shape
     return label_smoothed_cross_entropy(frame_logits.reshape(b * t, c), labels.repeat_interleave(t), epsilon) / t
+
+
+def stacked_label_smoothed_cross_entropy(logits: list[torch.Tensor], labels: list[torch.Tensor],
+                                         epsilon: float = 0.1) -> torch.Tensor:
+    """:func:`label_smoothed_cross_entropy` of several (logits (N_i, C), labels (N_i,)) pairs with the
+    same C in one cross-entropy call -> (n,) per-pair means (rows concatenated, then averaged per pair)."""
+    if not logits or len(logits) != len(labels):
+        raise ValueError("stacked_label_smoothed_cross_entropy needs matching, non-empty lists of logits and labels")
+    for lg, lb in zip(logits, labels):
+        if lg.dim() != 2 or lb.shape != lg.shape[:1] or lg.shape[1] != logits[0].shape[1]:
+            raise ValueError(f"expected logits (N, C) with one C and labels (N,), got {tuple(lg.shape)} and "
+                             f"{tuple(lb.shape)}")
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"LOSS.LABEL_SMOOTH must be in [0, 1), got {epsilon}")
+    rows = F.cross_entropy(torch.cat([lg.float() for lg in logits]), torch.cat(labels), label_smoothing=epsilon,
+                           reduction="none")
+    if all(lg.shape[0] == logits[0].shape[0] for lg in logits):  # equal sizes: one mean over a view
+        return rows.view(len(logits), -1).mean(dim=1)
+    return torch.stack([part.mean() for part in rows.split([lg.shape[0] for lg in logits])])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from model.backbone import build_backbone
 from model.memory import MultiProxyMemory
 from model.mgtm import build_mgtm
@@ -37,8 +39,46 @@ def check_weight_files(cfg) -> None:
                 check(path)
 
 
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
+
+
+def compile_options(mode: str = "default", backend: str = "inductor", fullgraph: bool = False) -> dict:
+    """torch.compile keyword arguments of MODEL.COMPILE_MODE. Static shapes (dynamic=False): the
+    training step always has one shape, and a symbolic-shape graph would be slower for it."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"MODEL.COMPILE_MODE must be one of {list(COMPILE_MODES)}, got {mode!r}")
+    # The GRUs of PRSD trace only with allow_rnn (otherwise they are a graph break).
+    torch._dynamo.config.allow_rnn = True
+    options = dict(backend=backend, fullgraph=fullgraph, dynamic=False)
+    if backend == "inductor" and mode != "default":
+        options["mode"] = mode
+    return options
+
+
+def compile_regions(model: SASModel, mode: str = "default", backend: str = "inductor",
+                    fullgraph: bool = False, heads: bool = True) -> SASModel:
+    """Regional torch.compile of ``model`` in place (parameter names and the state dict unchanged).
+
+    Each backbone residual block is compiled on its own: all blocks run the same code, so one
+    compilation serves every layer (minutes less than compiling the whole tower as one graph). The
+    heads (:meth:`SASModel.heads`) and the memory update are one graph each. Eval mode compiles the
+    same regions again for its shapes, so inference uses compiled blocks too. ``heads=False`` compiles
+    the backbone blocks alone (a fallback for benchmarks).
+    """
+    options = compile_options(mode, backend, fullgraph)
+    for block in model.backbone.transformer.resblocks:
+        block.compile(**options)
+    if not heads:
+        return model
+    model.heads = torch.compile(model.heads, **options)
+    if model.memory is not None:
+        model.memory.update = torch.compile(model.memory.update, **options)
+    return model
+
+
 def build_model(cfg, num_classes: int, num_cameras: int, num_views: int = 2) -> SASModel:
-    """SASModel from ``cfg.MODEL`` (backbone, MEMORY, MGTM, PRSD, EMBED_PARTS).
+    """SASModel from ``cfg.MODEL`` (backbone, MEMORY, MGTM, PRSD, EMBED_PARTS), compiled by regions
+    when MODEL.COMPILE (see :func:`compile_regions`).
 
     num_classes: training identities; num_cameras / num_views: sizes of the SIE tables.
     The per-frame-position shape classifiers get DATALOADER.SEQ_LEN positions (the training clip length).
@@ -59,7 +99,10 @@ def build_model(cfg, num_classes: int, num_cameras: int, num_views: int = 2) -> 
         prsd = build_prsd(cfg, backbone.width)
     model = SASModel(backbone, num_classes, memory=memory, mgtm=mgtm, prsd=prsd, embed_parts=mc.EMBED_PARTS,
                      shape_positions=cfg.DATALOADER.SEQ_LEN, shape_dim=SHAPE_DIM)
-    logger.info("SASModel: backbone %s, memory %s, MGTM %s, PRSD %s, embedding %s = %d-d",
+    if mc.COMPILE:
+        compile_regions(model, mc.COMPILE_MODE)
+    logger.info("SASModel: backbone %s, memory %s, MGTM %s, PRSD %s, embedding %s = %d-d%s",
                 mc.BACKBONE, "on" if memory is not None else "off", "on" if mgtm is not None else "off",
-                "on" if prsd is not None else "off", "+".join(model.embed_parts), model.embedding_dim)
+                "on" if prsd is not None else "off", "+".join(model.embed_parts), model.embedding_dim,
+                f", compiled by regions ({mc.COMPILE_MODE})" if mc.COMPILE else "")
     return model

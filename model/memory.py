@@ -56,11 +56,15 @@ class MultiProxyMemory(nn.Module):
         # (B, dim) x (C, N, dim) -> (B, N, C) in one contraction; the proxies carry no gradient.
         return torch.einsum("bd,cnd->bnc", x_hat, proxies) / self.temperature
 
-    def _check_inputs(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+    def _check_shapes(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         if features.dim() != 2 or features.shape[1] != self.dim:
             raise ValueError(f"memory features must be (N, {self.dim}), got {tuple(features.shape)}")
         if labels.shape != features.shape[:1]:
             raise ValueError(f"labels must be ({features.shape[0]},), got {tuple(labels.shape)}")
+
+    def _check_inputs(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Shapes and the label range (the range check reads labels back to the host: rebuild only)."""
+        self._check_shapes(features, labels)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(
                 f"memory labels must lie in [0, {self.num_classes}), got range "
@@ -75,19 +79,24 @@ class MultiProxyMemory(nn.Module):
         Mean proxy <- normalise(m·M + (1−m)·mean of the identity's x̂); hard proxy <-
         normalise(m·M + (1−m)·the identity's x̂ with the lowest cosine to the mean proxy *before*
         this update; ties go to the earliest sample).
+
+        Runs every training step, so it never reads a tensor back to the host (no sync, one graph
+        under torch.compile): only shapes are checked here; the labels are the training labels the
+        loss has already indexed with.
         """
-        self._check_inputs(x_hat, labels)
+        self._check_shapes(x_hat, labels)
         if labels.numel() == 0:
             return
-        x_hat = x_hat.to(self.proxies.dtype)
+        x_hat = x_hat.to(self.proxies.device, self.proxies.dtype)
         labels = labels.to(self.proxies.device).long()
-        x_hat = x_hat.to(self.proxies.device)
         num_classes = self.num_classes
-        present = torch.bincount(labels, minlength=num_classes) > 0          # (C,)
-        counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(x_hat.dtype)
+        # index_add instead of bincount: bincount's output length depends on the data.
+        counts = torch.zeros(num_classes, dtype=x_hat.dtype, device=x_hat.device)
+        counts.index_add_(0, labels, torch.ones_like(labels, dtype=x_hat.dtype))
+        present = counts > 0                                                  # (C,)
         sums = torch.zeros(num_classes, self.dim, dtype=x_hat.dtype, device=x_hat.device)
         sums.index_add_(0, labels, x_hat)
-        batch_mean = sums / counts[:, None]                                   # (C, dim)
+        batch_mean = sums / counts.clamp_min(1)[:, None]                      # (C, dim)
 
         old = self.proxies.clone()
         m = self.momentum

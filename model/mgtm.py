@@ -16,15 +16,15 @@ transformer layer ≈ 16·D²·N + 4·N²·D FLOPs ≈ 44 + 28 = 72 GFLOPs for D
 the backbone, and the attention matrix shrinks ~330×. The pooled grid keeps the patch grid's aspect
 ratio (8 tokens on a 2:1 grid = 4×2 cells).
 
-Windows of unequal length (T not divisible by g) are padded to the longest window and masked in
-attention and pooling; when T < g every frame is its own window. The temporal position encoding is
-the frame's index inside its window: sinusoidal (any length) or a learned table of
-``max_frames`` rows linearly interpolated to the window length.
+Windows of unequal length (T not divisible by g) are allowed; when T < g every frame is its own
+window. All granularities run as one batch: each sees the whole clip and a block-diagonal attention
+mask keeps every token inside its window (exactly windowed attention, one kernel per op for all
+granularities). The temporal position encoding is the frame's index inside its window: sinusoidal
+(any length) or a learned table of ``max_frames`` rows linearly interpolated to the longest window.
 """
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -56,33 +56,28 @@ def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return encoding
 
 
-@lru_cache(maxsize=64)
 def window_layout(num_frames: int, num_windows: int) -> tuple[tuple[int, ...], ...]:
     """Contiguous split of ``num_frames`` frames into min(num_windows, num_frames) windows.
 
-    Boundaries are floor(i·T/n), so window lengths differ by at most one frame.
+    Boundaries are floor(i·T/n), so window lengths differ by at most one frame. Plain Python on
+    ints: under torch.compile the layout is a trace-time constant.
     """
     count = min(num_windows, num_frames)
     bounds = [(i * num_frames) // count for i in range(count + 1)]
     return tuple(tuple(range(bounds[i], bounds[i + 1])) for i in range(count))
 
 
-@lru_cache(maxsize=64)
-def window_slots(num_frames: int, num_windows: int):
-    """CPU index tensors of the padded window layout (built once per (T, g), no device syncs later).
+def frame_windows(num_frames: int, num_windows: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(window of each frame (T,) long, position of each frame inside its window (T,) long) of
+    :func:`window_layout`, computed on ``device`` from an arange (no host-to-device copy).
 
-    Returns (index (n, longest) frame of each slot, 0 in padding; valid (n, longest) bool;
-    real_slots (T,) flat slot of every real frame; frame_of_slot (T,) its frame index).
+    Frame t lies in window ((t+1)·n − 1) // T (the inverse of the floor(i·T/n) boundaries) and sits
+    at t − floor(w·T/n) inside it.
     """
-    windows = window_layout(num_frames, num_windows)
-    longest = max(len(w) for w in windows)
-    index = torch.zeros(len(windows), longest, dtype=torch.long)
-    valid = torch.zeros(len(windows), longest, dtype=torch.bool)
-    for w, frames in enumerate(windows):  # at most g windows; shapes only, never the batch
-        index[w, : len(frames)] = torch.tensor(frames, dtype=torch.long)
-        valid[w, : len(frames)] = True
-    real_slots = valid.flatten().nonzero().squeeze(1)
-    return index, valid, real_slots, index.flatten()[real_slots]
+    count = min(num_windows, num_frames)
+    frame = torch.arange(num_frames, device=device)
+    window = ((frame + 1) * count - 1) // num_frames
+    return window, frame - (window * num_frames) // count
 
 
 class TemporalBlock(nn.Module):
@@ -151,6 +146,14 @@ class MGTM(nn.Module):
         # Zeros -> softmax gives every granularity the same weight at the start.
         self.fusion_logits = nn.Parameter(torch.zeros(len(granularities)))
         self.norm = nn.LayerNorm(dim)
+        # The layout of the training clip length, built once (not per step); other lengths are built on
+        # the fly. Not persistent: derived from the config, so checkpoints stay as they were.
+        self.layout_frames = max_frames
+        token_mask, position = self.token_layout(max_frames, self.tokens_per_frame, None)
+        self.register_buffer("layout_token_mask", token_mask, persistent=False)
+        self.register_buffer("layout_position", position, persistent=False)
+        if pos_encoding == "sinusoidal":
+            self.register_buffer("layout_sinusoid", sinusoidal_encoding(position, dim), persistent=False)
 
     def extra_repr(self) -> str:
         return (f"granularities={self.granularities}, pool_size={self.pool_size}, "
@@ -175,29 +178,47 @@ class MGTM(nn.Module):
             table = F.interpolate(table.t()[None], size=length, mode="linear", align_corners=True)[0].t()
         return table.to(dtype)
 
-    def run_level(self, level: int, tokens: torch.Tensor, num_windows: int) -> torch.Tensor:
-        """tokens (B,T,K,D) with K = 1+S -> per-frame vectors (B,T,D) of one granularity."""
-        b, t, k, dim = tokens.shape
-        index, valid, real_slots, frame_of_slot = window_slots(t, num_windows)
-        count, longest = index.shape
-        padded = not bool(valid.all())  # a CPU tensor: no device sync
-        index, valid = index.to(tokens.device), valid.to(tokens.device)
-        real_slots, frame_of_slot = real_slots.to(tokens.device), frame_of_slot.to(tokens.device)
+    def token_layout(self, num_frames: int, tokens_per_frame: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token_mask (G, T·K, T·K) bool: tokens i and j lie in frames of one window at granularity g;
+        position (G, T) long: each frame's index inside its window). Shapes depend only on T, K and
+        the granularities (Python ints), so a traced graph holds no data-dependent shape."""
+        windows, positions = zip(*(frame_windows(num_frames, g, device) for g in self.granularities))
+        window = torch.stack(windows).repeat_interleave(tokens_per_frame, dim=1)  # (G, T·K)
+        return window[:, :, None] == window[:, None, :], torch.stack(positions)
 
-        x = tokens[:, index.flatten()].view(b, count, longest, k, dim)
-        x = x + self.temporal_table(longest, tokens.device, tokens.dtype)[None, None, :, None, :]
-        x = x.reshape(b * count, longest * k, dim)
-        key_mask = None
-        if padded:
-            key_mask = valid[:, :, None].expand(count, longest, k).reshape(1, count, longest * k)
-            key_mask = key_mask.expand(b, -1, -1).reshape(b * count, longest * k)
-        for block in self.levels[level]:
-            x = block(x, key_mask)
-        per_frame = x.view(b, count, longest, k, dim).mean(dim=3).reshape(b, count * longest, dim)
-        # Scatter window slots back to frame order; padded slots are dropped.
-        out = per_frame.new_zeros(b, t, dim)
-        out[:, frame_of_slot] = per_frame[:, real_slots]
-        return out
+    def level_positions(self, position: torch.Tensor, num_frames: int, dtype) -> torch.Tensor:
+        """position (G, T) -> (G, T, D) temporal encoding of every frame at every granularity."""
+        if self.temporal_embedding is None:
+            if num_frames == self.layout_frames:
+                return self.layout_sinusoid.to(dtype)
+            return sinusoidal_encoding(position, self.dim).to(dtype)
+        # The learned table is interpolated to each granularity's longest window, as for a window alone.
+        rows = []
+        for level, g in enumerate(self.granularities):
+            longest = -(-num_frames // min(g, num_frames))
+            rows.append(self.temporal_table(longest, position.device, dtype)[position[level]])
+        return torch.stack(rows)
+
+    def run_levels(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B,T,K,D) with K = 1+S -> per-frame vectors (G,B,T,D) of every granularity.
+
+        All granularities and all windows run as one batch: every granularity sees the whole clip
+        (T·K tokens) and a block-diagonal attention mask keeps each token inside its window. That is
+        the windowed attention exactly (masked keys get weight 0), with one kernel per op for all
+        granularities instead of one pass per granularity with a gather and a scatter.
+        """
+        b, t, k, dim = tokens.shape
+        levels = len(self.granularities)
+        if (t, k) == (self.layout_frames, self.tokens_per_frame):
+            token_mask, position = self.layout_token_mask, self.layout_position
+        else:
+            token_mask, position = self.token_layout(t, k, tokens.device)
+        attn_mask = token_mask[:, None, None].expand(levels, b, 1, t * k, t * k).reshape(levels * b, 1, t * k, t * k)
+        x = tokens[None] + self.level_positions(position, t, tokens.dtype)[:, None, :, None, :]  # (G,B,T,K,D)
+        x = x.reshape(levels, b * t * k, dim)
+        for depth in range(len(self.levels[0])):
+            x = stacked_block(x, [blocks[depth] for blocks in self.levels], attn_mask, b, self.training)
+        return x.view(levels, b, t, k, dim).mean(dim=3)
 
     def forward(self, tokens: torch.Tensor, grid_size: tuple[int, int] | None = None):
         """tokens (B,T,1+h·w,D) backbone tokens after ln_post -> (f_frame (B,T,D), f_tp (B,D))."""
@@ -207,13 +228,46 @@ class MGTM(nn.Module):
             tokens = tokens.detach()
         reduced = self.reduce_tokens(tokens, tuple(grid_size or self.grid_size)) + self.token_embedding.to(tokens.dtype)
         weights = self.fusion_logits.softmax(0)
-        per_level = torch.stack(
-            [self.run_level(i, reduced, g) for i, g in enumerate(self.granularities)], dim=0
-        )  # (G, B, T, D)
+        per_level = self.run_levels(reduced)  # (G, B, T, D)
         fused_frames = torch.einsum("g,gbtd->btd", weights.to(per_level.dtype), per_level)
         f_frame = self.norm(fused_frames)
         f_tp = self.norm(fused_frames.mean(dim=1))
         return f_frame, f_tp
+
+
+def _stacked_linear(x: torch.Tensor, layers: list[nn.Linear]) -> torch.Tensor:
+    """x (G, N, in) -> (G, N, out): layer g applied to x[g], one batched matmul for all G."""
+    weight = torch.stack([layer.weight for layer in layers]).to(x.dtype)   # (G, out, in)
+    bias = torch.stack([layer.bias for layer in layers]).to(x.dtype)       # (G, out)
+    return torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
+
+
+def _stacked_layer_norm(x: torch.Tensor, norms: list[nn.LayerNorm]) -> torch.Tensor:
+    """x (G, N, D) -> LayerNorm g applied to x[g] (shared normalisation, per-G affine)."""
+    weight = torch.stack([norm.weight for norm in norms])[:, None, :]
+    bias = torch.stack([norm.bias for norm in norms])[:, None, :]
+    normed = F.layer_norm(x, x.shape[-1:], eps=norms[0].eps)
+    return torch.addcmul(bias.to(x.dtype), normed, weight.to(x.dtype))
+
+
+def stacked_block(x: torch.Tensor, blocks: list[TemporalBlock], attn_mask: torch.Tensor, batch: int,
+                  training: bool) -> torch.Tensor:
+    """TemporalBlock g applied to x[g] for every g at once: x (G, B·L, D) -> (G, B·L, D).
+
+    attn_mask (G·B, 1, L, L) bool (True = may attend). The weights of the G blocks are stacked per
+    call, so the parameters (and checkpoints) stay those of the separate blocks.
+    """
+    levels, rows, dim = x.shape
+    length, heads = rows // batch, blocks[0].heads
+    dropout = blocks[0].dropout if training else 0.0
+    qkv = _stacked_linear(_stacked_layer_norm(x, [blk.norm_attn for blk in blocks]), [blk.qkv for blk in blocks])
+    q, k, v = qkv.view(levels * batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+    attended = attended.transpose(1, 2).reshape(levels, rows, dim)
+    x = x + F.dropout(_stacked_linear(attended, [blk.attn_out for blk in blocks]), dropout, training)
+    hidden = _stacked_linear(_stacked_layer_norm(x, [blk.norm_mlp for blk in blocks]), [blk.mlp[0] for blk in blocks])
+    hidden = F.dropout(F.gelu(hidden), dropout, training)
+    return x + F.dropout(_stacked_linear(hidden, [blk.mlp[3] for blk in blocks]), dropout, training)
 
 
 def build_mgtm(cfg, dim: int, grid_size: tuple[int, int]) -> MGTM:

@@ -120,9 +120,13 @@ class SASModel(nn.Module):
         frame_camids = camids.repeat_interleave(t) if camids is not None else None
         frame_views = views.repeat_interleave(t) if views is not None else None
         tokens, projected = self.backbone(frames.flatten(0, 1), frame_camids, frame_views)
-        tokens = tokens.view(b, t, *tokens.shape[1:])            # (B, T, 1+L, D)
-        projected = projected.view(b, t, *projected.shape[1:])   # (B, T, 1+L, P)
+        return self.heads(tokens.view(b, t, *tokens.shape[1:]), projected.view(b, t, *projected.shape[1:]), grid)
 
+    def heads(self, tokens: torch.Tensor, projected: torch.Tensor, grid: tuple[int, int]) -> dict:
+        """Everything after the backbone: tokens (B,T,1+L,D), projected (B,T,1+L,P), the patch grid
+        (Python ints) -> the output dict of :meth:`forward`. One function so that MODEL.COMPILE can
+        compile all heads (BNNecks, classifiers, memory logits, MGTM, PRSD) as one graph."""
+        b, t = tokens.shape[:2]
         f_cls = tokens[:, :, 0].mean(dim=1)       # (B, D)
         f_proj = projected[:, :, 0].mean(dim=1)   # (B, P)
         bn_cls = self.bottleneck_cls(f_cls)

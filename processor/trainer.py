@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import time
@@ -91,8 +92,6 @@ class Trainer:
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=any(w == 0 for w in loss_weights),
             )
-        if cfg.MODEL.COMPILE:
-            self.step_model = torch.compile(self.step_model)
 
         self.start_epoch = 1
         self.global_step = 0
@@ -178,25 +177,55 @@ class Trainer:
         return dist_utils.broadcast_object(value)
 
     # ------------------------------------------------------------------ training
-    def _check_finite(self, total: torch.Tensor, terms: dict, epoch: int, step: int) -> None:
-        bad = torch.tensor(float(not torch.isfinite(total.detach()).item()), device=self.device)
+    def _flush_step_values(self, pending: list, names: list, meters: dict, epoch: int, step: int) -> None:
+        """Move the per-step values gathered on the device since the last flush to ``meters`` with one
+        transfer, and stop on a non-finite loss (naming the first bad step and term).
+
+        pending: one (len(names),) device tensor per step, steps ``step - len(pending) + 1 .. step``;
+        names: "loss" (the total), the loss terms, then optionally "acc". Called on log steps only, so
+        a training step never waits for the host; every rank calls it at the same steps.
+        """
+        if not pending:
+            return
+        rows = torch.stack(pending)  # (S, K)
+        loss_columns = len(names) - (1 if names[-1] == "acc" else 0)
+        bad = (~torch.isfinite(rows[:, :loss_columns])).any().float().view(1)
         if self.world_size > 1:  # every rank must stop together, or the others hang in all-reduce
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        if bad.item() == 0:
-            return
-        culprits = [name for name, value in terms.items() if not torch.isfinite(value.detach()).all()]
-        if culprits:
-            where = ", ".join(culprits)
-        elif not torch.isfinite(total.detach()).item():
-            # Every term is finite here but their sum is not: it overflowed (a huge weight, fp16).
-            largest = sorted(terms.items(), key=lambda item: -abs(float(item[1].detach().float())))[:3]
-            listed = ", ".join(f"{name} {float(value.detach().float()):.3g}" for name, value in largest)
-            where = f"the total, whose finite terms overflow when summed (largest: {listed}; check LOSS.*_WEIGHT)"
+        values = torch.cat([rows.flatten().float(), bad]).cpu()  # the one device -> host transfer
+        rows_host, any_bad = values[:-1].view(rows.shape), bool(values[-1])
+        pending.clear()
+        first_step = step - rows_host.shape[0] + 1
+        for row in rows_host.tolist():
+            for name, value in zip(names, row):
+                meters[name].append(value)
+        if any_bad:
+            self._raise_non_finite(rows_host[:, :loss_columns], names[:loss_columns], epoch, first_step, step)
+
+    def _raise_non_finite(self, rows: torch.Tensor, names: list, epoch: int, first_step: int, step: int) -> None:
+        """rows (S, K) host values of [total, terms...] for steps first_step..step; raise for the first bad one."""
+        finite = torch.isfinite(rows)
+        bad_rows = (~finite).any(dim=1).nonzero().flatten().tolist()  # host tensors: no device sync
+        if bad_rows:
+            index = bad_rows[0]
+            row = dict(zip(names, rows[index].tolist()))
+            total = row.pop("loss")
+            culprits = [name for name, value in row.items() if not math.isfinite(value)]
+            if culprits:
+                where = ", ".join(culprits)
+            else:
+                # Every term is finite here but their sum is not: it overflowed (a huge weight, fp16).
+                largest = sorted(row.items(), key=lambda item: -abs(item[1]))[:3]
+                listed = ", ".join(f"{name} {value:.3g}" for name, value in largest)
+                where = (f"the total ({total}), whose finite terms overflow when summed (largest: {listed}; "
+                         "check LOSS.*_WEIGHT)")
         else:
-            where = "total (on another rank)"
+            index, where = rows.shape[0] - 1, "total (on another rank)"
+        bad_step = first_step + index
         raise NonFiniteLossError(
-            f"Non-finite loss at epoch {epoch}, step {step} (global step {self.global_step}) in term(s): {where}. "
-            f"Training stopped; the last good checkpoint in {self.output_dir} is intact. "
+            f"Non-finite loss at epoch {epoch}, step {bad_step} (global step {self.global_step - (step - bad_step)}) "
+            f"in term(s): {where}. Training stopped at step {step}, before any checkpoint of this epoch; the last "
+            f"good checkpoint in {self.output_dir} is intact. "
             "Lower the learning rate, enable SOLVER.GRAD_CLIP, or set SOLVER.AMP off to investigate."
         )
 
@@ -215,6 +244,8 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         progress = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.is_main)
+        pending: list[torch.Tensor] = []  # per-step [loss, terms..., acc] on the device, until a log step
+        pending_names: list[str] = []
         for step, batch in enumerate(progress, start=1):
             frames = batch["frames"].to(self.device, non_blocking=True)
             labels = batch["labels"].to(self.device, non_blocking=True)
@@ -229,7 +260,6 @@ class Trainer:
                 with autocast(self.device, self.amp_dtype):
                     outputs = self.step_model(frames, camids, views, labels)
                     total, terms = self.loss_fn(outputs, labels)
-                self._check_finite(total, terms, epoch, step)
                 self.scaler.scale(total / accum).backward()
             if boundary:
                 if cfg.SOLVER.GRAD_CLIP > 0:
@@ -242,14 +272,19 @@ class Trainer:
                 feats = dist_utils.all_gather_tensor(outputs["memory_feat"].detach().float())
                 self.model.memory.update(feats, dist_utils.all_gather_tensor(labels))
             self.global_step += 1
-            meters["loss"].append(total.item())
-            for name, value in terms.items():
-                meters[name].append(float(value.detach()))
+            # The loss, its terms and the accuracy stay on the device until a log step (no host sync).
+            names = ["loss", *terms]
+            values = [total.detach().float(), *(value.detach().float() for value in terms.values())]
             if "appearance" in outputs.get("id_logits", {}):
-                acc = (outputs["id_logits"]["appearance"].argmax(1) == labels).float().mean()
-                meters["acc"].append(acc.item())
+                names.append("acc")
+                values.append((outputs["id_logits"]["appearance"].argmax(1) == labels).float().mean())
+            if names != pending_names:
+                self._flush_step_values(pending, pending_names, meters, epoch, step - 1)
+                pending_names = names
+            pending.append(torch.stack(values))
             window_clips += frames.shape[0] * self.world_size
             if step % cfg.SOLVER.LOG_PERIOD == 0 or step == steps:
+                self._flush_step_values(pending, pending_names, meters, epoch, step)
                 self._log_step(epoch, step, steps, meters, window_clips / (time.perf_counter() - window_start))
                 window_start, window_clips = time.perf_counter(), 0
         self.scheduler.step()

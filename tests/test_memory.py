@@ -103,4 +103,6 @@ def test_bad_arguments_fail_clearly():
         MultiProxyMemory(3, 5, num_proxies=3)
     memory = MultiProxyMemory(3, 5)
     with pytest.raises(ValueError, match="labels must lie"):
-        memory.update(torch.zeros(2, 5), torch.tensor([0, 3]))
+        memory.rebuild(torch.zeros(2, 5), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"features must be \(N, 5\)"):
+        memory.update(torch.zeros(2, 4), torch.tensor([0, 1]))

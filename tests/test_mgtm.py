@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model.mgtm import MGTM, pooled_grid, window_layout
+from model.mgtm import MGTM, frame_windows, pooled_grid, window_layout
 
 GRID = (4, 2)
 DIM = 32
@@ -38,21 +38,34 @@ def test_window_layout_is_a_contiguous_partition(frames, windows):
     assert max(lengths) - min(lengths) <= 1
 
 
-@pytest.mark.parametrize("frames", [6, 3, 8])
-def test_masked_windows_equal_each_window_run_alone(frames):
-    """Padding + masking (unequal windows, T < window count) == a loop running every window on its own."""
-    mgtm = make_mgtm()
+@pytest.mark.parametrize("pos_encoding", ["sinusoidal", "learned"])
+@pytest.mark.parametrize("frames", [6, 3, 8, 16])
+def test_batched_granularities_equal_each_window_run_alone(frames, pos_encoding):
+    """One batched pass over all granularities (block-diagonal window mask, stacked weights, unequal
+    windows, T < window count) == a loop running every window of every granularity on its own."""
+    mgtm = make_mgtm(depth=2, pos_encoding=pos_encoding)
     reduced = mgtm.reduce_tokens(random_tokens(2, frames, seed=1), GRID) + mgtm.token_embedding
+    got = mgtm.run_levels(reduced)
+    assert got.shape == (3, 2, frames, DIM)
     for level, count in enumerate(mgtm.granularities):
-        got = mgtm.run_level(level, reduced, count)
-        expected = torch.zeros_like(got)
-        for window in window_layout(frames, count):
-            x = reduced[:, list(window)] + mgtm.temporal_table(len(window), "cpu", reduced.dtype)[None, :, None, :]
-            x = x.reshape(2, -1, DIM)
+        expected = torch.zeros_like(got[level])
+        layout = window_layout(frames, count)
+        longest = max(len(w) for w in layout)
+        for window in layout:
+            table = mgtm.temporal_table(longest, "cpu", reduced.dtype)[: len(window)]
+            x = (reduced[:, list(window)] + table[None, :, None, :]).reshape(2, -1, DIM)
             for block in mgtm.levels[level]:
                 x = block(x)
             expected[:, list(window)] = x.view(2, len(window), -1, DIM).mean(dim=2)
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got[level], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames,windows", [(16, 4), (8, 2), (6, 4), (7, 2), (3, 4), (1, 4), (5, 1)])
+def test_frame_windows_match_the_layout(frames, windows):
+    window, position = frame_windows(frames, windows)
+    for w, members in enumerate(window_layout(frames, windows)):
+        assert window[list(members)].tolist() == [w] * len(members)
+        assert position[list(members)].tolist() == list(range(len(members)))
 
 
 def test_clip_output_does_not_depend_on_batch_mates_and_is_deterministic():

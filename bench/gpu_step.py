@@ -1,0 +1,497 @@
+"""GPU training and inference efficiency of SAS-VPReID, measured side by side in one run.
+
+On CUDA, for each model (ViT-B/16 at 256x128, ViT-L/14 at 252x126; paper batch 16 clips x 8 frames,
+371 classes, bf16 autocast, random weights, no downloads) it measures:
+  bf16 matmul peak (TFLOP/s, once per run); backbone-only training step (CLIP + time-mean class
+  token + linear CE + Adam); full SAS training step (forward, every loss term, backward, Adam,
+  memory update) eager and with MODEL.COMPILE (regional torch.compile) and their ratios; model FLOP
+  utilisation (FlopCounterMode forward x 3 / step time / peak); CUDA kernels per step and GPU-busy
+  time (torch.profiler); peak memory; compile time (first compiled step minus a compiled step);
+  eval clips/s at 16 frames, eager and compiled; ATen ops per eager step (below autograd, no views).
+On CPU it runs the same code on a tiny model as a smoke test; the ATen op count per step is then the
+deterministic proxy of kernel launches.
+
+Output: one line per measurement as it is taken, a Markdown table at the end, and a JSON file
+(``--json``) rewritten after every measurement, so that a timeout still leaves partial results.
+Every measurement is in its own try/except: an error is recorded and the run goes on.
+
+    python bench/gpu_step.py [--models b16,l14] [--quick] [--json gpu_step.json] [--device auto]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from configs import load_config  # noqa: E402
+from loss.build import build_loss  # noqa: E402
+from model.build import build_model, compile_options, compile_regions  # noqa: E402
+from processor.inference import autocast  # noqa: E402
+from solver import build_optimizer  # noqa: E402
+
+# name -> (backbone, height, width, extra config options). "tiny" is the CPU smoke-test model.
+MODELS = {
+    "b16": ("ViT-B-16", 256, 128, []),
+    "l14": ("ViT-L-14", 252, 126, []),
+    "tiny": ("tiny-vit-16", 64, 32, [
+        "MODEL.MGTM.SPATIAL_TOKENS", "4", "MODEL.MGTM.HEADS", "4", "MODEL.PRSD.FEAT_DIM", "32",
+        "MODEL.PRSD.HIDDEN_DIM", "32", "MODEL.PRSD.ITERATIONS", "2", "MODEL.PRSD.AGG_LAYERS", "1",
+        "MODEL.PRSD.AGG_HEADS", "2", "MODEL.PRSD.AGG_FFN_DIM", "64"]),
+}
+NUM_CAMERAS = 6
+
+
+class AtenOpCounter(TorchDispatchMode):
+    """Counts ATen ops dispatched below autograd, views excluded (each is about one kernel launch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not getattr(func, "is_view", False):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class Recorder:
+    """Collects results per model, prints each as it comes and rewrites the JSON file atomically."""
+
+    def __init__(self, json_path: str | None, meta: dict):
+        self.json_path = json_path
+        self.data = {"meta": meta, "results": {}, "errors": {}}
+        self.flush()
+
+    def put(self, model: str, key: str, value) -> None:
+        self.data["results"].setdefault(model, {})[key] = value
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        print(f"- {model} {key}: {shown}", flush=True)
+        self.flush()
+
+    def error(self, model: str, key: str, exc: BaseException) -> None:
+        text = f"{type(exc).__name__}: {exc}"[:2000]
+        self.data["errors"].setdefault(model, {})[key] = text
+        print(f"- {model} {key}: ERROR {text.splitlines()[0] if text else ''}", flush=True)
+        traceback.print_exc(file=sys.stderr)
+        self.flush()
+
+    def flush(self) -> None:
+        if not self.json_path:
+            return
+        folder = os.path.dirname(os.path.abspath(self.json_path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".gpu_step.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.data, handle, indent=1, default=str)
+        os.replace(tmp, self.json_path)
+
+
+def measure(recorder: Recorder, model: str, key: str):
+    """Decorator-like helper: run fn(), record its value under key, record the error on failure."""
+
+    def run(fn):
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - a bench goes on after a failed measurement
+            recorder.error(model, key, exc)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return None
+        if value is not None:
+            recorder.put(model, key, value)
+        return value
+
+    return run
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Mean wall time of fn() over ``repeats`` calls after ``warmup`` calls (one sync at each end)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def matmul_peak(device: torch.device, quick: bool) -> float:
+    """TFLOP/s of a large square matmul (bf16 on CUDA, fp32 on CPU)."""
+    size, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (512, torch.float32)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = seconds_per_call(lambda: a @ b, device, warmup=3, repeats=10 if quick else 30)
+    return 2 * size**3 / seconds / 1e12
+
+
+def kernel_profile(fn, device: torch.device, steps: int) -> tuple[float, float]:
+    """(CUDA kernels per call (memcpy/memset not counted), GPU-busy ms per call: union of the intervals
+    of all device activity) over ``steps`` calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        synchronize(device)
+    intervals, kernels = [], 0
+    for event in prof.events():
+        on_device = "CUDA" in str(getattr(event, "device_type", ""))
+        if on_device and not getattr(event, "is_user_annotation", False):
+            intervals.append((event.time_range.start, event.time_range.end))
+            kernels += not event.name.lower().startswith(("memcpy", "memset"))
+    intervals.sort()
+    busy, end = 0.0, float("-inf")
+    for lo, hi in intervals:
+        if hi <= end:
+            continue
+        busy += hi - max(lo, end)
+        end = hi
+    return kernels / steps, busy / 1000.0 / steps  # time_range is in microseconds
+
+
+def aten_ops(fn) -> int:
+    counter = AtenOpCounter()
+    with counter:
+        fn()
+    return counter.count
+
+
+def forward_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+class Workload:
+    """One model at the paper batch with its training step, backbone-only step and eval forward."""
+
+    def __init__(self, name: str, args, device: torch.device):
+        backbone_name, height, width, extra = MODELS[name]
+        tiny = name == "tiny"
+        self.device = device
+        clips, frames, eval_frames = (4, 8, 16) if tiny else (args.clips, args.frames, args.eval_frames)
+        classes = args.classes
+        self.warmup, self.repeats = (1, 2) if tiny else ((2, 5) if args.quick else (3, 10))
+        amp = "off" if device.type == "cpu" else "bf16"
+        opts = ["MODEL.BACKBONE", backbone_name, "MODEL.PRETRAIN_PATH", "", "MODEL.PRETRAIN_TAG", "",
+                "MODEL.DEVICE", device.type, "SOLVER.AMP", amp, "INPUT.SIZE_TRAIN", f"[{height},{width}]",
+                "INPUT.SIZE_TEST", f"[{height},{width}]", "DATALOADER.SEQ_LEN", str(frames)] + extra
+        self.cfg = cfg = load_config(None, opts)
+        self.amp_dtype = amp_dtype = torch.bfloat16 if amp == "bf16" else None
+        self.description = (f"{backbone_name} {height}x{width}, {clips} clips x {frames} frames, {classes} classes, "
+                            f"{'bf16 autocast' if amp_dtype else 'fp32'}, eval {eval_frames} frames")
+
+        torch.manual_seed(0)
+        self.model = model = build_model(cfg, num_classes=classes, num_cameras=NUM_CAMERAS).to(device).train()
+        self.loss_fn = build_loss(cfg, classes)
+        self.optimizer = build_optimizer(cfg, model)
+        video = torch.randn(clips, frames, 3, height, width, device=device)
+        camids = torch.arange(clips, device=device) % NUM_CAMERAS
+        views = (camids > 0).long()
+        labels = torch.arange(clips, device=device) // 4 % classes  # P x K with K = 4 clips per identity
+        self.batch = (video, camids, views, labels)
+
+        # backbone-only step: CLIP + time-mean class token + linear CE + Adam
+        backbone = model.backbone
+        self.linear = torch.nn.Linear(backbone.width, classes, bias=False).to(device)
+        base_params = [p for p in backbone.parameters() if p.requires_grad] + list(self.linear.parameters())
+        self.base_optimizer = torch.optim.Adam(base_params, lr=cfg.SOLVER.BACKBONE_LR, fused=True)
+        self.flat_ids = (camids.repeat_interleave(frames), views.repeat_interleave(frames))
+        self.clips, self.frames = clips, frames
+
+        self.eval_video = torch.randn(args.eval_clips if not tiny else 4, eval_frames, 3, height, width, device=device)
+        self.eval_camids = torch.arange(self.eval_video.shape[0], device=device) % NUM_CAMERAS
+
+    def backbone_forward(self) -> torch.Tensor:
+        video, _, _, labels = self.batch
+        with autocast(self.device, self.amp_dtype):
+            tokens, _ = self.model.backbone(video.flatten(0, 1), *self.flat_ids)
+            feat = tokens[:, 0].reshape(self.clips, self.frames, -1).mean(1)
+            return F.cross_entropy(self.linear(feat).float(), labels)
+
+    def backbone_step(self) -> None:
+        loss = self.backbone_forward()
+        self.base_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.base_optimizer.step()
+
+    def sas_forward(self):
+        video, camids, views, labels = self.batch
+        with autocast(self.device, self.amp_dtype):
+            outputs = self.model(video, camids, views, labels)
+            total, _ = self.loss_fn(outputs, labels)
+        return outputs, total
+
+    def sas_step(self) -> None:
+        """The full SAS step as processor/trainer.py runs it (no host sync)."""
+        outputs, total = self.sas_forward()
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.model.memory.update(outputs["memory_feat"].detach().float(), self.batch[3])
+
+    def eval_forward(self) -> torch.Tensor:
+        """Eval-mode forward of the test clips; leaves the model in train mode."""
+        self.model.eval()
+        try:
+            with torch.no_grad(), autocast(self.device, self.amp_dtype):
+                return self.model(self.eval_video, self.eval_camids, (self.eval_camids > 0).long())["embedding"]
+        finally:
+            self.model.train()
+
+    def seconds(self, fn) -> float:
+        return seconds_per_call(fn, self.device, self.warmup, self.repeats)
+
+    def eval_clips_per_s(self) -> float:
+        return self.eval_video.shape[0] / self.seconds(self.eval_forward)
+
+    def peak_memory_gib(self, fn) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        torch.cuda.reset_peak_memory_stats(self.device)
+        fn()
+        synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) / 2**30
+
+
+def bench_eager(name: str, args, device: torch.device, recorder: Recorder, peak_tflops: float | None) -> None:
+    """Backbone-only and full SAS step, FLOPs, MFU, ATen ops, kernels, GPU-busy time, memory, eval (eager)."""
+    work = Workload(name, args, device)
+    record = lambda key: measure(recorder, name, key)  # noqa: E731
+    recorder.put(name, "setup", work.description)
+    base_s = record("backbone_step_s")(lambda: work.seconds(work.backbone_step))
+    eager_s = record("sas_step_eager_s")(lambda: work.seconds(work.sas_step))
+    if base_s and eager_s:
+        recorder.put(name, "ratio_eager_sas_over_backbone", eager_s / base_s)
+    base_flops = record("backbone_forward_gflop")(lambda: forward_flops(work.backbone_forward) / 1e9)
+    sas_flops = record("sas_forward_gflop")(lambda: forward_flops(work.sas_forward) / 1e9)
+    if peak_tflops:
+        if base_flops and base_s:
+            recorder.put(name, "mfu_backbone", 3 * base_flops * 1e9 / base_s / (peak_tflops * 1e12))
+        if sas_flops and eager_s:
+            recorder.put(name, "mfu_sas_eager", 3 * sas_flops * 1e9 / eager_s / (peak_tflops * 1e12))
+    record("aten_ops_backbone_step")(lambda: aten_ops(work.backbone_step))
+    record("aten_ops_sas_step_eager")(lambda: aten_ops(work.sas_step))
+    record("aten_ops_eval_forward")(lambda: aten_ops(work.eval_forward))
+    if device.type == "cuda":
+        for key, fn, seconds in (("backbone", work.backbone_step, base_s), ("sas_eager", work.sas_step, eager_s)):
+            profiled = record(f"kernels_{key}")(lambda fn=fn: kernel_profile(fn, device, 3))
+            if profiled:
+                recorder.put(name, f"kernels_per_step_{key}", profiled[0])
+                recorder.put(name, f"gpu_busy_ms_{key}", profiled[1])
+                if seconds:
+                    recorder.put(name, f"gpu_busy_fraction_{key}", profiled[1] / 1000 / seconds)
+        record("peak_mem_gib_sas_eager")(lambda: work.peak_memory_gib(work.sas_step))
+    record("eval_clips_per_s_eager")(work.eval_clips_per_s)
+
+
+def bench_compiled(name: str, args, device: torch.device, recorder: Recorder, peak_tflops: float | None) -> None:
+    """The same workload with MODEL.COMPILE's regional compilation (blocks, heads, memory update, loss).
+
+    Should the compiled step fail, the backbone blocks alone are compiled and measured instead (keys
+    ending in ``_blocks_only``), so the run still says what compiling the backbone gives."""
+    backend = args.compile_backend or ("inductor" if device.type == "cuda" else "eager")
+    recorder.put(name, "compile_backend", f"{backend} ({args.compile_mode})")
+    for suffix in ("", "_blocks_only"):
+        work = Workload(name, args, device)
+        # What build_model / build_loss do for MODEL.COMPILE (here with a choosable backend).
+        compile_regions(work.model, args.compile_mode, backend=backend, heads=not suffix)
+        if not suffix:
+            work.loss_fn = torch.compile(work.loss_fn.__call__, **compile_options(args.compile_mode, backend))
+        if measure_compiled(name, suffix, work, device, recorder, peak_tflops):
+            return
+        del work
+        gc.collect()
+        torch._dynamo.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def measure_compiled(name: str, suffix: str, work: Workload, device: torch.device, recorder: Recorder,
+                     peak_tflops: float | None) -> bool:
+    """Compiled-step figures under keys ending in ``suffix``; False when the first compiled step failed."""
+    record = lambda key: measure(recorder, name, key + suffix)  # noqa: E731
+
+    def first_step() -> float:
+        start = time.perf_counter()
+        work.sas_step()
+        synchronize(device)
+        return time.perf_counter() - start
+
+    first = record("compiled_first_step_s")(first_step)
+    if first is None:
+        return False
+    compiled_s = record("sas_step_compiled_s")(lambda: work.seconds(work.sas_step))
+    earlier = recorder.data["results"].get(name, {})
+    eager_s, base_s, sas_flops = (earlier.get(k) for k in ("sas_step_eager_s", "backbone_step_s", "sas_forward_gflop"))
+    if compiled_s:
+        recorder.put(name, "compile_time_s" + suffix, first - compiled_s)
+        if eager_s:
+            recorder.put(name, "ratio_compiled_over_eager" + suffix, compiled_s / eager_s)
+        if base_s:
+            recorder.put(name, "ratio_compiled_sas_over_eager_backbone" + suffix, compiled_s / base_s)
+        if peak_tflops and sas_flops:
+            recorder.put(name, "mfu_sas_compiled" + suffix, 3 * sas_flops * 1e9 / compiled_s / (peak_tflops * 1e12))
+    if device.type == "cuda":
+        profiled = record("kernels_sas_compiled")(lambda: kernel_profile(work.sas_step, device, 3))
+        if profiled:
+            recorder.put(name, "kernels_per_step_sas_compiled" + suffix, profiled[0])
+            recorder.put(name, "gpu_busy_ms_sas_compiled" + suffix, profiled[1])
+            if compiled_s:
+                recorder.put(name, "gpu_busy_fraction_sas_compiled" + suffix, profiled[1] / 1000 / compiled_s)
+        record("peak_mem_gib_sas_compiled")(lambda: work.peak_memory_gib(work.sas_step))
+
+    def compiled_eval() -> float:
+        start = time.perf_counter()
+        work.eval_forward()  # compiles the eval graphs
+        synchronize(device)
+        recorder.put(name, "eval_compile_s" + suffix, time.perf_counter() - start)
+        return work.eval_clips_per_s()
+
+    record("eval_clips_per_s_compiled")(compiled_eval)
+    return True
+
+
+ROWS = [
+    ("setup", "setup", None),
+    ("backbone-only train step (s)", "backbone_step_s", "{:.4f}"),
+    ("full SAS train step, eager (s)", "sas_step_eager_s", "{:.4f}"),
+    ("full SAS train step, MODEL.COMPILE (s)", "sas_step_compiled_s", "{:.4f}"),
+    ("ratio eager SAS / backbone", "ratio_eager_sas_over_backbone", "{:.3f}"),
+    ("ratio compiled SAS / eager SAS", "ratio_compiled_over_eager", "{:.3f}"),
+    ("ratio compiled SAS / eager backbone", "ratio_compiled_sas_over_eager_backbone", "{:.3f}"),
+    ("forward GFLOP backbone / SAS", ("backbone_forward_gflop", "sas_forward_gflop"), "{:.1f}"),
+    ("MFU backbone", "mfu_backbone", "{:.1%}"),
+    ("MFU SAS eager", "mfu_sas_eager", "{:.1%}"),
+    ("MFU SAS compiled", "mfu_sas_compiled", "{:.1%}"),
+    ("CUDA kernels / step: backbone", "kernels_per_step_backbone", "{:.0f}"),
+    ("CUDA kernels / step: SAS eager", "kernels_per_step_sas_eager", "{:.0f}"),
+    ("CUDA kernels / step: SAS compiled", "kernels_per_step_sas_compiled", "{:.0f}"),
+    ("GPU busy ms / step: SAS eager", "gpu_busy_ms_sas_eager", "{:.1f}"),
+    ("GPU busy fraction: SAS eager", "gpu_busy_fraction_sas_eager", "{:.0%}"),
+    ("GPU busy fraction: SAS compiled", "gpu_busy_fraction_sas_compiled", "{:.0%}"),
+    ("peak memory GiB eager / compiled", ("peak_mem_gib_sas_eager", "peak_mem_gib_sas_compiled"), "{:.1f}"),
+    ("compile backend", "compile_backend", None),
+    ("fallback, blocks only compiled: SAS step (s)", "sas_step_compiled_s_blocks_only", "{:.4f}"),
+    ("first compiled step (s)", "compiled_first_step_s", "{:.1f}"),
+    ("compile time (s)", "compile_time_s", "{:.1f}"),
+    ("eval compile (s)", "eval_compile_s", "{:.1f}"),
+    ("eval clips/s eager", "eval_clips_per_s_eager", "{:.0f}"),
+    ("eval clips/s compiled", "eval_clips_per_s_compiled", "{:.0f}"),
+    ("ATen ops / step: backbone", "aten_ops_backbone_step", "{}"),
+    ("ATen ops / step: SAS eager", "aten_ops_sas_step_eager", "{}"),
+    ("ATen ops / eval forward", "aten_ops_eval_forward", "{}"),
+]
+
+
+def markdown_table(data: dict) -> str:
+    results, errors = data["results"], data["errors"]
+    names = [n for n in results if n != "run"]
+
+    def cell(name: str, key, fmt) -> str:
+        keys = key if isinstance(key, tuple) else (key,)
+        parts = []
+        for k in keys:
+            if k in results.get(name, {}):
+                value = results[name][k]
+                parts.append(fmt.format(value) if fmt and isinstance(value, (int, float)) else str(value))
+            elif k in errors.get(name, {}):
+                parts.append("error")
+            else:
+                parts.append("–")
+        return " / ".join(parts)
+
+    lines = ["| figure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, key, fmt in ROWS:
+        lines.append(f"| {label} | " + " | ".join(cell(n, key, fmt) for n in names) + " |")
+    run = results.get("run", {})
+    if "matmul_peak_tflops" in run:
+        lines.append(f"\nmatmul peak ({run.get('matmul_dtype')}): {run['matmul_peak_tflops']:.1f} TFLOP/s")
+    for name, errs in errors.items():
+        for key, text in errs.items():
+            lines.append(f"\nerror {name} {key}: {text.splitlines()[0] if text else ''}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="", help="comma list of b16,l14,tiny (default: b16,l14 on CUDA, "
+                                                     "tiny on CPU)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--quick", action="store_true", help="fewer timed repeats")
+    parser.add_argument("--json", default="", help="JSON results file (rewritten after every measurement)")
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--classes", type=int, default=371)
+    parser.add_argument("--eval-clips", type=int, default=32)
+    parser.add_argument("--eval-frames", type=int, default=16)
+    parser.add_argument("--compile-mode", default="default",
+                        help="MODEL.COMPILE_MODE: default, max-autotune-no-cudagraphs, reduce-overhead")
+    parser.add_argument("--compile-backend", default="",
+                        help="torch.compile backend (default: inductor on CUDA, eager on CPU)")
+    parser.add_argument("--skip-compile", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    names = [n.strip() for n in args.models.split(",") if n.strip()] or (
+        ["b16", "l14"] if device.type == "cuda" else ["tiny"])
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown --models {unknown}; choose from {sorted(MODELS)}")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "argv": sys.argv[1:],
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    recorder = Recorder(args.json or None, meta)
+    print(f"# bench/gpu_step.py on {meta['device']}, torch {meta['torch']}", flush=True)
+    peak = measure(recorder, "run", "matmul_peak_tflops")(lambda: matmul_peak(device, args.quick))
+    recorder.put("run", "matmul_dtype", "bf16" if device.type == "cuda" else "fp32")
+    run_start = time.perf_counter()
+    # All eager figures first, then the compiled ones: a run cut short by its time limit still has the
+    # eager table of every model.
+    phases = [("eager", bench_eager)] + ([] if args.skip_compile else [("compiled", bench_compiled)])
+    for phase, bench in phases:
+        for name in names:
+            try:
+                bench(name, args, device, recorder, peak)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory while building: go on
+                recorder.error(name, phase, exc)
+            finally:
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            recorder.put("run", f"elapsed_after_{phase}_{name}_s", time.perf_counter() - run_start)
+    print()
+    print(markdown_table(recorder.data), flush=True)
+
+
+if __name__ == "__main__":
+    main()
