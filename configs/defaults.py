@@ -97,6 +97,10 @@ _C.MODEL.PRSD.AGG_FFN_DIM = 4096
 _C.MODEL.PRSD.DROPOUT = 0.1
 # Detach the shape model's outputs (reproduces the authors' defect; off = trained end to end).
 _C.MODEL.PRSD.DETACH_OUTPUT = False
+# Detach the backbone tokens before PRSD, so the shape losses train the branch, not the CLIP encoder (as the authors).
+_C.MODEL.PRSD.DETACH_INPUT = True
+# Starting betas when SMPL_MEAN_PARAMS is empty: "prior" (LOSS.SHAPE_PRIOR_MEAN, the mean shape, as the authors) or "zero".
+_C.MODEL.PRSD.INIT_BETAS = "prior"
 # Decode betas and pose with SMPL and append normalised bone lengths to the shape cue (needs SMPL_MODEL_PATH).
 _C.MODEL.PRSD.USE_BONE_LENGTHS = False
 
@@ -177,10 +181,14 @@ _C.SOLVER.MAX_EPOCHS = 40
 _C.SOLVER.BASE_LR = 3.5e-4
 # Learning rate of the CLIP image encoder.
 _C.SOLVER.BACKBONE_LR = 5e-6
-# LR multiplier for biases.
+# LR multiplier for biases outside the CLIP encoder.
 _C.SOLVER.BIAS_LR_FACTOR = 2.0
-# LR multiplier for the temporal heads' classifiers (MGTM and PRSD classifiers).
+# LR multiplier for the CLIP encoder's biases (1.0 = the backbone LR, as the authors; 2.0 = BIAS_LR_FACTOR's choice).
+_C.SOLVER.BACKBONE_BIAS_LR_FACTOR = 1.0
+# LR multiplier for the classifiers listed in HEAD_LR_CLASSIFIERS.
 _C.SOLVER.HEAD_LR_FACTOR = 2.0
+# Classifiers that learn at HEAD_LR_FACTOR x: tp (MGTM) and frame, as the authors (add shape, framewise_shape for the PRSD ones).
+_C.SOLVER.HEAD_LR_CLASSIFIERS = ["tp", "frame"]
 # Weight decay.
 _C.SOLVER.WEIGHT_DECAY = 1e-4
 # Weight decay of biases.

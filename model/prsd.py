@@ -6,6 +6,10 @@ regressor refines SMPL parameters (6D pose, betas, weak-perspective camera) from
 parameters. An aggregator turns the regressor's per-frame hidden state into a framewise shape
 code and, through a GRU over time and a transformer encoder, into one videowise shape code.
 
+As the authors, the backbone tokens are detached on the way in (``MODEL.PRSD.DETACH_INPUT``, the
+counterpart of ``MODEL.MGTM.DETACH_INPUT`` for the temporal branch): the shape losses train this
+branch, not the CLIP encoder; and the regressor starts from the prior mean
+shape when no SMPL mean-parameter file is given (``MODEL.PRSD.INIT_BETAS``).
 Differences from the authors' code (see method.md): outputs are not detached (so the shape model
 trains and the prior loss has a gradient) unless ``MODEL.PRSD.DETACH_OUTPUT``; the aggregator's
 recurrence runs over time (batch_first), never across the clips of a batch; all frames of all
@@ -121,13 +125,14 @@ class PRSD(nn.Module):
 
     def __init__(self, in_dim: int, feat_dim: int = 2048, hidden_dim: int = 1024, iterations: int = 3,
                  agg_layers: int = 4, agg_heads: int = 8, agg_ffn_dim: int = 4096, dropout: float = 0.0,
-                 detach_output: bool = False, mean_params: Optional[Mapping[str, Tensor]] = None,
+                 detach_output: bool = False, detach_input: bool = True, mean_params: Optional[Mapping[str, Tensor]] = None,
                  smpl: Optional[SMPLDecoder] = None, use_bone_lengths: bool = False):
         super().__init__()
         if use_bone_lengths and smpl is None:
             raise ValueError("MODEL.PRSD.USE_BONE_LENGTHS needs an SMPL model: set MODEL.PRSD.SMPL_MODEL_PATH.")
         self.hidden_dim = hidden_dim
         self.detach_output = detach_output
+        self.detach_input = detach_input
         self.use_bone_lengths = use_bone_lengths
         self.input_proj = nn.Linear(in_dim, feat_dim)
         self.encoder = TemporalEncoder(feat_dim, hidden_dim)
@@ -145,6 +150,8 @@ class PRSD(nn.Module):
         if tokens.dim() != 4:
             raise ValueError(f"PRSD expects backbone tokens (B, T, 1+L, D), got shape {tuple(tokens.shape)}.")
         batch, frames = tokens.shape[:2]
+        if self.detach_input:  # as the authors: the shape losses do not reach the backbone
+            tokens = tokens.detach()
         features = self.input_proj(tokens.mean(dim=2))  # (B, T, F)
         features = self.encoder(features)
         regressed = self.regressor(features.reshape(batch * frames, -1))  # every frame of every clip at once
@@ -234,13 +241,35 @@ def load_pretrained_regressor(model: PRSD, path: str) -> Dict[str, list]:
     return report
 
 
+INIT_BETAS_MODES = ("prior", "zero")
+
+
+def initial_mean_params(cfg) -> Dict[str, Tensor]:
+    """The regressor's starting SMPL parameters: the MODEL.PRSD.SMPL_MEAN_PARAMS file when given; else
+    the built-in pose and camera with betas = LOSS.SHAPE_PRIOR_MEAN ("prior", as SPIN-style regressors
+    start from the mean shape) or zeros ("zero"), per MODEL.PRSD.INIT_BETAS."""
+    p = cfg.MODEL.PRSD
+    if p.SMPL_MEAN_PARAMS:
+        return load_mean_params(p.SMPL_MEAN_PARAMS)
+    mode = str(p.INIT_BETAS)
+    if mode not in INIT_BETAS_MODES:
+        raise ValueError(f"MODEL.PRSD.INIT_BETAS must be one of {list(INIT_BETAS_MODES)}, got {mode!r}")
+    mean_params = default_mean_params()
+    if mode == "prior":
+        prior = torch.tensor([float(v) for v in cfg.LOSS.SHAPE_PRIOR_MEAN], dtype=torch.float32)
+        if prior.numel() != NUM_BETAS:
+            raise ValueError(f"LOSS.SHAPE_PRIOR_MEAN must have {NUM_BETAS} values to start the regressor from it "
+                             f"(MODEL.PRSD.INIT_BETAS prior), got {prior.numel()}")
+        mean_params["shape"] = prior
+    return mean_params
+
+
 def build_prsd(cfg, in_dim: int) -> PRSD:
     """PRSD of a config (MODEL.PRSD.*), for backbone tokens of width ``in_dim``."""
     p = cfg.MODEL.PRSD
-    mean_params = load_mean_params(p.SMPL_MEAN_PARAMS) if p.SMPL_MEAN_PARAMS else default_mean_params()
     model = PRSD(in_dim, feat_dim=p.FEAT_DIM, hidden_dim=p.HIDDEN_DIM, iterations=p.ITERATIONS,
                  agg_layers=p.AGG_LAYERS, agg_heads=p.AGG_HEADS, agg_ffn_dim=p.AGG_FFN_DIM, dropout=cfg.MODEL.PRSD.DROPOUT,
-                 detach_output=p.DETACH_OUTPUT, mean_params=mean_params,
+                 detach_output=p.DETACH_OUTPUT, detach_input=cfg.MODEL.PRSD.DETACH_INPUT, mean_params=initial_mean_params(cfg),
                  smpl=build_smpl_decoder(p.SMPL_MODEL_PATH), use_bone_lengths=p.USE_BONE_LENGTHS)
     if p.PRETRAINED:
         load_pretrained_regressor(model, p.PRETRAINED)

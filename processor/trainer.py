@@ -147,19 +147,30 @@ class Trainer:
     # ------------------------------------------------------------------ memory
     @torch.no_grad()
     def rebuild_memory(self) -> None:
-        """Proxies <- class centroids of the whole training set (test-time sampling, eval mode).
+        """Proxies <- class centroids of the whole training set (eval mode, no grad).
 
-        Each rank encodes its share of the training tracklets; features are gathered to all ranks.
+        Every training tracklet is encoded from DATALOADER.SEQ_LEN evenly spaced frames (deterministic),
+        whatever TEST.SAMPLING / TEST.SEQ_LEN say (as the authors): the proxies describe training-length
+        clips, and dense test sampling would encode every training frame each epoch. Each rank encodes
+        its share of the training tracklets; features are gathered to all ranks. Logs the time it took.
         """
         memory = self.model.memory
         if memory is None:
             return
+        start = time.perf_counter()
+        rebuild_cfg = self.cfg.clone()
+        rebuild_cfg.defrost()
+        rebuild_cfg.TEST.SAMPLING = "even"
+        rebuild_cfg.TEST.SEQ_LEN = int(self.cfg.DATALOADER.SEQ_LEN)
+        rebuild_cfg.freeze()
         share = self.dataset.train[self.rank :: self.world_size]
-        feats = encode_tracklets(self.model, self.cfg, share, self.device, outputs=("memory_feat",), desc="memory")
+        feats = encode_tracklets(self.model, rebuild_cfg, share, self.device, outputs=("memory_feat",), desc="memory")
         labels = torch.tensor([t.label for t in share], dtype=torch.long)
         feats = dist_utils.all_gather_tensor(feats["memory_feat"].to(self.device))
         labels = dist_utils.all_gather_tensor(labels.to(self.device))
         memory.rebuild(feats, labels)
+        logger.info("Memory rebuilt from %d training tracklets (%d evenly spaced frames each) in %.1fs",
+                    len(self.dataset.train), rebuild_cfg.TEST.SEQ_LEN, time.perf_counter() - start)
 
     # ------------------------------------------------------------------ validation
     def validate(self, tag: str) -> float | None:

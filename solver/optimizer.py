@@ -22,13 +22,15 @@ def parameter_groups(
     weight_decay_bias: float,
     head_prefixes: Sequence[str] = (),
     new_backbone_names: Sequence[str] = (),
+    backbone_bias_lr_factor: float = 1.0,
 ) -> list[dict]:
     """Group trainable parameters by (lr, weight decay); frozen parameters are left out.
 
     backbone.* -> ``backbone_lr`` except the randomly initialised additions named in
-    ``new_backbone_names`` (the SIE tables), which learn at ``base_lr`` like every head; biases x ``bias_lr_factor`` with
-    ``weight_decay_bias``; parameters under ``head_prefixes`` (the temporal heads' classifiers)
-    x ``head_lr_factor``. Each group carries the names of its parameters for inspection.
+    ``new_backbone_names`` (the SIE tables), which learn at ``base_lr`` like every head. Biases get
+    ``weight_decay_bias`` and their LR x ``bias_lr_factor``, or x ``backbone_bias_lr_factor`` for the
+    pretrained encoder's biases (1 = the backbone LR, as the authors). Parameters under
+    ``head_prefixes`` x ``head_lr_factor``. Each group carries the names of its parameters for inspection.
     """
     grouped: dict[tuple[float, float], list[tuple[str, nn.Parameter]]] = defaultdict(list)
     for name, param in model.named_parameters():
@@ -39,7 +41,7 @@ def parameter_groups(
         lr = backbone_lr if pretrained else base_lr
         decay = weight_decay
         if name.endswith("bias"):
-            lr *= bias_lr_factor
+            lr *= backbone_bias_lr_factor if pretrained else bias_lr_factor
             decay = weight_decay_bias
         if any(name.startswith(prefix) for prefix in head_prefixes):
             lr *= head_lr_factor
@@ -49,6 +51,19 @@ def parameter_groups(
          "weight_decay": decay}
         for (lr, decay), items in sorted(grouped.items())
     ]
+
+
+# Classifiers that SOLVER.HEAD_LR_CLASSIFIERS may name: "<name>" means the SAS model's "classifier_<name>".
+HEAD_CLASSIFIER_NAMES = ("appearance", "tp", "frame", "shape", "framewise_shape")
+
+
+def head_lr_prefixes(names: Sequence[str]) -> tuple[str, ...]:
+    """Parameter-name prefixes of the classifiers named in SOLVER.HEAD_LR_CLASSIFIERS (``tp`` -> ``classifier_tp.``)."""
+    unknown = [n for n in names if n not in HEAD_CLASSIFIER_NAMES]
+    if unknown:
+        raise ValueError(f"SOLVER.HEAD_LR_CLASSIFIERS has unknown classifier(s) {unknown}; "
+                         f"use names from {list(HEAD_CLASSIFIER_NAMES)}")
+    return tuple(f"classifier_{n}." for n in names)
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -62,8 +77,9 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         head_lr_factor=solver.HEAD_LR_FACTOR,
         weight_decay=solver.WEIGHT_DECAY,
         weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
-        head_prefixes=getattr(model, "head_classifier_prefixes", ()),
+        head_prefixes=head_lr_prefixes(solver.HEAD_LR_CLASSIFIERS),
         new_backbone_names=NEW_PARAMETER_NAMES,
+        backbone_bias_lr_factor=solver.BACKBONE_BIAS_LR_FACTOR,
     )
     if not groups:
         raise ValueError("The model has no trainable parameters; check the MODEL.* freeze options")

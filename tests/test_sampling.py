@@ -34,6 +34,21 @@ def test_restricted_random_one_frame_per_block():
     assert seen_last_block == set(range(14, 20))   # every frame of the remainder block can be drawn
 
 
+def test_restricted_random_draws_each_block_independently():
+    """Each block gets its own random offset: one offset shared by all blocks would make the clip a
+    fixed stride pattern shifted as a whole (issue 13: a mutant with a shared draw went unnoticed)."""
+    rng = np.random.default_rng(1)
+    draws = 400
+    offsets = np.stack([restricted_random_indices(80, 8, rng) - block_bounds(80, 8)[:, 0] for _ in range(draws)])
+    assert offsets.shape == (draws, 8) and offsets.min() == 0 and offsets.max() == 9
+    # Shared offset: every draw has 8 equal offsets. Independent: that happens with probability 1e-7.
+    all_equal = (offsets == offsets[:, :1]).all(axis=1).mean()
+    assert all_equal < 0.05
+    # Offsets of different blocks are uncorrelated (shared offset: correlation 1).
+    correlation = np.corrcoef(offsets.T)[np.triu_indices(8, 1)]
+    assert np.abs(correlation).max() < 0.25
+
+
 def test_restricted_random_short_and_exact_tracklets():
     rng = np.random.default_rng(1)
     assert restricted_random_indices(3, 8, rng).tolist() == [0, 1, 2, 2, 2, 2, 2, 2]

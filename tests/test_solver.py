@@ -33,13 +33,17 @@ def test_parameter_groups_rates_and_frozen():
     names = [n for g in groups for n in g["names"]]
     assert "backbone_frozen.weight" not in names and "backbone_frozen.bias" not in names
     assert group_of(groups, "backbone.weight")["lr"] == pytest.approx(0.01)
-    assert group_of(groups, "backbone.bias")["lr"] == pytest.approx(0.02)
+    assert group_of(groups, "backbone.bias")["lr"] == pytest.approx(0.01)  # encoder biases: the backbone LR
+    assert group_of(groups, "neck.bias")["lr"] == pytest.approx(2.0)  # other biases x bias_lr_factor
     assert group_of(groups, "backbone.bias")["weight_decay"] == 0.0
     assert group_of(groups, "neck.weight")["lr"] == pytest.approx(1.0)
     assert group_of(groups, "backbone.sie_camera")["lr"] == pytest.approx(1.0)  # new, not pretrained
     assert group_of(groups, "neck.weight")["weight_decay"] == 0.1
     assert group_of(groups, "mgtm_classifier.weight")["lr"] == pytest.approx(3.0)
     assert sorted(names) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    groups = parameter_groups(model, base_lr=1.0, backbone_lr=0.01, bias_lr_factor=2.0, head_lr_factor=3.0,
+                              weight_decay=0.1, weight_decay_bias=0.0, backbone_bias_lr_factor=2.0)
+    assert group_of(groups, "backbone.bias")["lr"] == pytest.approx(0.02)
 
 
 @pytest.mark.parametrize("name, cls", [("Adam", torch.optim.Adam), ("AdamW", torch.optim.AdamW), ("SGD", torch.optim.SGD)])
