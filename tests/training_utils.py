@@ -9,6 +9,8 @@ def tiny_opts(data_root: str, output_dir: str, epochs: int = 2, **extra) -> list
     """Overrides that shrink the demo to seconds per epoch on 2 CPU cores."""
     opts = {
         "DATASETS.ROOT_DIR": data_root,
+        # A command-line root gets synthetic data only when asked for on the command line too.
+        "DATASETS.SYNTHETIC_IF_MISSING": "True",
         "DATASETS.SYNTHETIC_IDS": "8",
         "DATASETS.SYNTHETIC_TEST_IDS": "4",
         "DATASETS.VAL_IDS": "2",
