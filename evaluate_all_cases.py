@@ -5,9 +5,9 @@
 (options and KEY VALUE overrides in any order).
 
 The model is rebuilt from the config stored in the checkpoint; ``--config_file`` may only change
-data paths, loader, test and device keys (DATASETS.*, DATALOADER.*, TEST.*, MODEL.DEVICE,
-SOLVER.AMP, OUTPUT_DIR). ``KEY VALUE`` overrides apply last; every key that differs from the
-checkpoint's config is printed. Evaluation never writes into the training folder itself: its files
+data paths, loader, test and device keys (DATASETS.*, DATALOADER.* but the training clip length,
+TEST.*, MODEL.DEVICE, SOLVER.AMP); its OUTPUT_DIR (a training folder) is not used. ``KEY VALUE``
+overrides apply last; every key that differs from the checkpoint's config is printed. Evaluation never writes into the training folder itself: its files
 (CSV, JSON, plots, rank lists, log) go to one folder per evaluation, by default
 ``OUTPUT_DIR/eval/<checkpoint stem>[-rerank]/``. It never generates data.
 """
@@ -25,6 +25,9 @@ logger = logging.getLogger("evaluate")
 # Keys a --config_file may change on top of the checkpoint's stored config.
 OVERRIDABLE_SECTIONS = ("DATASETS", "DATALOADER", "TEST")
 OVERRIDABLE_KEYS = (("MODEL", "DEVICE"), ("SOLVER", "AMP"))
+# Keys of those sections that shape the model (the shape classifiers have one per training frame
+# position): always the checkpoint's.
+MODEL_SHAPING_KEYS = (("DATALOADER", "SEQ_LEN"), ("DATALOADER", "NUM_INSTANCE"))
 # Cleared on top of any config: the checkpoint holds every weight (never fetch or read the initial
 # pretrained files again), and evaluation never generates data.
 CLEARED_KEYS = ("MODEL.PRETRAIN_PATH", "MODEL.PRETRAIN_TAG", "MODEL.PRSD.PRETRAINED", "DATASETS.SYNTHETIC_IF_MISSING")
@@ -49,21 +52,20 @@ def resolve_config(stored_yaml: str, config_file: str, opts):
     no data generation.
 
     Returns (config, changes): changes lists ``(KEY, checkpoint value, new value, source)`` for every
-    key that differs from the checkpoint's stored config.
+    key whose value differs from the checkpoint's stored config (source: the command line when an
+    override set it, else the config file).
     """
     stored = config_from_yaml_text(stored_yaml)
     cfg = stored.clone()
     cfg.defrost()
-    changes = []
     if config_file:
         file_cfg = load_config(config_file)
         for section in OVERRIDABLE_SECTIONS:
             cfg[section] = file_cfg[section].clone()
         for section, key in OVERRIDABLE_KEYS:
             cfg[section][key] = file_cfg[section][key]
-        cfg.OUTPUT_DIR = file_cfg.OUTPUT_DIR
-        changes += [(k, old, new, f"--config_file {config_file}") for k, old, new in changed_keys(stored, cfg)
-                    if k not in CLEARED_KEYS]
+        for section, key in MODEL_SHAPING_KEYS:
+            cfg[section][key] = stored[section][key]
     for key in CLEARED_KEYS:
         section, _, name = key.rpartition(".")
         node = cfg
@@ -72,14 +74,15 @@ def resolve_config(stored_yaml: str, config_file: str, opts):
         node[name] = False if isinstance(node[name], bool) else ""
     cfg.freeze()
     resolved = config_from_yaml_text(cfg.dump(), opts)
-    changes += [(k, old, new, "the command line") for k, old, new in changed_keys(cfg, resolved)
-                if k not in CLEARED_KEYS]
+    by_command_line = {key for key, _, _ in changed_keys(cfg, resolved)}
+    changes = [(key, old, new, "the command line" if key in by_command_line else f"--config_file {config_file}")
+               for key, old, new in changed_keys(stored, resolved) if key not in CLEARED_KEYS]
     return resolved, changes
 
 
 def default_eval_dir(cfg, model_path: str, output_dir_changed: bool) -> str:
-    """OUTPUT_DIR/eval/<checkpoint stem>[-rerank]; OUTPUT_DIR is the checkpoint's own folder unless
-    the evaluation set another (its stored OUTPUT_DIR may be relative to another working folder)."""
+    """OUTPUT_DIR/eval/<checkpoint stem>[-rerank]; OUTPUT_DIR is the checkpoint's own folder unless the
+    command line sets OUTPUT_DIR (the stored one may be relative to another working folder)."""
     base = cfg.OUTPUT_DIR if output_dir_changed else os.path.dirname(os.path.abspath(model_path))
     stem = os.path.splitext(os.path.basename(model_path))[0] + ("-rerank" if cfg.TEST.RERANK else "")
     return os.path.join(base, "eval", stem)
@@ -106,7 +109,7 @@ def main(argv=None) -> dict:
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         sys.exit(f"{args.model_path} is not a checkpoint written by train.py (no stored config/model)")
     cfg, changes = resolve_config(state["config"], args.config_file, args.opts)
-    output_dir_changed = any(key == "OUTPUT_DIR" for key, *_ in changes)
+    output_dir_changed = any(key == "OUTPUT_DIR" and source == "the command line" for key, _, _, source in changes)
     eval_dir = args.eval_dir or default_eval_dir(cfg, args.model_path, output_dir_changed)
     os.makedirs(eval_dir, exist_ok=True)
     log_path = os.path.join(eval_dir, "evaluate_log.txt")
