@@ -398,9 +398,11 @@ class Trainer:
                 signal.signal(s, handler)
 
     def _stop_requested(self) -> bool:
+        if self.world_size == 1:  # a plain flag: no device sync per step
+            return self.stop_signal is not None
+        # All ranks stop at the same step, or the others hang in the next all-reduce.
         flag = torch.tensor(float(self.stop_signal is not None), device=self.device)
-        if self.world_size > 1:  # all ranks stop at the same step, or the others hang in all-reduce
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
     def _interruptible(self, batches, epoch: int):
