@@ -451,9 +451,8 @@ class Trainer:
                 raise TrainingInterrupted(self._interrupt_message(epoch, 0))
             start = time.perf_counter()
             means = self.train_epoch(epoch)
-            logger.info("epoch %d/%d %s | %s | %.1f clips/s, %.1f s", epoch, cfg.SOLVER.MAX_EPOCHS,
-                        self._format_terms(means), self._format_lr(), self.last_clips_per_s,
-                        time.perf_counter() - start)
+            logger.info("epoch %d done in %.1f s (of %d): %s | %s | %.1f clips/s", epoch, time.perf_counter() - start,
+                        cfg.SOLVER.MAX_EPOCHS, self._format_terms(means), self._format_lr(), self.last_clips_per_s)
             self.writer.write("epoch", self.global_step, epoch, means)
             if eval_period > 0 and (epoch % eval_period == 0 or epoch == cfg.SOLVER.MAX_EPOCHS):
                 value = self.validate(f"epoch {epoch}")
