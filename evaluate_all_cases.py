@@ -1,44 +1,62 @@
 """Evaluate a checkpoint on the DetReIDX cases and write the leaderboard submission CSV.
 
-``python evaluate_all_cases.py --config_file CFG --model_path CKPT [--cases 1,2,3] [--csv PATH]
-[--output_file results.json] [--save_features F.npz] [--visualize N] [KEY VALUE ...]``
+``python evaluate_all_cases.py --model_path CKPT [--config_file CFG] [--cases 1,2,3] [--csv PATH]
+[--output_file results.json] [--eval_dir DIR] [--save_features F.npz] [--visualize N] [KEY VALUE ...]``
+(options and KEY VALUE overrides in any order).
 
 The model is rebuilt from the config stored in the checkpoint; ``--config_file`` may only change
-data paths, loader, test and device keys (DATASETS.*, DATALOADER.*, TEST.*, MODEL.DEVICE,
-SOLVER.AMP, OUTPUT_DIR). ``KEY VALUE`` overrides apply last.
+data paths, loader, test and device keys (DATASETS.*, DATALOADER.* but the training clip length,
+TEST.*, MODEL.DEVICE, SOLVER.AMP); its OUTPUT_DIR (a training folder) is not used. ``KEY VALUE``
+overrides apply last; every key that differs from the checkpoint's config is printed. Evaluation never writes into the training folder itself: its files
+(CSV, JSON, plots, rank lists, log) go to one folder per evaluation, by default
+``OUTPUT_DIR/eval/<checkpoint stem>[-rerank]/``. It never generates data.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 
-from configs import ConfigError, config_from_yaml_text, load_config
+from configs import changed_keys, config_from_yaml_text, load_config
+from tools.cli import make_parser, parse_command_line, run_main
 
 logger = logging.getLogger("evaluate")
 
 # Keys a --config_file may change on top of the checkpoint's stored config.
 OVERRIDABLE_SECTIONS = ("DATASETS", "DATALOADER", "TEST")
 OVERRIDABLE_KEYS = (("MODEL", "DEVICE"), ("SOLVER", "AMP"))
+# Keys of those sections that shape the model (the shape classifiers have one per training frame
+# position): always the checkpoint's.
+MODEL_SHAPING_KEYS = (("DATALOADER", "SEQ_LEN"), ("DATALOADER", "NUM_INSTANCE"))
+# Cleared on top of any config: the checkpoint holds every weight (never fetch or read the initial
+# pretrained files again), and evaluation never generates data.
+CLEARED_KEYS = ("MODEL.PRETRAIN_PATH", "MODEL.PRETRAIN_TAG", "MODEL.PRSD.PRETRAINED", "DATASETS.SYNTHETIC_IF_MISSING")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    parser = make_parser(__doc__)
     parser.add_argument("--config_file", default="", help="YAML whose data/test keys override the checkpoint's")
     parser.add_argument("--model_path", required=True, help="checkpoint written by train.py")
     parser.add_argument("--cases", default="", help="comma-separated cases, e.g. 1,2,3 (default TEST.CASES)")
-    parser.add_argument("--csv", default="", help="submission CSV path (default OUTPUT_DIR/submission.csv)")
-    parser.add_argument("--output_file", default="", help="results JSON (default OUTPUT_DIR/results.json)")
+    parser.add_argument("--eval_dir", default="",
+                        help="folder for this evaluation's files (default OUTPUT_DIR/eval/<checkpoint stem>[-rerank])")
+    parser.add_argument("--csv", default="", help="submission CSV path (default EVAL_DIR/submission.csv)")
+    parser.add_argument("--output_file", default="", help="results JSON (default EVAL_DIR/results.json)")
     parser.add_argument("--save_features", default="", help="save features, ids and case indices to this .npz")
     parser.add_argument("--visualize", type=int, default=0, help="write rank-list pictures for N queries per case")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
-    return parser.parse_args(argv)
+    return parse_command_line(parser, argv)
 
 
 def resolve_config(stored_yaml: str, config_file: str, opts):
-    """Checkpoint config <- data/test keys of ``config_file`` <- ``opts``; pretrained paths cleared."""
-    cfg = config_from_yaml_text(stored_yaml)
+    """Checkpoint config <- data/test keys of ``config_file`` <- ``opts``; pretrained paths cleared,
+    no data generation.
+
+    Returns (config, changes): changes lists ``(KEY, checkpoint value, new value, source)`` for every
+    key whose value differs from the checkpoint's stored config (source: the command line when an
+    override set it, else the config file).
+    """
+    stored = config_from_yaml_text(stored_yaml)
+    cfg = stored.clone()
     cfg.defrost()
     if config_file:
         file_cfg = load_config(config_file)
@@ -46,13 +64,34 @@ def resolve_config(stored_yaml: str, config_file: str, opts):
             cfg[section] = file_cfg[section].clone()
         for section, key in OVERRIDABLE_KEYS:
             cfg[section][key] = file_cfg[section][key]
-        cfg.OUTPUT_DIR = file_cfg.OUTPUT_DIR
-    # The checkpoint holds every weight: never fetch or read the initial pretrained files again.
-    cfg.MODEL.PRETRAIN_PATH = ""
-    cfg.MODEL.PRETRAIN_TAG = ""
-    cfg.MODEL.PRSD.PRETRAINED = ""
+        for section, key in MODEL_SHAPING_KEYS:
+            cfg[section][key] = stored[section][key]
+    for key in CLEARED_KEYS:
+        section, _, name = key.rpartition(".")
+        node = cfg
+        for part in section.split("."):
+            node = node[part]
+        node[name] = False if isinstance(node[name], bool) else ""
     cfg.freeze()
-    return config_from_yaml_text(cfg.dump(), opts)
+    resolved = config_from_yaml_text(cfg.dump(), opts)
+    by_command_line = {key for key, _, _ in changed_keys(cfg, resolved)}
+    changes = [(key, old, new, "the command line" if key in by_command_line else f"--config_file {config_file}")
+               for key, old, new in changed_keys(stored, resolved) if key not in CLEARED_KEYS]
+    return resolved, changes
+
+
+def default_eval_dir(cfg, model_path: str, output_dir_changed: bool) -> str:
+    """OUTPUT_DIR/eval/<checkpoint stem>[-rerank]; OUTPUT_DIR is the checkpoint's own folder unless the
+    command line sets OUTPUT_DIR (the stored one may be relative to another working folder)."""
+    base = cfg.OUTPUT_DIR if output_dir_changed else os.path.dirname(os.path.abspath(model_path))
+    stem = os.path.splitext(os.path.basename(model_path))[0] + ("-rerank" if cfg.TEST.RERANK else "")
+    return os.path.join(base, "eval", stem)
+
+
+def describe_checkpoint(path: str, state: dict) -> str:
+    meta = state.get("meta", {})
+    trained_with = meta.get("config_file") or "a config stored in the checkpoint"
+    return f"{path} (epoch {state.get('epoch', '?')}, trained with {trained_with})"
 
 
 def main(argv=None) -> dict:
@@ -60,56 +99,72 @@ def main(argv=None) -> dict:
     from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
     from utils.logger import setup_logging
 
+    if args.model_path.lower().endswith((".yaml", ".yml", ".json", ".csv", ".txt")):
+        sys.exit(f"--model_path {args.model_path} is a {os.path.splitext(args.model_path)[1]} file, not a checkpoint: "
+                 "give a .pth written by train.py (e.g. OUTPUT_DIR/checkpoint_best.pth); a config goes to --config_file.")
     try:
         state = load_checkpoint(args.model_path)
     except CheckpointError as exc:
         sys.exit(str(exc))
-    if "config" not in state or "model" not in state:
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
         sys.exit(f"{args.model_path} is not a checkpoint written by train.py (no stored config/model)")
-    try:
-        cfg = resolve_config(state["config"], args.config_file, args.opts)
-    except ConfigError as exc:
-        sys.exit(f"Config error: {exc}")
-    output_dir = cfg.OUTPUT_DIR
-    setup_logging(output_dir, 0, filename="evaluate_log.txt")
+    cfg, changes = resolve_config(state["config"], args.config_file, args.opts)
+    output_dir_changed = any(key == "OUTPUT_DIR" and source == "the command line" for key, _, _, source in changes)
+    eval_dir = args.eval_dir or default_eval_dir(cfg, args.model_path, output_dir_changed)
+    os.makedirs(eval_dir, exist_ok=True)
+    log_path = os.path.join(eval_dir, "evaluate_log.txt")
+    if os.path.exists(log_path):  # one folder, one evaluation: a rerun replaces the previous log
+        os.remove(log_path)
+    setup_logging(eval_dir, 0, filename="evaluate_log.txt")
+    logger.info("Loaded %s", describe_checkpoint(args.model_path, state))
+    if changes:
+        logger.info("Changed against the checkpoint's config:\n%s", "\n".join(
+            f"  {key}: {old!r} -> {new!r} ({source})" for key, old, new, source in changes))
+    else:
+        logger.info("Config: as stored in the checkpoint (no key changed)")
+    logger.info("Evaluation files go to %s", eval_dir)
 
     from datasets.build import build_dataset
-    from model.backbone import PretrainedWeightsError
     from model.build import build_model, check_weight_files
     from processor.evaluation import run_case_evaluation, select_cases
     from utils.distributed import init_distributed
 
     device = init_distributed(cfg.MODEL.DEVICE)
     meta = state.get("meta", {})
+    from model.backbone import PretrainedWeightsError
+
     try:  # the SMPL files the stored config names are still read to build PRSD
         check_weight_files(cfg)
     except PretrainedWeightsError as exc:
         sys.exit(str(exc))
-    model = build_model(cfg, num_classes=meta["num_classes"], num_cameras=meta["num_cameras"]).to(device)
+    backbone_logger = logging.getLogger("model.backbone")
+    level = backbone_logger.level
+    backbone_logger.setLevel(logging.ERROR)  # "no pretrained weights ... random init": the checkpoint has them
+    try:
+        model = build_model(cfg, num_classes=meta["num_classes"], num_cameras=meta["num_cameras"]).to(device)
+    finally:
+        backbone_logger.setLevel(level)
     try:
         load_model_state(model, state["model"], args.model_path)
     except CheckpointError as exc:
         sys.exit(str(exc))
-    dataset = build_dataset(cfg)
     wanted = [int(c) for c in args.cases.split(",") if c.strip()] if args.cases else list(cfg.TEST.CASES)
+    dataset = build_dataset(cfg, cases=wanted)
     try:
-        cases = select_cases(dataset.cases, wanted)
+        cases = select_cases(dataset.cases, wanted, dataset.root)
     except FileNotFoundError as exc:
         sys.exit(str(exc))
     return run_case_evaluation(
-        cfg, model, cases, device, output_dir,
-        csv_path=args.csv or os.path.join(output_dir, "submission.csv"),
-        json_path=args.output_file or os.path.join(output_dir, "results.json"),
+        cfg, model, cases, device, eval_dir,
+        csv_path=args.csv or os.path.join(eval_dir, "submission.csv"),
+        json_path=args.output_file or os.path.join(eval_dir, "results.json"),
         save_features=args.save_features or None,
         visualize=args.visualize,
-        extra={"checkpoint": args.model_path, "epoch": state.get("epoch")},
+        extra={"checkpoint": os.path.abspath(args.model_path), "epoch": state.get("epoch"),
+               "trained_with": meta.get("config_file", ""), "eval_dir": eval_dir,
+               "changed_keys": {key: new for key, _, new, _ in changes}},
     )
 
 
 if __name__ == "__main__":
-    from utils.fileio import WriteFailure
-    from utils.metrics import NonFiniteFeaturesError
-    try:
-        main()
-    except (WriteFailure, NonFiniteFeaturesError) as exc:   # the message names the file and the cause
-        sys.exit(f"error: {exc}")
+    run_main(main)

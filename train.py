@@ -1,80 +1,132 @@
-"""Train SAS-VPReID: ``python train.py --config_file CFG [--resume auto|PATH] [KEY VALUE ...]``.
+"""Train SAS-VPReID: ``python train.py --config_file CFG [--overlay CFG2] [--resume auto|PATH] [--overwrite]
+[--verbose] [KEY VALUE ...]`` (options and KEY VALUE overrides in any order).
 
 Under ``torchrun --nproc_per_node=N train.py ...`` it trains with DDP (NCCL on GPUs, gloo on CPU).
+A fresh run refuses an OUTPUT_DIR that holds another run: continue it with ``--resume auto``, pick
+another OUTPUT_DIR, or ``--overwrite`` (deletes that run's files first). Ctrl-C / SIGTERM stop at
+the next step boundary and print the command that resumes.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
+import shlex
 import sys
 
-from configs import ConfigError, load_config
+from configs import load_config
+from tools.cli import INTERRUPTED_EXIT_CODE, make_parser, parse_command_line, run_main
 from utils.checkpoint import write_text_atomic
 from utils.distributed import cleanup_distributed, get_rank, init_distributed
 from utils.logger import setup_logging
 
 logger = logging.getLogger("train")
 
+# Multi-line INFO records of these loggers (the dataset statistics table) go to log.txt, and to the
+# console only with --verbose.
+DETAIL_LOGGERS = ("datasets.detreidx",)
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config_file", default="", help="YAML config (may inherit with _BASE_)")
+
+def parse_args(argv=None):
+    parser = make_parser(__doc__)
+    parser.add_argument("--config_file", default="", help="YAML config (may inherit with _BASE_: one file or a list)")
+    parser.add_argument("--overlay", action="append", default=[], metavar="YAML",
+                        help="YAML merged on top of --config_file (repeatable), e.g. --overlay tiny.yml")
     parser.add_argument("--resume", default="", help="'auto' (newest good checkpoint in OUTPUT_DIR) or a checkpoint path")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SOLVER.BASE_LR 1e-4")
-    return parser.parse_args(argv)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="OUTPUT_DIR holds another run: delete its files, then train from scratch")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print the resolved config and the dataset tables on the console too")
+    return parse_command_line(parser, argv)
+
+
+class _ConsoleDetailFormatter(logging.Formatter):
+    """Shows only the first line of the multi-line INFO records of DETAIL_LOGGERS (log.txt keeps them whole)."""
+
+    def __init__(self, inner: logging.Formatter, log_path: str):
+        super().__init__()
+        self.inner, self.log_path = inner, log_path
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        if record.name in DETAIL_LOGGERS and record.levelno == logging.INFO and "\n" in text:
+            text = text.split("\n", 1)[0] + f" (table in {self.log_path})"
+        return text
+
+
+def quiet_console(log_path: str) -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setFormatter(_ConsoleDetailFormatter(handler.formatter or logging.Formatter(), log_path))
+
+
+def resume_command(argv) -> str:
+    """The command line that continues this run: the same words with ``--resume auto``."""
+    words, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        if word in ("--resume", "--overwrite"):
+            skip = word == "--resume"
+            continue
+        if word.startswith("--resume="):
+            continue
+        words.append(word)
+    launcher = "torchrun ... train.py" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "python train.py"
+    return f"{launcher} {shlex.join(words)} --resume auto".replace("  ", " ")
 
 
 def main(argv=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config_file, args.opts)
-    except ConfigError as exc:
-        sys.exit(f"Config error: {exc}")
-    device = init_distributed(cfg.MODEL.DEVICE)
-    from processor.trainer import Trainer  # heavy imports after the config is known to be valid
+    cfg = load_config(args.config_file, args.opts, overlays=args.overlay)
+    output_dir = cfg.OUTPUT_DIR
+    from processor.trainer import Trainer, TrainingInterrupted, check_run_folder, clear_run_files
 
+    stale = check_run_folder(output_dir, args.resume, args.overwrite)  # before anything is written
+    device = init_distributed(cfg.MODEL.DEVICE)
     try:
-        output_dir = cfg.OUTPUT_DIR
+        if get_rank() == 0:
+            clear_run_files(stale)
+        from utils.distributed import barrier
+
+        barrier()
         setup_logging(output_dir, get_rank())
+        if not args.verbose:
+            quiet_console(os.path.join(output_dir, "log.txt"))
+        config_path = os.path.join(output_dir, "config.yaml")
         if get_rank() == 0:
             os.makedirs(output_dir, exist_ok=True)
-            write_text_atomic(os.path.join(output_dir, "config.yaml"), cfg.dump())
-        logger.info("Config file %s, device %s\n%s", args.config_file or "(defaults)", device, cfg.dump())
-        trainer = Trainer(cfg, device, output_dir)
+            write_text_atomic(config_path, cfg.dump())
+        sources = " + ".join([args.config_file or "(defaults)"] + args.overlay)
+        logger.info("Config %s%s -> resolved config in %s%s; device %s", sources,
+                    f" + {len(args.opts) // 2} overrides" if args.opts else "", config_path,
+                    "" if args.verbose else " (--verbose prints it)", device)
+        if args.verbose:
+            logger.info("Resolved config:\n%s", cfg.dump())
+        trainer = Trainer(cfg, device, output_dir, config_file=sources, resume_hint=resume_command(argv))
         if args.resume:
             trainer.resume(args.resume)
-        report = trainer.fit()
+        try:
+            report = trainer.fit()
+        except TrainingInterrupted as exc:
+            trainer.close()
+            if get_rank() == 0:
+                print(str(exc), file=sys.stderr, flush=True)
+            raise SystemExit(INTERRUPTED_EXIT_CODE) from None
         if report.get("val_mAP_before") is not None and report.get("val_mAP_after") is not None:
-            logger.info("Validation mAP before training %.2f -> after training %.2f",
+            logger.info("Validation mAP-3 before training %.2f -> after training %.2f",
                         report["val_mAP_before"], report["val_mAP_after"])
+        chosen = trainer.use_final_weights()
+        report["final_weights"] = chosen
+        report["final_val"] = trainer.final_val_summary
         if cfg.TEST.EVAL_AFTER_TRAINING:
-            report["test"] = trainer.evaluate_test()
+            report["test"] = trainer.evaluate_test(chosen)
         trainer.close()
         return report
     finally:
         cleanup_distributed()
 
 
-# Errors whose message already names the file or key and the fix: the command line shows the message
-# alone (a traceback would bury it). Looked up in sys.modules: a class never imported was never raised.
-EXPLAINED_ERRORS = (
-    ("datasets.detreidx", "DatasetLayoutError"), ("datasets.video", "CorruptFrameError"),
-    ("model.backbone", "PretrainedWeightsError"), ("utils.checkpoint", "CheckpointError"),
-    ("processor.trainer", "NonFiniteLossError"), ("utils.fileio", "WriteFailure"),
-    ("utils.metrics", "NonFiniteFeaturesError"),
-)
-
-
-def is_explained_error(exc: BaseException) -> bool:
-    classes = [getattr(sys.modules.get(module), name, None) for module, name in EXPLAINED_ERRORS]
-    return isinstance(exc, tuple(c for c in classes if c is not None))
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as exc:  # noqa: BLE001 - anything unexplained is re-raised with its traceback
-        if not is_explained_error(exc):
-            raise
-        sys.exit(f"error: {exc}")
+    run_main(main)

@@ -170,15 +170,53 @@ def _apply_overrides(cfg: CN, opts: Sequence[str]) -> None:
         node[parts[-1]] = value
 
 
-def load_config(config_file: str | None = None, opts: Iterable[str] = (), freeze: bool = True) -> CN:
-    """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``opts`` (``[KEY, VALUE, ...]``)."""
+CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def resolve_config_path(path: str) -> str:
+    """``path`` as given when it exists, else the same relative path under ``configs/``
+    (``ablations/01_baseline.yml``, ``tiny.yml``); a path found in neither place is returned unchanged
+    so the error names what the user typed."""
+    if not path or os.path.isfile(path) or os.path.isabs(path):
+        return path
+    candidate = os.path.join(CONFIG_DIR, path)
+    return candidate if os.path.isfile(candidate) else path
+
+
+def load_config(config_file: str | None = None, opts: Iterable[str] = (), freeze: bool = True,
+                overlays: Sequence[str] = ()) -> CN:
+    """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then each of ``overlays`` (YAML
+    files merged in order, like a trailing ``_BASE_`` entry), then ``opts`` (``[KEY, VALUE, ...]``).
+
+    ``DATASETS.SYNTHETIC_IF_MISSING`` from a file holds for the root its files name: a command-line
+    ``DATASETS.ROOT_DIR`` turns it off unless the command line sets it too, so a mistyped root is an
+    error instead of a freshly generated fake dataset.
+    """
     cfg = get_defaults()
-    if config_file:
-        _merge(cfg, _read_yaml_with_bases(config_file), config_file)
-    _apply_overrides(cfg, list(opts))
+    for path in ([config_file] if config_file else []) + list(overlays):
+        path = resolve_config_path(path)
+        _merge(cfg, _read_yaml_with_bases(path), path)
+    opts = list(opts)
+    file_root = cfg.DATASETS.ROOT_DIR
+    _apply_overrides(cfg, opts)
+    keys = opts[0::2]
+    if cfg.DATASETS.ROOT_DIR != file_root and "DATASETS.SYNTHETIC_IF_MISSING" not in keys:
+        cfg.DATASETS.SYNTHETIC_IF_MISSING = False
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def changed_keys(before: CN, after: CN, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(KEY, old, new)`` for every leaf key whose value differs between two configs, in key order."""
+    changes = []
+    for key in after.keys():
+        old, new = before.get(key), after[key]
+        if isinstance(new, CN) and isinstance(old, CN):
+            changes += changed_keys(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append((f"{prefix}{key}", old, new))
+    return changes
 
 
 def config_from_yaml_text(text: str, opts: Iterable[str] = ()) -> CN:
@@ -195,6 +233,7 @@ def merge_yaml_file(cfg: CN, config_file: str) -> CN:
     """Apply ``config_file`` (with bases) on top of an existing config; returns a new frozen config."""
     out = cfg.clone()
     out.defrost()
+    config_file = resolve_config_path(config_file)
     _merge(out, _read_yaml_with_bases(config_file), config_file)
     out.freeze()
     return out

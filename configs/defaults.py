@@ -273,6 +273,8 @@ _C.TEST.AP_MODE = "trapezoid"
 _C.TEST.QUERY_CHUNK = 512
 # After training, evaluate the test cases found under DATASETS.ROOT_DIR and write the submission CSV.
 _C.TEST.EVAL_AFTER_TRAINING = True
+# Weights of that end-of-training evaluation: "best" (checkpoint_best.pth, when there is a validation split) or "last".
+_C.TEST.FINAL_WEIGHTS = "best"
 # Cases to evaluate by default (1 = aerial->ground, 2 = ground->aerial, 3 = aerial->aerial).
 _C.TEST.CASES = [1, 2, 3]
 

@@ -29,14 +29,36 @@ from datasets.video import InferenceClipDataset, TrainClipDataset
 logger = logging.getLogger(__name__)
 
 
-def build_dataset(cfg) -> DetReIDX:
+def nearest_existing_folder(path: str) -> str:
+    """The deepest existing folder on the way to ``path`` (absolute): where a mistyped path went wrong."""
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder
+
+
+def build_dataset(cfg, cases=None) -> DetReIDX:
     """The dataset named by ``DATASETS.NAMES`` at ``DATASETS.ROOT_DIR``.
 
-    Validation identities (``DATASETS.VAL_IDS``) are chosen with ``SOLVER.SEED``.
+    Validation identities (``DATASETS.VAL_IDS``) are chosen with ``SOLVER.SEED``. ``cases`` (e.g.
+    ``[1, 3]``) limits the test case folders that must exist and are scanned (default: all three).
+    A missing root is generated only when ``DATASETS.SYNTHETIC_IF_MISSING`` is on (a config file's
+    own root; see ``configs.load_config``), else it is an error naming the nearest existing folder.
     """
     data = cfg.DATASETS
     root = data.ROOT_DIR
-    if not os.path.isdir(root) and data.SYNTHETIC_IF_MISSING:
+    if not os.path.isdir(root) and not data.SYNTHETIC_IF_MISSING:
+        from datasets.detreidx import DatasetLayoutError
+
+        raise DatasetLayoutError(
+            f"Dataset root {os.path.abspath(root)} does not exist (nearest existing folder: "
+            f"{nearest_existing_folder(root)}). Set DATASETS.ROOT_DIR to the DetReIDXV1 folder (holding train/ "
+            f"and case*/); to get synthetic data there, run `python -m datasets.synthetic --root {root}`."
+        )
+    if not os.path.isdir(root):
         logger.info("%s does not exist: generating the synthetic XFD dataset there (DATASETS.SYNTHETIC_IF_MISSING)", root)
         config = SyntheticConfig(num_ids=int(data.SYNTHETIC_IDS), num_test_ids=int(data.SYNTHETIC_TEST_IDS),
                                  seed=int(data.SYNTHETIC_SEED))
@@ -46,9 +68,10 @@ def build_dataset(cfg) -> DetReIDX:
             # Another process (e.g. a DDP rank) created it between our check and our rename.
             logger.info("%s appeared while generating; using it", root)
     dataset_class = get_dataset_class(data.NAMES)
+    extra = {} if cases is None else {"cases": sorted(int(c) for c in cases)}
     return dataset_class(root, val_ids=int(data.VAL_IDS), unknown_names_as_ground=bool(data.UNKNOWN_NAMES_AS_GROUND),
                          seed=int(cfg.SOLVER.SEED), junk_rule=str(cfg.TEST.JUNK_RULE),
-                         scan_cache_dir=str(data.SCAN_CACHE_DIR))
+                         scan_cache_dir=str(data.SCAN_CACHE_DIR), **extra)
 
 
 def seed_worker(worker_id: int) -> None:

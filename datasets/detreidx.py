@@ -817,8 +817,10 @@ class DetReIDX:
     """
 
     def __init__(self, root: str, val_ids: int = 0, unknown_names_as_ground: bool = False, seed: int = 0,
-                 junk_rule: str = "tracklet", scan_cache_dir: str | None = None):
+                 junk_rule: str = "tracklet", scan_cache_dir: str | None = None,
+                 cases: Sequence[int] | None = None):
         self.root = os.path.abspath(root)
+        self.wanted_cases = set(CASE_FOLDERS) if cases is None else set(cases)  # the case folders to scan
         self.unknown_names_as_ground = unknown_names_as_ground
         if junk_rule not in JUNK_RULES:
             raise ValueError(f"TEST.JUNK_RULE must be one of {JUNK_RULES}, got {junk_rule!r}")
@@ -884,15 +886,15 @@ class DetReIDX:
     def _parts(self) -> list[_Part]:
         train_dir = os.path.join(self.root, TRAIN_FOLDER)
         case_dirs = {c: os.path.join(self.root, f) for c, f in CASE_FOLDERS.items()}
-        present = {c for c, d in case_dirs.items() if os.path.isdir(d)}
+        present = {c for c, d in case_dirs.items() if os.path.isdir(d) and c in self.wanted_cases}
         if not os.path.isdir(train_dir) and not present:
             raise DatasetLayoutError(
                 f"Dataset root {self.root} holds neither {TRAIN_FOLDER}/ nor any of "
                 f"{', '.join(CASE_FOLDERS.values())}. Point DATASETS.ROOT_DIR at the DetReIDXV1 folder. "
                 f"{EXPECTED_LAYOUT}"
             )
-        if present and present != set(CASE_FOLDERS):
-            missing = [case_dirs[c] for c in sorted(set(CASE_FOLDERS) - present)]
+        if present and present != self.wanted_cases:
+            missing = [case_dirs[c] for c in sorted(self.wanted_cases - present)]
             raise DatasetLayoutError(
                 f"Missing case folder(s): {', '.join(missing)} (the root has the other case folders). "
                 f"Copy the complete test set into {self.root}. {EXPECTED_LAYOUT}"

@@ -69,17 +69,22 @@ def run_case_evaluation(
     visualize: int = 0,
     condition_report: bool = True,
     extra: Mapping | None = None,
+    verbose: bool = True,
+    title: str = "Results",
 ) -> dict:
     """Evaluate ``cases`` with ``model``; returns the summary dict (also written to ``json_path``).
 
     Every unique tracklet across the cases is encoded exactly once. The CSV (when ``csv_path``) is
-    written whether or not ground truth exists; metrics are only reported where it does.
+    written whether or not ground truth exists; metrics are only reported where it does. Plots and
+    rank lists go to ``output_dir``. ``verbose`` False logs the progress line and the results table
+    (headed ``title``) at DEBUG only: validation during training logs its own one-line summary.
     """
     if not cases:
         raise ValueError("No cases to evaluate: check DATASETS.ROOT_DIR and --cases")
     remove_stale_temp_files(output_dir)   # left by a killed earlier evaluation (CSV, JSON, plots)
+    level = logging.INFO if verbose else logging.DEBUG
     tracklets, index = unique_tracklets(cases)
-    logger.info("Encoding %d unique tracklets for cases %s", len(tracklets), sorted(cases))
+    logger.log(level, "Encoding %d unique tracklets for cases %s", len(tracklets), sorted(cases))
     features = encode_tracklets(model, cfg, tracklets, device, desc="test")["embedding"]
     check_finite_features(features, (extra or {}).get("checkpoint") or "The model", [t.name for t in tracklets])
     if save_features:
@@ -90,7 +95,7 @@ def run_case_evaluation(
     summary["num_unique_tracklets"] = len(tracklets)
     if extra:
         summary.update(extra)
-    logger.info("Results\n%s", format_summary(summary))
+    logger.log(level, "%s\n%s", title, format_summary(summary))
     if csv_path:
         write_submission(csv_path, _submission_rows(results))
         summary["csv"] = csv_path
@@ -142,11 +147,16 @@ def _visualize(results: Mapping[int, CaseResult], cases: Mapping[int, CaseSplit]
         )
 
 
-def select_cases(cases: Mapping[int, CaseSplit], wanted: Sequence[int]) -> dict[int, CaseSplit]:
+def select_cases(cases: Mapping[int, CaseSplit], wanted: Sequence[int], root: str = "") -> dict[int, CaseSplit]:
+    """The ``wanted`` cases of ``cases``; a missing one is a FileNotFoundError naming its folder."""
+    from utils.protocol import CASE_FOLDERS
+
     missing = [c for c in wanted if c not in cases]
     if missing:
+        folders = ", ".join(os.path.join(root, CASE_FOLDERS[c]) if c in CASE_FOLDERS else f"case {c} (no such case)"
+                            for c in missing)
         raise FileNotFoundError(
-            f"Case(s) {missing} not found under the dataset root; present: {sorted(cases)}. "
+            f"Case(s) {missing} not found under the dataset root: {folders}; present: {sorted(cases)}. "
             "Check DATASETS.ROOT_DIR or the --cases argument."
         )
     return {c: cases[c] for c in wanted}

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import math
 import os
 import random
+import shutil
+import signal
 import time
 from collections import defaultdict
 
@@ -36,9 +39,62 @@ from utils.logger import MetricsWriter
 
 logger = logging.getLogger(__name__)
 
+# Loss terms summed by kind in the log line: id_* -> id, tri_* -> tri, memory -> mem, frame_id -> frame,
+# shape_id + shape_prior -> shape.
+LOSS_GROUPS = {"id": "id", "tri": "tri", "memory": "mem", "frame": "frame", "shape": "shape"}
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss; the message names the step and the loss term."""
+
+
+class RunFolderError(RuntimeError):
+    """A fresh run would write into an OUTPUT_DIR that holds another run; the message says what to do."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C / SIGTERM stopped training at a step boundary; the message says how to resume."""
+
+
+# ------------------------------------------------------------------ run folders
+# What a training run writes into OUTPUT_DIR (evaluations of its checkpoints go to eval/).
+RUN_MARKERS = ("config.yaml", "log.txt", "metrics.jsonl", "tensorboard", "checkpoint_*.pth")
+RUN_FILES = RUN_MARKERS + (".checkpoint*.tmp", "submission.csv", "test_results.json", "per_condition_case*",
+                           "ranklists_case*", "eval")
+
+
+def run_files(output_dir: str, patterns=RUN_FILES) -> list[str]:
+    """The paths in ``output_dir`` that a training run writes (matching ``patterns``), sorted."""
+    return sorted({p for pattern in patterns for p in glob.glob(os.path.join(glob.escape(output_dir), pattern))})
+
+
+def check_run_folder(output_dir: str, resume: str, overwrite: bool) -> list[str]:
+    """Refuse a fresh run into an OUTPUT_DIR holding a run (RunFolderError) unless ``resume`` or
+    ``overwrite``; returns the files ``overwrite`` must clear (read-only: safe on every DDP rank)."""
+    if resume:
+        return []
+    found = run_files(output_dir, RUN_MARKERS)
+    if not found:
+        return []
+    if overwrite:
+        return run_files(output_dir)
+    shown = ", ".join(os.path.basename(p) for p in found[:4]) + (", ..." if len(found) > 4 else "")
+    raise RunFolderError(
+        f"OUTPUT_DIR {output_dir} already holds a training run ({shown}). Continue it with --resume auto, "
+        f"train into another folder (OUTPUT_DIR other/folder), or add --overwrite to delete that run's files first."
+    )
+
+
+def clear_run_files(paths) -> None:
+    """Delete a previous run's files and folders (``--overwrite``; rank 0 only)."""
+    for path in paths:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+    if paths:
+        logger.info("--overwrite: deleted %d files/folders of the previous run in %s", len(paths),
+                    os.path.dirname(paths[0]))
 
 
 def seed_everything(seed: int) -> None:
@@ -58,8 +114,10 @@ class Trainer:
     Build with :meth:`from_config`; run with :meth:`fit`. Rank 0 alone logs and writes files.
     """
 
-    def __init__(self, cfg, device: torch.device, output_dir: str):
+    def __init__(self, cfg, device: torch.device, output_dir: str, config_file: str = "", resume_hint: str = ""):
         self.cfg = cfg
+        self.config_file = config_file  # stored in checkpoints: evaluation says what a model was trained with
+        self.resume_hint = resume_hint  # the command that continues this run, printed when it is interrupted
         self.device = device
         self.output_dir = output_dir
         self.rank = dist_utils.get_rank()
@@ -98,6 +156,10 @@ class Trainer:
         self.best_map = -1.0
         if self.is_main:  # temporary files of a killed earlier run in this folder (plots, CSV, checkpoints)
             remove_stale_temp_files(output_dir)
+        self.best_epoch = None
+        self.last_val_summary = self.best_val_summary = self.final_val_summary = None  # rank 0 only
+        self.weights_label = "the last weights"  # what the model holds when test evaluation runs
+        self.stop_signal: int | None = None
         self.writer = MetricsWriter(output_dir, enabled=self.is_main)
 
     # ------------------------------------------------------------------ checkpoints
@@ -110,9 +172,11 @@ class Trainer:
             "epoch": epoch,
             "global_step": self.global_step,
             "best_map": self.best_map,
+            "best_epoch": self.best_epoch,
             "rng": rng_state(),
             "config": self.cfg.dump(),
-            "meta": {"num_classes": self.num_classes, "num_cameras": self.num_cameras},
+            "meta": {"num_classes": self.num_classes, "num_cameras": self.num_cameras,
+                     "config_file": self.config_file},
         }
 
     def save(self, epoch: int) -> None:
@@ -140,6 +204,7 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
         self.global_step = int(state["global_step"])
         self.best_map = float(state["best_map"])
+        self.best_epoch = state.get("best_epoch")
         set_rng_state(state["rng"])
         logger.info("Resumed from %s (epoch %d done)", path, state["epoch"])
         return True
@@ -180,10 +245,14 @@ class Trainer:
         value = None
         if self.is_main:
             summary = run_case_evaluation(
-                self.cfg, self.model, self.dataset.val, self.device, self.output_dir, condition_report=False
+                self.cfg, self.model, self.dataset.val, self.device, self.output_dir, condition_report=False,
+                verbose=False,
             )
             value = summary.get("mAP-3")
-            logger.info("Validation mAP (%s): %.2f", tag, value if value is not None else float("nan"))
+            self.last_val_summary = summary
+            per_case = " ".join(f"{c}:{e['mAP']:.1f}" for c, e in sorted(summary["cases"].items()) if "mAP" in e)
+            logger.info("val (%s): mAP-3 %.2f R1 %.2f (per case mAP %s)", tag,
+                        value if value is not None else float("nan"), summary.get("mean_R1", float("nan")), per_case)
         dist_utils.barrier()
         return dist_utils.broadcast_object(value)
 
@@ -254,10 +323,11 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.optimizer.zero_grad(set_to_none=True)
+        epoch_start, epoch_clips = time.perf_counter(), 0
         progress = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.is_main)
         pending: list[torch.Tensor] = []  # per-step [loss, terms..., acc] on the device, until a log step
         pending_names: list[str] = []
-        for step, batch in enumerate(progress, start=1):
+        for step, batch in enumerate(self._interruptible(progress, epoch), start=1):
             frames = batch["frames"].to(self.device, non_blocking=True)
             labels = batch["labels"].to(self.device, non_blocking=True)
             camids = batch["camids"].to(self.device, non_blocking=True)
@@ -294,41 +364,147 @@ class Trainer:
                 pending_names = names
             pending.append(torch.stack(values))
             window_clips += frames.shape[0] * self.world_size
-            if step % cfg.SOLVER.LOG_PERIOD == 0 or step == steps:
+            epoch_clips += frames.shape[0] * self.world_size
+            log_step = step % cfg.SOLVER.LOG_PERIOD == 0 or step == steps
+            if log_step:  # one device-to-host transfer of the pending loss terms
                 self._flush_step_values(pending, pending_names, meters, epoch, step)
+            # A step line only where an epoch is longer than LOG_PERIOD steps: the epoch line covers the rest.
+            if steps > cfg.SOLVER.LOG_PERIOD and step % cfg.SOLVER.LOG_PERIOD == 0 and step < steps:
                 self._log_step(epoch, step, steps, meters, window_clips / (time.perf_counter() - window_start))
                 window_start, window_clips = time.perf_counter(), 0
+            # Under DDP the stop flag is all-reduced (a host sync), so only on log steps.
+            if boundary and (self.world_size == 1 or log_step) and self._stop_requested():
+                raise TrainingInterrupted(self._interrupt_message(epoch, step))
+        self.last_clips_per_s = epoch_clips / max(time.perf_counter() - epoch_start, 1e-9)
+        self.writer.write("train", self.global_step, epoch,
+                          {**{k: float(np.mean(v)) for k, v in meters.items()}, **self._learning_rates(),
+                           "clips_per_s": self.last_clips_per_s})
         self.scheduler.step()
         skipped = getattr(self.train_loader.dataset, "skipped_frames", 0)
         if skipped:
             logger.warning("Skipped %d unreadable training frames so far (DATASETS.SKIP_CORRUPT_FRAMES)", skipped)
         return {k: float(np.mean(v)) for k, v in meters.items()}
 
+    def _learning_rates(self) -> dict:
+        """The scheduled learning rates: ``lr`` (base, the heads) and ``lr_backbone`` (the CLIP encoder).
+
+        The schedule scales every parameter group by the same factor; biases and the temporal
+        classifiers run at fixed multiples of these (SOLVER.BIAS_LR_FACTOR, HEAD_LR_FACTOR).
+        """
+        group = self.optimizer.param_groups[0]
+        factor = group["lr"] / group["initial_lr"] if group.get("initial_lr") else 1.0
+        return {"lr": self.cfg.SOLVER.BASE_LR * factor, "lr_backbone": self.cfg.SOLVER.BACKBONE_LR * factor}
+
+    def _format_terms(self, means: dict) -> str:
+        """'loss 6.95 | id 0.52 tri 2.10 mem 3.22 frame 0.28 shape 0.11 | acc 0.49': loss terms summed
+        by kind (every term on its own is in metrics.jsonl and TensorBoard)."""
+        groups: dict[str, float] = {}
+        for name, value in means.items():
+            if name in ("loss", "acc"):
+                continue
+            kind = LOSS_GROUPS.get(name.split("_")[0], name)
+            groups[kind] = groups.get(kind, 0.0) + value
+        text = f"loss {means.get('loss', float('nan')):.3f} | " + " ".join(f"{k} {v:.3f}" for k, v in groups.items())
+        if "acc" in means:
+            text += f" | acc {means['acc']:.2f}"
+        return text
+
+    def _format_lr(self) -> str:
+        rates = self._learning_rates()
+        return f"lr base {rates['lr']:.1e} backbone {rates['lr_backbone']:.1e}"
+
     def _log_step(self, epoch: int, step: int, steps: int, meters: dict, clips_per_s: float) -> None:
         recent = {k: float(np.mean(v[-self.cfg.SOLVER.LOG_PERIOD:])) for k, v in meters.items()}
-        lr = max(g["lr"] for g in self.optimizer.param_groups)
-        scalars = {**recent, "lr": lr, "clips_per_s": clips_per_s}
+        scalars = {**recent, **self._learning_rates(), "clips_per_s": clips_per_s}
         mem = ""
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device) / 2**30
             scalars["peak_mem_gib"] = peak
-            mem = f" mem {peak:.1f}GiB"
-        terms = " ".join(f"{k} {v:.3f}" for k, v in recent.items())
-        logger.info("epoch %d [%d/%d] %s lr %.2e %.1f clips/s%s", epoch, step, steps, terms, lr, clips_per_s, mem)
+            mem = f", {peak:.1f} GiB"
+        logger.info("epoch %d [%d/%d] %s | %s | %.1f clips/s%s", epoch, step, steps, self._format_terms(recent),
+                    self._format_lr(), clips_per_s, mem)
         self.writer.write("train", self.global_step, epoch, scalars)
 
+    # ------------------------------------------------------------------ interrupts
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        """First Ctrl-C / SIGTERM: stop at the next step boundary; a second one stops at once."""
+        self.stop_signal = signum
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        if self.is_main:
+            logger.warning("%s: stopping at the next step boundary (press Ctrl-C again to stop at once)",
+                           signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def _signal_handlers(self):
+        """Ctrl-C / SIGTERM set a flag that the step loop reads (main thread only: signals go there)."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_requested(self) -> bool:
+        if self.world_size == 1:  # a plain flag: no device sync per step
+            return self.stop_signal is not None
+        # All ranks stop at the same step, or the others hang in the next all-reduce.
+        flag = torch.tensor(float(self.stop_signal is not None), device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _interruptible(self, batches, epoch: int):
+        """The loader's batches; a loader worker killed by the same Ctrl-C counts as the interrupt."""
+        iterator = iter(batches)
+        step = 0
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError:
+                if self.stop_signal is None:
+                    raise
+                raise TrainingInterrupted(self._interrupt_message(epoch, step)) from None
+            step += 1
+            yield batch
+
+    def _interrupt_message(self, epoch: int, step: int) -> str:
+        """One line: where training stopped, which checkpoint is kept, the command that continues it."""
+        last = os.path.join(self.output_dir, LAST_NAME)
+        where = f"Interrupted at epoch {epoch}, step {step}"
+        if epoch > self.start_epoch or os.path.isfile(last):
+            kept = f"{last} (epoch {epoch - 1}) is kept"
+            return f"{where}: {kept}; resume with: {self.resume_hint or 'train.py ... --resume auto'}"
+        return f"{where}, before the first checkpoint: nothing to resume; start again with --overwrite"
+
     def fit(self) -> dict:
-        """Train from ``start_epoch`` to SOLVER.MAX_EPOCHS; returns validation mAPs before/after."""
+        """Train from ``start_epoch`` to SOLVER.MAX_EPOCHS; returns validation mAPs before/after.
+
+        Ctrl-C / SIGTERM stop training at the next step boundary with TrainingInterrupted; the
+        checkpoint of the last finished epoch is kept (a half epoch is not saved: resuming from one
+        would not give the weights of a straight run).
+        """
+        with self._signal_handlers():
+            return self._fit()
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         report: dict = {}
         eval_period = cfg.SOLVER.EVAL_PERIOD
         if self.start_epoch == 1 and eval_period > 0:
             report["val_mAP_before"] = self.validate("before training")
         for epoch in range(self.start_epoch, cfg.SOLVER.MAX_EPOCHS + 1):
+            if self._stop_requested():
+                raise TrainingInterrupted(self._interrupt_message(epoch, 0))
             start = time.perf_counter()
             means = self.train_epoch(epoch)
-            logger.info("epoch %d done in %.1fs: %s", epoch, time.perf_counter() - start,
-                        " ".join(f"{k} {v:.3f}" for k, v in means.items()))
+            logger.info("epoch %d done in %.1f s (of %d): %s | %s | %.1f clips/s", epoch, time.perf_counter() - start,
+                        cfg.SOLVER.MAX_EPOCHS, self._format_terms(means), self._format_lr(), self.last_clips_per_s)
             self.writer.write("epoch", self.global_step, epoch, means)
             if eval_period > 0 and (epoch % eval_period == 0 or epoch == cfg.SOLVER.MAX_EPOCHS):
                 value = self.validate(f"epoch {epoch}")
@@ -336,16 +512,46 @@ class Trainer:
                     self.writer.write("val", self.global_step, epoch, {"mAP": value})
                     report["val_mAP_after"] = value
                     if value > self.best_map:
-                        self.best_map = value
+                        self.best_map, self.best_epoch = value, epoch
+                        self.best_val_summary = self.last_val_summary
+                        logger.info("new best (epoch %d, val mAP-3 %.2f): %s", epoch, value, BEST_NAME)
                         if self.is_main:
                             save_checkpoint(self.state_dict(epoch), os.path.join(self.output_dir, BEST_NAME))
             self.save(epoch)
             dist_utils.barrier()
         report["best_val_mAP"] = self.best_map if self.best_map >= 0 else None
+        report["best_epoch"] = self.best_epoch
         return report
 
-    def evaluate_test(self) -> dict | None:
-        """After training: the test cases on disk, with the submission CSV (rank 0)."""
+    def use_final_weights(self) -> dict:
+        """Load the weights the end-of-training evaluation uses: checkpoint_best.pth when the run has a
+        validation split and TEST.FINAL_WEIGHTS is "best", else the last weights (already in the model).
+
+        Returns {"checkpoint": path or "last weights", "epoch": N} for the results JSON; logs which.
+        """
+        choice = str(self.cfg.TEST.FINAL_WEIGHTS).lower()
+        if choice not in ("best", "last"):
+            raise ValueError(f"TEST.FINAL_WEIGHTS must be best or last, got {self.cfg.TEST.FINAL_WEIGHTS!r}")
+        best_path = os.path.join(self.output_dir, BEST_NAME)
+        last_epoch = self.cfg.SOLVER.MAX_EPOCHS
+        if choice == "best" and self.dataset.val and os.path.isfile(best_path):
+            dist_utils.barrier()  # rank 0 wrote it
+            state = load_checkpoint(best_path)
+            load_model_state(self.model, state["model"], best_path)
+            self.weights_label = f"{BEST_NAME} (epoch {state['epoch']}, val mAP-3 {state['best_map']:.2f})"
+            chosen = {"checkpoint": best_path, "epoch": int(state["epoch"])}
+            self.final_val_summary = self.best_val_summary
+        else:
+            reason = "TEST.FINAL_WEIGHTS last" if choice == "last" else "no validation split (DATASETS.VAL_IDS 0)"
+            self.weights_label = f"the last weights (epoch {last_epoch}; {reason})"
+            chosen = {"checkpoint": os.path.join(self.output_dir, LAST_NAME), "epoch": last_epoch}
+            self.final_val_summary = self.last_val_summary
+        logger.info("Final evaluation with %s", self.weights_label)
+        return chosen
+
+    def evaluate_test(self, chosen: dict | None = None) -> dict | None:
+        """After training: the test cases on disk, with the submission CSV (rank 0), scored with the
+        weights the model holds (see :meth:`use_final_weights`, whose dict ``chosen`` goes to the JSON)."""
         if not self.dataset.cases or not self.is_main:
             return None
         cases = {c: s for c, s in self.dataset.cases.items() if c in self.cfg.TEST.CASES}
@@ -353,6 +559,7 @@ class Trainer:
             self.cfg, self.model, cases, self.device, self.output_dir,
             csv_path=os.path.join(self.output_dir, "submission.csv"),
             json_path=os.path.join(self.output_dir, "test_results.json"),
+            extra=chosen, title=f"Test results ({self.weights_label})",
         )
 
     def close(self) -> None:

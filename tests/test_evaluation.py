@@ -116,10 +116,11 @@ def test_cli_rebuilds_model_from_checkpoint(setup, tmp_path):
     summary = evaluate_all_cases.main(["--model_path", ckpt, "--cases", "1,3", "--save_features", str(tmp_path / "f.npz"),
                                        "--visualize", "1", "OUTPUT_DIR", out])
     assert sorted(summary["cases"]) == [1, 3] and summary["epoch"] == 3
-    assert os.path.isfile(os.path.join(out, "submission.csv")) and os.path.isfile(os.path.join(out, "results.json"))
+    eval_dir = os.path.join(out, "eval", "model")  # OUTPUT_DIR/eval/<checkpoint stem>
+    assert os.path.isfile(os.path.join(eval_dir, "submission.csv")) and os.path.isfile(os.path.join(eval_dir, "results.json"))
     feats = np.load(tmp_path / "f.npz")
     assert feats["features"].shape[1] == model.embedding_dim
     assert {"pids", "camids", "names", "case1_query", "case1_gallery", "case3_query", "case3_gallery"} <= set(feats.files)
-    assert os.listdir(os.path.join(out, "ranklists_case1"))
+    assert os.listdir(os.path.join(eval_dir, "ranklists_case1"))
     with pytest.raises(SystemExit, match=r"Case\(s\) \[4\]"):
         evaluate_all_cases.main(["--model_path", ckpt, "--cases", "4", "OUTPUT_DIR", out])

@@ -10,6 +10,8 @@ def tiny_opts(data_root: str, output_dir: str, epochs: int = 2, **extra) -> list
     opts = {
         "DATASETS.ROOT_DIR": data_root,
         "DATASETS.SCAN_CACHE_DIR": "",   # tests never write the user's scan cache
+        # A command-line root gets synthetic data only when asked for on the command line too.
+        "DATASETS.SYNTHETIC_IF_MISSING": "True",
         "DATASETS.SYNTHETIC_IDS": "8",
         "DATASETS.SYNTHETIC_TEST_IDS": "4",
         "DATASETS.VAL_IDS": "2",
