@@ -19,6 +19,7 @@ import sys
 
 from configs import changed_keys, config_from_yaml_text, load_config
 from tools.cli import make_parser, parse_command_line, run_main
+from utils.fileio import ensure_folder
 
 logger = logging.getLogger("evaluate")
 
@@ -111,7 +112,7 @@ def main(argv=None) -> dict:
     cfg, changes = resolve_config(state["config"], args.config_file, args.opts)
     output_dir_changed = any(key == "OUTPUT_DIR" and source == "the command line" for key, _, _, source in changes)
     eval_dir = args.eval_dir or default_eval_dir(cfg, args.model_path, output_dir_changed)
-    os.makedirs(eval_dir, exist_ok=True)
+    ensure_folder(eval_dir)
     log_path = os.path.join(eval_dir, "evaluate_log.txt")
     if os.path.exists(log_path):  # one folder, one evaluation: a rerun replaces the previous log
         os.remove(log_path)

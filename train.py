@@ -16,6 +16,7 @@ import sys
 from configs import load_config
 from tools.cli import INTERRUPTED_EXIT_CODE, make_parser, parse_command_line, run_main
 from utils.checkpoint import write_text_atomic
+from utils.fileio import ensure_folder
 from utils.distributed import cleanup_distributed, get_rank, init_distributed
 from utils.logger import setup_logging
 
@@ -96,7 +97,7 @@ def main(argv=None) -> dict:
             quiet_console(os.path.join(output_dir, "log.txt"))
         config_path = os.path.join(output_dir, "config.yaml")
         if get_rank() == 0:
-            os.makedirs(output_dir, exist_ok=True)
+            ensure_folder(output_dir)
             write_text_atomic(config_path, cfg.dump())
         sources = " + ".join([args.config_file or "(defaults)"] + args.overlay)
         logger.info("Config %s%s -> resolved config in %s%s; device %s", sources,

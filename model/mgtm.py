@@ -246,7 +246,8 @@ def _stacked_layer_norm(x: torch.Tensor, norms: list[nn.LayerNorm]) -> torch.Ten
     """x (G, N, D) -> LayerNorm g applied to x[g] (shared normalisation, per-G affine)."""
     weight = torch.stack([norm.weight for norm in norms])[:, None, :]
     bias = torch.stack([norm.bias for norm in norms])[:, None, :]
-    normed = F.layer_norm(x, x.shape[-1:], eps=norms[0].eps)
+    # The normalised shape from the module, not from x: a traced export needs it constant.
+    normed = F.layer_norm(x, norms[0].normalized_shape, eps=norms[0].eps)
     return torch.addcmul(bias.to(x.dtype), normed, weight.to(x.dtype))
 
 

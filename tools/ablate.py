@@ -18,6 +18,7 @@ import os
 import sys
 
 from tools.cli import make_parser, parse_command_line, run_main
+from utils.fileio import ensure_folder
 
 logger = logging.getLogger("ablate")
 
@@ -139,7 +140,7 @@ def main(argv=None) -> list[dict]:
     if len(rows) != len(args.configs):
         sys.exit("No validation result for some config: ablations need a validation split "
                  "(DATASETS.VAL_IDS > 0, SOLVER.EVAL_PERIOD > 0)")
-    os.makedirs(args.output_dir, exist_ok=True)
+    ensure_folder(args.output_dir)
     table = markdown_table(rows)
     write_text_atomic(os.path.join(args.output_dir, "ablation.md"), table)
     write_text_atomic(os.path.join(args.output_dir, "ablation.csv"), csv_text(rows))

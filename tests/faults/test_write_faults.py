@@ -191,7 +191,8 @@ def test_train_and_evaluate_print_a_write_failure_as_one_line(tmp_path):
     checkpoint = str(tmp_path / "checkpoint_last.pth")
     save_checkpoint({"config": cfg.dump(), "model": {}, "meta": {"num_classes": 4, "num_cameras": 3}}, checkpoint)
     proc = run_cli("evaluate_all_cases.py", "--model_path", checkpoint, "OUTPUT_DIR", out)
-    text = assert_clean_failure(proc, "error: cannot write", repr(out))
+    # Evaluation writes into its own folder under OUTPUT_DIR (OUTPUT_DIR/eval/<checkpoint stem>).
+    text = assert_clean_failure(proc, "error: cannot write", f"'{out}{os.sep}eval")
     assert len(proc.stderr.strip().splitlines()) == 1, text
 
 
@@ -298,7 +299,7 @@ def test_outputs_get_the_mode_of_a_plain_write(tmp_path):
 # ----------------------------------------------------------------------------- non-finite features
 def test_non_finite_features_stop_evaluation_before_any_metric(tmp_path, monkeypatch):
     import processor.evaluation as evaluation
-    import train
+    from tools.cli import is_explained_error
     from utils.metrics import NonFiniteFeaturesError
 
     tracklets = [SimpleNamespace(name="0001_1"), SimpleNamespace(name="0002_7")]
@@ -313,4 +314,4 @@ def test_non_finite_features_stop_evaluation_before_any_metric(tmp_path, monkeyp
     message = str(caught.value)
     assert "runs/x/checkpoint_epoch3.pth" in message and "non-finite" in message and "'0002_7'" in message
     assert "1 of 2" in message
-    assert train.is_explained_error(caught.value)
+    assert is_explained_error(caught.value)
