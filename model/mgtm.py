@@ -284,6 +284,6 @@ def build_mgtm(cfg, dim: int, grid_size: tuple[int, int]) -> MGTM:
         mlp_ratio=mc.MLP_RATIO,
         dropout=cfg.MODEL.MGTM.DROPOUT,
         pos_encoding=mc.POS_ENCODING,
-        detach_input=mc.DETACH_INPUT,
+        detach_input=cfg.MODEL.MGTM.DETACH_INPUT,
         max_frames=cfg.DATALOADER.SEQ_LEN,
     )
