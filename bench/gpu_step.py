@@ -200,6 +200,7 @@ class Workload:
                 "MODEL.DEVICE", device.type, "SOLVER.AMP", amp, "INPUT.SIZE_TRAIN", f"[{height},{width}]",
                 "INPUT.SIZE_TEST", f"[{height},{width}]", "DATALOADER.SEQ_LEN", str(frames)] + extra
         self.cfg = cfg = load_config(None, opts)
+        self.cudagraph_steps = False  # set when compiled with mode reduce-overhead
         self.amp_dtype = amp_dtype = torch.bfloat16 if amp == "bf16" else None
         self.description = (f"{backbone_name} {height}x{width}, {clips} clips x {frames} frames, {classes} classes, "
                             f"{'bf16 autocast' if amp_dtype else 'fp32'}, eval {eval_frames} frames")
@@ -247,6 +248,8 @@ class Workload:
 
     def sas_step(self) -> None:
         """The full SAS step as processor/trainer.py runs it (no host sync)."""
+        if self.cudagraph_steps:  # as model.build.begin_compiled_step does in the trainer
+            torch.compiler.cudagraph_mark_step_begin()
         outputs, total = self.sas_forward()
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -319,6 +322,7 @@ def bench_compiled(name: str, args, device: torch.device, recorder: Recorder, pe
         work = Workload(name, args, device)
         # What build_model / build_loss do for MODEL.COMPILE (here with a choosable backend).
         compile_regions(work.model, args.compile_mode, backend=backend, heads=not suffix)
+        work.cudagraph_steps = args.compile_mode == "reduce-overhead"
         if not suffix:
             work.loss_fn = torch.compile(work.loss_fn.__call__, **compile_options(args.compile_mode, backend))
         if measure_compiled(name, suffix, work, device, recorder, peak_tflops):

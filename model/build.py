@@ -55,6 +55,14 @@ def compile_options(mode: str = "default", backend: str = "inductor", fullgraph:
     return options
 
 
+def begin_compiled_step(cfg) -> None:
+    """Call at the start of every training step. Under MODEL.COMPILE_MODE reduce-overhead the CUDA
+    graphs reuse their output memory; marking the step boundary tells them the previous step's
+    outputs are no longer read (else: "accessing tensor output of CUDAGraphs that has been overwritten")."""
+    if cfg.MODEL.COMPILE and cfg.MODEL.COMPILE_MODE == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 def compile_regions(model: SASModel, mode: str = "default", backend: str = "inductor",
                     fullgraph: bool = False, heads: bool = True) -> SASModel:
     """Regional torch.compile of ``model`` in place (parameter names and the state dict unchanged).

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from datasets.build import build_dataset, build_train_loader
 from loss.build import build_loss
-from model.build import build_model, check_weight_files
+from model.build import begin_compiled_step, build_model, check_weight_files
 from processor.evaluation import run_case_evaluation
 from processor.inference import autocast, encode_tracklets, resolve_amp_dtype
 from solver import build_optimizer, build_scheduler
@@ -328,6 +328,7 @@ class Trainer:
         pending: list[torch.Tensor] = []  # per-step [loss, terms..., acc] on the device, until a log step
         pending_names: list[str] = []
         for step, batch in enumerate(self._interruptible(progress, epoch), start=1):
+            begin_compiled_step(cfg)
             frames = batch["frames"].to(self.device, non_blocking=True)
             labels = batch["labels"].to(self.device, non_blocking=True)
             camids = batch["camids"].to(self.device, non_blocking=True)
