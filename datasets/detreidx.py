@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -1058,7 +1059,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = DetReIDX(args.root, val_ids=args.val_ids, unknown_names_as_ground=args.unknown_names_as_ground,
                            seed=args.seed, junk_rule=args.junk_rule, scan_cache_dir=args.scan_cache)
     except DatasetLayoutError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"DetReIDX at {dataset.root}")
     print(dataset.statistics_table())
