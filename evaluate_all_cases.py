@@ -150,7 +150,11 @@ def main(argv=None) -> dict:
     except CheckpointError as exc:
         sys.exit(str(exc))
     wanted = [int(c) for c in args.cases.split(",") if c.strip()] if args.cases else list(cfg.TEST.CASES)
-    dataset = build_dataset(cfg, cases=wanted)
+    from datasets.detreidx import standard_camera_index
+
+    # Test tracklets get the camera ids the model was trained with (older checkpoints: the count only).
+    camera_index = meta.get("camera_index") or standard_camera_index(num_cameras=int(meta["num_cameras"]))
+    dataset = build_dataset(cfg, cases=wanted, camera_index=camera_index)
     try:
         cases = select_cases(dataset.cases, wanted, dataset.root)
     except FileNotFoundError as exc:

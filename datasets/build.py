@@ -40,11 +40,13 @@ def nearest_existing_folder(path: str) -> str:
     return folder
 
 
-def build_dataset(cfg, cases=None) -> DetReIDX:
+def build_dataset(cfg, cases=None, camera_index=None) -> DetReIDX:
     """The dataset named by ``DATASETS.NAMES`` at ``DATASETS.ROOT_DIR``.
 
     Validation identities (``DATASETS.VAL_IDS``) are chosen with ``SOLVER.SEED``. ``cases`` (e.g.
     ``[1, 3]``) limits the test case folders that must exist and are scanned (default: all three).
+    ``camera_index`` (a checkpoint's camera key -> SIE id table) numbers the cameras as the model was
+    trained; default: from the data.
     A missing root is generated only when ``DATASETS.SYNTHETIC_IF_MISSING`` is on (a config file's
     own root; see ``configs.load_config``), else it is an error naming the nearest existing folder.
     """
@@ -69,6 +71,8 @@ def build_dataset(cfg, cases=None) -> DetReIDX:
             logger.info("%s appeared while generating; using it", root)
     dataset_class = get_dataset_class(data.NAMES)
     extra = {} if cases is None else {"cases": sorted(int(c) for c in cases)}
+    if camera_index:
+        extra["camera_index"] = dict(camera_index)
     return dataset_class(root, val_ids=int(data.VAL_IDS), unknown_names_as_ground=bool(data.UNKNOWN_NAMES_AS_GROUND),
                          seed=int(cfg.SOLVER.SEED), junk_rule=str(cfg.TEST.JUNK_RULE),
                          scan_cache_dir=str(data.SCAN_CACHE_DIR), **extra)

@@ -53,6 +53,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from datasets.registry import register_dataset
+from utils.fileio import atomic_write
 from utils.protocol import (  # noqa: F401  (re-exported: the protocol lives in utils.protocol)
     CASE_FOLDERS, CASE_NAMES, CASE_PARTS, CASE_VIEWS, EXPECTED_LAYOUT, FRAME_EXTENSIONS, JUNK_RULES,
     TRAIN_FOLDER, csv_unsafe_reason, is_ascii_int, natural_sort_key, split_tracklet_name,
@@ -74,11 +75,11 @@ OUTDOOR_SESSION_FIELD = 22
 AUTHORS_GROUND_MAX_TOKENS = 7
 OUTDOOR_FIELDS = ("PID", "day", "month", "year", "hour", "minute", "height", "distance", "angle")
 MAX_PITCH_DEG = 90.0
-_SESSION_RE = re.compile(r"[Ss]?([0-9]+)")
+_SESSION_RE = re.compile(r"[Ss]?([1-9])")  # sessions are single digits: a frame number never reads as one
 _DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _DATE_SHAPES = (re.compile(r"[0-9]{1,2}"), re.compile(r"[0-9]{1,2}"), re.compile(r"[0-9]{4}"),
                 re.compile(r"[0-9]{1,2}"), re.compile(r"[0-9]{1,2}"))
-SCAN_CACHE_VERSION = 1
+SCAN_CACHE_VERSION = 2  # 2: NUL-joined frame names
 # The scan cache is written only when every folder is older than this: folder mtimes have a coarse
 # clock (a few ms), so a folder changed again within the same tick would look unchanged (racy-git).
 SCAN_CACHE_SETTLE_S = 2.0
@@ -165,16 +166,20 @@ def _read_outdoor(path: str, tokens: Sequence[str]) -> tuple[float, float, float
 
 
 def _read_session(tokens: Sequence[str]) -> str | None:
-    """``S1``/``s1``/``1`` -> "S1": the token before the frame number (the authors' rule), else field 22."""
-    candidates = []
-    # A name of exactly 23 tokens ends with field 22 itself (no frame number after it).
-    if len(tokens) > OUTDOOR_MIN_FIELDS + 1 and len(tokens) != OUTDOOR_SESSION_FIELD + 1 and is_ascii_int(tokens[-1]):
-        candidates.append(tokens[-2])
-    if len(tokens) > OUTDOOR_SESSION_FIELD:
-        candidates.append(tokens[OUTDOOR_SESSION_FIELD])
+    """``S1``/``s1``/``1`` -> "S1": the token before the frame number (the authors' rule), else field 22.
+
+    A name of exactly 23 tokens is ambiguous: field 22 is either the session itself (no frame number)
+    or, with one soft-biometric field missing, the frame number. Field 22 is tried first there; an
+    explicit ``S<n>`` wins over a bare integer anywhere, and sessions are single digits 1-9, so a
+    frame number such as ``00010`` is never read as a session.
+    """
+    before_frame = [tokens[-2]] if len(tokens) > OUTDOOR_MIN_FIELDS + 1 and is_ascii_int(tokens[-1]) else []
+    field_22 = [tokens[OUTDOOR_SESSION_FIELD]] if len(tokens) > OUTDOOR_SESSION_FIELD else []
+    candidates = field_22 + before_frame if len(tokens) == OUTDOOR_SESSION_FIELD + 1 else before_frame + field_22
+    candidates.sort(key=lambda token: token[:1] not in ("S", "s"))   # stable: explicit S<n> first
     for token in candidates:
         match = _SESSION_RE.fullmatch(token)
-        if match and int(match.group(1)) >= 1:
+        if match:
             return f"S{int(match.group(1))}"
     return None
 
@@ -212,13 +217,16 @@ _LAST_NUMBER_RE = re.compile(r"(.*[^0-9])?([0-9]+)([^0-9]*)", re.S)
 _MAX_NUMBER_DIGITS = 18            # fits int64
 
 
+_NAME_SEPARATOR = "\0"
+
+
 class FrameNames(Sequence):
     """The frame file names of one tracklet, in order, stored compactly.
 
     DetReIDX tracklets hold ~1,000 frames whose names differ only in a frame number, so a tracklet
     keeps one template ``prefix + number + suffix`` (``width`` > 0: zero-padded to that width) and
     its numbers (a ``range`` when evenly spaced, else an int array). Names that fit no template are
-    kept as one ``/``-joined string (``/`` cannot occur in a file name). Names are built when read.
+    kept as one NUL-joined string (NUL occurs in no path, so full paths fit too). Names are built when read.
     """
 
     __slots__ = ("prefix", "suffix", "width", "numbers", "_joined", "_starts")
@@ -229,7 +237,7 @@ class FrameNames(Sequence):
         self._joined = joined
         self._starts = None
         if joined is not None:
-            lengths = np.fromiter((len(n) + 1 for n in joined.split("/")), dtype=np.int64)
+            lengths = np.fromiter((len(n) + 1 for n in joined.split(_NAME_SEPARATOR)), dtype=np.int64)
             self._starts = np.concatenate([[0], np.cumsum(lengths)])
 
     @classmethod
@@ -241,7 +249,7 @@ class FrameNames(Sequence):
             return template
         if sort:
             names.sort(key=natural_sort_key)
-        return cls(joined="/".join(names))
+        return cls(joined=_NAME_SEPARATOR.join(names))
 
     @classmethod
     def _template(cls, names: list[str], sort: bool) -> "FrameNames | None":
@@ -302,7 +310,7 @@ class FrameNames(Sequence):
     def __iter__(self) -> Iterator[str]:
         if self._joined is not None:
             if self._joined or len(self):
-                yield from self._joined.split("/")
+                yield from self._joined.split(_NAME_SEPARATOR)
             return
         for number in self.numbers:
             yield self._name(int(number))
@@ -337,11 +345,12 @@ class FramePaths(Sequence):
 
     @classmethod
     def from_paths(cls, paths: Sequence[str]) -> "FramePaths":
-        """From full paths in the given order; they must share one folder."""
-        paths = list(paths)
+        """From full paths in the given order. Frames of one folder (the usual case) keep the folder once;
+        frames from several folders (a hand-made frame list) keep their whole paths."""
+        paths = [os.path.normpath(p) for p in paths]
         folders = {os.path.dirname(p) for p in paths}
         if len(folders) > 1:
-            raise ValueError(f"Frames of one tracklet must share one folder, got {sorted(folders)[:3]}")
+            return cls("", FrameNames.from_names(paths, sort=False))
         return cls(folders.pop() if folders else "", FrameNames.from_names([os.path.basename(p) for p in paths], sort=False))
 
     def __len__(self) -> int:
@@ -465,6 +474,18 @@ class _TrackletDir:
     name: str
     part: int                       # index into the scan's parts
     mtime_ns: int
+
+
+def standard_camera_index(camera_keys: Iterable[str] = (), num_cameras: int = 0) -> dict[str, int]:
+    """Camera key -> SIE camera id: ground 0, aerial session n -> n (stable whichever sessions are
+    present), aerial tracklets without a readable session the next id. ``num_cameras`` adds the
+    sessions 1..num_cameras-1 (the table of a checkpoint that stored only its camera count)."""
+    sessions = {int(k[len("aerial-S"):]) for k in camera_keys if k.startswith("aerial-S")}
+    sessions |= set(range(1, num_cameras))
+    index = {"ground": 0, **{f"aerial-S{n}": n for n in sorted(sessions)}}
+    if "aerial-unknown" in camera_keys:
+        index["aerial-unknown"] = max(index.values()) + 1
+    return index
 
 
 @dataclass
@@ -655,15 +676,12 @@ def _save_scan_cache(path: str, key: str, root: str, raw: Sequence[_RawTracklet]
                          info.num_tokens]])
     meta = json.dumps({"version": SCAN_CACHE_VERSION, "key": key, "root": root, "tracklets": records}).encode("utf-8", "surrogateescape")
     numbers = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, meta=np.frombuffer(meta, dtype=np.uint8), numbers=numbers)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write)   # a temp name that remove_stale_temp_files knows
 
 
 def _load_scan_cache(path: str, key: str, root: str) -> list[_RawTracklet] | None:
@@ -815,11 +833,13 @@ class DetReIDX:
         junk_rule: ``TEST.JUNK_RULE``; under "tracklet" every tracklet folder must be named ``{pid}_{tid}``.
         scan_cache_dir: folder of the scan cache (``DATASETS.SCAN_CACHE_DIR``; "auto": the user cache
             folder, "" or None: no cache). Keyed on the root and every tracklet folder's mtime.
+        camera_index: camera key ("ground", "aerial-S1", ...) -> SIE camera id of a trained model (its
+            checkpoint's table); default :func:`standard_camera_index` of the cameras found.
     """
 
     def __init__(self, root: str, val_ids: int = 0, unknown_names_as_ground: bool = False, seed: int = 0,
                  junk_rule: str = "tracklet", scan_cache_dir: str | None = None,
-                 cases: Sequence[int] | None = None):
+                 cases: Sequence[int] | None = None, camera_index: dict[str, int] | None = None):
         self.root = os.path.abspath(root)
         self.wanted_cases = set(CASE_FOLDERS) if cases is None else set(cases)  # the case folders to scan
         self.unknown_names_as_ground = unknown_names_as_ground
@@ -849,12 +869,17 @@ class DetReIDX:
                 raw_cases.setdefault(part.case, ([], []))[CASE_PARTS.index(part.role)].append(t)
 
         camera_keys = {t.camera_key for t in raw}
-        # Ground is always camera 0; aerial sessions follow in sorted order (S1 -> 1, S2 -> 2), a
-        # camera for aerial tracklets without a readable session last.
-        aerial_keys = sorted((k for k in camera_keys if k != "ground"),
-                             key=lambda k: (k == "aerial-unknown", natural_sort_key(k)))
-        self.camera_index: dict[str, int] = {"ground": 0, **{k: i + 1 for i, k in enumerate(aerial_keys)}}
-        self.num_cameras = 1 + len(aerial_keys)
+        self.camera_index: dict[str, int] = dict(camera_index) if camera_index else standard_camera_index(camera_keys)
+        self.num_cameras = max(self.camera_index.values()) + 1
+        # Cameras the given table (a checkpoint's) does not know: an aerial one takes the table's first
+        # aerial camera, so the SIE lookup stays in range; reported, never silent.
+        aerial_ids = sorted(i for k, i in self.camera_index.items() if k != "ground")
+        self.camera_fallback = {k: (aerial_ids[0] if aerial_ids and k != "ground" else 0)
+                                for k in sorted(camera_keys - set(self.camera_index))}
+        if self.camera_fallback:
+            counts = Counter(t.camera_key for t in raw if t.camera_key in self.camera_fallback)
+            logger.warning("Cameras unknown to the model's camera table %s: %s", self.camera_index, ", ".join(
+                f"{k} ({counts[k]} tracklets) -> camera {i}" for k, i in self.camera_fallback.items()))
 
         all_train = [self._to_tracklet(t) for t in raw_train]
         train_pids = sorted({t.pid for t in all_train})
@@ -947,7 +972,7 @@ class DetReIDX:
         info = raw.info
         aerial = raw.view == "aerial"
         return Tracklet(
-            frames=raw.frames, pid=raw.pid, camid=self.camera_index[raw.camera_key], view=raw.view,
+            frames=raw.frames, pid=raw.pid, camid=self.camera_index.get(raw.camera_key, self.camera_fallback.get(raw.camera_key)), view=raw.view,
             name=raw.name, session=raw.session, height=info.height if aerial else None,
             distance=info.distance if aerial else None, angle=info.angle if aerial else None,
             aerial_distance=info.aerial_distance if aerial else None,

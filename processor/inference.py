@@ -20,7 +20,7 @@ from datasets.build import build_inference_loader
 from datasets.detreidx import CASE_NAMES, CaseSplit, Tracklet
 from datasets.sampling import SAMPLING_MODES
 from utils.distributed import is_main_process
-from utils.metrics import compute_distance, evaluate_ranking, rank_gallery
+from utils.metrics import check_finite_features, compute_distance, evaluate_ranking, rank_gallery
 from utils.protocol import FRAME_EXTENSIONS, natural_sort_key
 from utils.reranking import k_reciprocal_rerank
 
@@ -337,15 +337,19 @@ class FeatureExtractor:
       with INPUT.PIXEL_MEAN/STD -> (B, E) float32 tensor on the input's device.
 
     Calling the object dispatches on the input type. Embeddings are L2-normalised (cosine distance
-    = 1 - dot product). Frames are sampled, resized and normalised as the stored config says
+    = 1 - dot product); a model that produces NaN/Inf raises NonFiniteFeaturesError naming its
+    checkpoint. Frames are sampled, resized and normalised as the stored config says
     (TEST.SEQ_LEN, TEST.SAMPLING, INPUT.SIZE_TEST, INPUT.PIXEL_MEAN/STD): no YAML file is read.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg, device: torch.device, num_cameras: int):
+    def __init__(self, model: torch.nn.Module, cfg, device: torch.device, num_cameras: int,
+                 checkpoint_path: str | None = None):
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.device = device
         self.num_cameras = int(num_cameras)
+        # Named by NonFiniteFeaturesError when the model produces NaN/Inf embeddings.
+        self.checkpoint_path = checkpoint_path
         self.graph = EmbeddingGraph(self.model, resolve_amp_dtype(cfg.SOLVER.AMP, device))
 
     @classmethod
@@ -375,7 +379,7 @@ class FeatureExtractor:
         meta = state["meta"]
         model = build_model(cfg, num_classes=int(meta["num_classes"]), num_cameras=int(meta["num_cameras"]))
         load_model_state(model, state["model"], path)
-        return cls(model, cfg, torch_device, int(meta["num_cameras"]))
+        return cls(model, cfg, torch_device, int(meta["num_cameras"]), checkpoint_path=os.fspath(path))
 
     @property
     def embedding_dim(self) -> int:
@@ -424,12 +428,23 @@ class FeatureExtractor:
         tracklets = [plain_tracklet(frames, camid, name) for frames, camid, name in zip(frame_lists, camids, names)]
         return self.embed_tracklets(tracklets).numpy()
 
+    @property
+    def model_name(self) -> str:
+        """What error messages call the model: its checkpoint path, when it came from one."""
+        return self.checkpoint_path or "The model"
+
     def embed_tracklets(self, tracklets: Sequence[Tracklet], desc: str = "embed") -> torch.Tensor:
-        """(N,) Tracklet records -> (N, E) float32 CPU tensor, L2-normalised."""
+        """(N,) Tracklet records -> (N, E) float32 CPU tensor, L2-normalised.
+
+        Raises NonFiniteFeaturesError (naming the checkpoint and the first bad tracklet) when the model
+        produces NaN/Inf for any tracklet, instead of returning embeddings that rank nothing.
+        """
         if not tracklets:
             return torch.zeros(0, self.embedding_dim)
         features = encode_tracklets(self.model, self.cfg, tracklets, self.device, desc=desc)["embedding"]
-        return F.normalize(features, dim=1)
+        embeddings = F.normalize(features, dim=1)
+        check_finite_features(embeddings, self.model_name, [t.name for t in tracklets])
+        return embeddings
 
     @torch.no_grad()
     def embed_clips(self, frames: torch.Tensor, camids=None) -> torch.Tensor:
@@ -445,6 +460,7 @@ class FeatureExtractor:
         chunks = [self.graph(frames[i:i + batch].to(self.device), camid_tensor[i:i + batch])
                   for i in range(0, frames.shape[0], batch)]
         embedding = torch.cat(chunks) if chunks else torch.zeros(0, self.embedding_dim)
+        check_finite_features(embedding, self.model_name)
         return embedding.to(frames.device)
 
 

@@ -10,7 +10,8 @@ folder. Writes a CSV with one row per (query, rank): ``query,rank,gallery_trackl
 (cosine distance 1 - cos, or as TEST.DISTANCE of the checkpoint says), best match first.
 Embeddings are cached in an .npz keyed on the tracklet folder, its frame names, sizes and mtimes,
 the camera id and the checkpoint (path, size, mtime, test settings): a second search over the same
-tracklets re-encodes nothing.
+tracklets re-encodes nothing. The CSV is written first; a cache that cannot be written is only a
+warning. A results file or a checkpoint producing NaN/Inf embeddings is an error, printed as one line.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from processor.inference import GROUND_CAMERA, FeatureExtractor, InferenceInputError, list_frames, plain_tracklet
-from utils.checkpoint import atomic_write, write_text_atomic
+from utils.fileio import atomic_write, write_text_atomic
 from utils.metrics import compute_distance, rank_gallery
 from utils.protocol import FRAME_EXTENSIONS, natural_sort_key
 
@@ -161,11 +162,13 @@ def embed_cached(extractor: FeatureExtractor, tracklets: Sequence[FoundTracklet]
                  cache: FeatureCache, desc: str) -> np.ndarray:
     """(N,) tracklets -> (N, E) float32 L2-normalised embeddings; only cache misses are encoded."""
     keys = [tracklet_cache_key(t, camid) for t in tracklets]
-    missing = [i for i, key in enumerate(keys) if cache.get(key) is None]
+    # A non-finite cached row (written by an older version) is re-encoded, never ranked.
+    missing = [i for i, key in enumerate(keys)
+               if cache.get(key) is None or not np.isfinite(cache.get(key)).all()]
     logger.info("%s: %d tracklets, %d cached, %d to encode", desc, len(keys), len(keys) - len(missing), len(missing))
     if missing:
         records = [plain_tracklet(tracklets[i].frames, camid, tracklets[i].name) for i in missing]
-        features = extractor.embed_tracklets(records, desc=desc).numpy()
+        features = extractor.embed_tracklets(records, desc=desc).numpy()  # NonFiniteFeaturesError: nothing cached
         for i, feature in zip(missing, features):
             cache.put(keys[i], feature)
     return np.stack([cache.get(key) for key in keys]).astype(np.float32)
@@ -244,7 +247,19 @@ def _error_message(exc: BaseException) -> str:
     return str(exc)
 
 
+def save_cache(cache: FeatureCache) -> bool:
+    """Write the feature cache; a failure is logged as a warning (the cache is only a speed-up)."""
+    try:
+        cache.save()
+    except OSError as exc:  # WriteFailure (disk full, read-only, no permission, ...)
+        logger.warning("Feature cache not saved (%s); the next search re-encodes these tracklets", exc)
+        return False
+    return True
+
+
 def main(argv=None) -> SearchResult:
+    """Search and write the CSV; run through tools.cli.run_main, which prints write failures and
+    non-finite features as one line. Input errors exit here with one line."""
     args = parse_args(argv)
     from datasets.video import CorruptFrameError
     from model.backbone import PretrainedWeightsError
@@ -263,11 +278,11 @@ def main(argv=None) -> SearchResult:
         cache = FeatureCache(cache_path, model_cache_key(args.model_path, extractor.cfg))
         result = search(extractor, queries, gallery, topk=args.topk, cache=cache,
                         query_camera=args.query_camera, gallery_camera=args.gallery_camera)
-        cache.save()
     except (CheckpointError, InferenceInputError, PretrainedWeightsError, CorruptFrameError) as exc:
         sys.exit(f"Error: {_error_message(exc)}")
-    write_results_csv(args.out, result)
+    write_results_csv(args.out, result)  # before the cache: results are never lost to a cache failure
     logger.info("Ranked %d gallery tracklets for %d queries; wrote %s", len(gallery), len(queries), args.out)
+    save_cache(cache)
     if args.visualize > 0:
         folder = os.path.join(os.path.dirname(os.path.abspath(args.out)), "ranklists")
         write_ranklists(folder, result, args.visualize)
@@ -275,4 +290,6 @@ def main(argv=None) -> SearchResult:
 
 
 if __name__ == "__main__":
-    main()
+    from tools.cli import run_main
+
+    run_main(main)

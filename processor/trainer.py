@@ -176,6 +176,7 @@ class Trainer:
             "rng": rng_state(),
             "config": self.cfg.dump(),
             "meta": {"num_classes": self.num_classes, "num_cameras": self.num_cameras,
+                     "camera_index": dict(self.dataset.camera_index),
                      "config_file": self.config_file},
         }
 

@@ -10,7 +10,7 @@ import torch
 from datasets.build import build_dataset
 from model.build import build_model
 from tests.datasets_fixtures import make_tiny_root, tiny_cfg
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,6 +34,16 @@ def make_tiny_checkpoint(folder) -> tuple[str, str]:
     save_checkpoint({"model": model.state_dict(), "config": cfg.dump(), "epoch": 1,
                      "meta": {"num_classes": dataset.num_train_pids, "num_cameras": dataset.num_cameras}}, path)
     return root, path
+
+
+def make_nan_checkpoint(checkpoint: str, path: str) -> str:
+    """A copy of ``checkpoint`` whose floating-point weights are all NaN (a diverged run): every embedding
+    it produces is NaN. Returns ``path``."""
+    state = load_checkpoint(checkpoint)
+    state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}
+    save_checkpoint(state, path)
+    return path
 
 
 def split_tracklets_in_halves(root: str, out: str) -> tuple[str, str, list[str]]:

@@ -1,5 +1,7 @@
 """tools.export: ONNX / TorchScript export of the eval embedding graph, parity with PyTorch, clear errors."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from processor.inference import FeatureExtractor
-from tests.inference_fixtures import make_tiny_checkpoint
+from tests.inference_fixtures import ROOT_DIR, make_nan_checkpoint, make_tiny_checkpoint
 from tools import export
 
 
@@ -80,3 +82,26 @@ def test_failed_parity_and_bad_checkpoint_exit_cleanly(tiny, tmp_path):
     with pytest.raises(SystemExit, match="--frames must be >= 1"):
         export.main(["--model_path", ckpt, "--format", "torchscript", "--out", str(tmp_path / "x.pt"), "--frames", "0"])
     assert not os.path.exists(tmp_path / "x.pt")
+
+
+def test_cli_unwritable_output_is_one_line(tiny):
+    """A WriteFailure through the command line: one line naming the file, no traceback."""
+    _, ckpt = tiny
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.export", "--model_path", ckpt, "--format", "torchscript", "--out", "/sys/m.pt"],
+        cwd=ROOT_DIR, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot write '/sys/m.pt'"), proc.stderr
+
+
+def test_nan_checkpoint_is_an_error_naming_it(tiny, tmp_path):
+    from utils.metrics import NonFiniteFeaturesError
+
+    _, ckpt = tiny
+    nan_ckpt = make_nan_checkpoint(ckpt, str(tmp_path / "diverged.pth"))
+    out = tmp_path / "m.pt"
+    with pytest.raises(NonFiniteFeaturesError, match=r"diverged\.pth produces non-finite features"):
+        export.main(["--model_path", nan_ckpt, "--format", "torchscript", "--out", str(out)])
+    assert not out.exists()

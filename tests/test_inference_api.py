@@ -1,5 +1,6 @@
 """FeatureExtractor: the inference path of evaluate_all_cases.py, usable on any tracklets."""
 import os
+import re
 import shutil
 
 import numpy as np
@@ -10,8 +11,9 @@ import evaluate_all_cases
 from datasets.build import build_dataset, build_inference_loader
 from datasets.video import CorruptFrameError
 from processor.inference import GROUND_CAMERA, FeatureExtractor, InferenceInputError, unique_tracklets
-from tests.inference_fixtures import make_tiny_checkpoint
+from tests.inference_fixtures import make_nan_checkpoint, make_tiny_checkpoint
 from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.metrics import NonFiniteFeaturesError
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +109,21 @@ def test_bad_inputs_get_clear_errors(tiny, extractor, tmp_path):
     copy = str(tmp_path / "copy")
     shutil.copytree(os.path.dirname(good), copy)
     assert extractor.embed_folders([os.path.join(copy, os.path.basename(good))]).shape == (1, extractor.embedding_dim)
+
+
+def test_nan_model_raises_naming_the_checkpoint(tiny, extractor, tmp_path):
+    _, ckpt = tiny
+    assert extractor.checkpoint_path == ckpt
+    path = make_nan_checkpoint(ckpt, str(tmp_path / "diverged.pth"))
+    nan = FeatureExtractor.from_checkpoint(path, device="cpu")
+    assert nan.checkpoint_path == path
+    folders = [t.folder for t in build_dataset(nan.cfg).cases[1].gallery[:2]]
+    name = os.path.basename(folders[0])
+    with pytest.raises(NonFiniteFeaturesError, match=rf"diverged\.pth produces non-finite features .*2 of 2 .*'{name}'"):
+        nan.embed_folders(folders)
+    with pytest.raises(NonFiniteFeaturesError, match=r"diverged\.pth produces non-finite features"):
+        nan.embed_clips(torch.zeros(2, 4, 3, 32, 16))
+    # A model built without a checkpoint is named generically.
+    bare = FeatureExtractor(nan.model, nan.cfg, nan.device, nan.num_cameras)
+    with pytest.raises(NonFiniteFeaturesError, match="^The model produces non-finite features"):
+        bare.embed_folders(folders[:1])

@@ -9,7 +9,7 @@ import pytest
 
 import processor.inference as inference
 from processor import search
-from tests.inference_fixtures import ROOT_DIR, make_tiny_checkpoint, split_tracklets_in_halves
+from tests.inference_fixtures import ROOT_DIR, make_nan_checkpoint, make_tiny_checkpoint, split_tracklets_in_halves
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +131,65 @@ def test_cli_non_image_frame_has_no_traceback(plain, tmp_path):
     assert "Traceback" not in proc.stderr
     assert "frame0.jpg cannot be decoded as an image" in proc.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / "r.csv")
+
+
+def test_cli_unwritable_results_file_is_one_line(plain, tmp_path):
+    """A WriteFailure through the command line: one line naming the file, no traceback, nothing cached."""
+    ckpt, query, gallery, _ = plain
+    cache = tmp_path / "c.npz"
+    proc = subprocess.run(
+        [sys.executable, "-m", "processor.search", "--model_path", ckpt, "--query", query, "--gallery", gallery,
+         "--out", "/sys/x.csv", "--cache", str(cache), "--device", "cpu", "--num_workers", "0"],
+        cwd=ROOT_DIR, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write '/sys/x.csv'"), proc.stderr
+
+
+def test_unwritable_cache_is_a_warning_and_results_are_written(plain, tmp_path, caplog):
+    ckpt, query, gallery, names = plain
+    out = tmp_path / "results.csv"
+    with caplog.at_level("WARNING", logger="search"):
+        result = search.main(["--model_path", ckpt, "--query", query, "--gallery", gallery, "--out", str(out),
+                              "--cache", "/sys/c.npz", "--device", "cpu", "--num_workers", "0"])
+    assert len(read_rows(out)) == len(names) * result.ranking.shape[1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("Feature cache not saved" in m and "/sys/c.npz" in m for m in warnings), warnings
+
+
+def test_nan_checkpoint_is_an_error_naming_it_and_nothing_is_written(plain, tmp_path, capsys):
+    from tools.cli import run_main
+    from utils.metrics import NonFiniteFeaturesError
+
+    ckpt, query, gallery, _ = plain
+    nan_ckpt = make_nan_checkpoint(ckpt, str(tmp_path / "diverged.pth"))
+    out, cache = tmp_path / "r.csv", tmp_path / "c.npz"
+    args = ["--model_path", nan_ckpt, "--query", query, "--gallery", gallery, "--out", str(out),
+            "--cache", str(cache), "--device", "cpu", "--num_workers", "0"]
+    with pytest.raises(NonFiniteFeaturesError, match=r"diverged\.pth produces non-finite features .*'person0'"):
+        search.main(args)
+    assert not out.exists() and not cache.exists()
+    # The command line prints it as one line (run_main, as `python -m processor.search` does).
+    with pytest.raises(SystemExit) as exited:
+        run_main(lambda: search.main(args))
+    message = str(exited.value.code)
+    assert message.startswith("error: ") and "diverged.pth produces non-finite features" in message
+    assert "\n" not in message and "Traceback" not in capsys.readouterr().err
+
+
+def test_non_finite_cached_rows_are_re_encoded(plain, tmp_path, encoder_calls):
+    ckpt, query, gallery, names = plain
+    cache = str(tmp_path / "features.npz")
+    args = ["--model_path", ckpt, "--query", query, "--gallery", gallery, "--cache", cache, "--device", "cpu",
+            "--num_workers", "0"]
+    first = search.main(args + ["--out", str(tmp_path / "a.csv")])
+    with np.load(cache) as data:
+        stored = {k: data[k] for k in data.files}
+    stored["features"][0] = np.nan  # as an older version could have cached
+    np.savez(cache, **stored)
+    encoder_calls["clips"] = 0
+    second = search.main(args + ["--out", str(tmp_path / "b.csv")])
+    assert encoder_calls["clips"] == 1
+    np.testing.assert_array_equal(first.ranking, second.ranking)

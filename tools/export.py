@@ -10,7 +10,8 @@ output ``embedding`` (B, E) float32, L2-normalised. The batch dimension B is dyn
 ``--frames`` (default TEST.SEQ_LEN). ONNX uses torch's TorchScript-based exporter (opset 17); the
 TorchScript file is a trace. After writing, the file is loaded back (onnxruntime on CPU, or
 torch.jit.load) and compared with PyTorch on random clips of several batch sizes; the max |diff| is
-printed and must not exceed ``--tolerance`` (fp32), else the command fails.
+printed and must not exceed ``--tolerance`` (fp32), else the command fails. A checkpoint whose
+embeddings are NaN/Inf, or an output file that cannot be written, fails with a one-line message.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import argparse
 import contextlib
 import logging
 import math
-import os
 import sys
 import warnings
 
@@ -141,7 +141,8 @@ def parity(graph: torch.nn.Module, runner, frames: int, size, num_cameras: int) 
 def export(model_path: str, fmt: str, out: str, frames: int | None = None, tolerance: float = 1e-4) -> float:
     """Export ``model_path`` to ``out`` in ``fmt`` and return the parity max |diff| (ExportError above tolerance)."""
     from processor.inference import EmbeddingGraph, FeatureExtractor
-    from utils.checkpoint import atomic_write
+    from utils.fileio import atomic_write
+    from utils.metrics import check_finite_features
 
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {FORMATS}, got {fmt!r}")
@@ -159,6 +160,8 @@ def export(model_path: str, fmt: str, out: str, frames: int | None = None, toler
     if frames < 1:
         raise ExportError(f"--frames must be >= 1, got {frames}")
     inputs = example_inputs(2, frames, size, extractor.num_cameras, seed=0)
+    with torch.no_grad():  # a NaN/Inf model would only fail parity with "max |diff| nan": say what is wrong
+        check_finite_features(graph(*inputs), extractor.model_name)
     logger.info("Exporting %s: frames (B, %d, 3, %d, %d) + camids (B,) -> embedding (B, %d) to %s",
                 fmt, frames, size[0], size[1], extractor.embedding_dim, out)
     results = {}
@@ -190,6 +193,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> float:
+    """Export; run through tools.cli.run_main, which prints write failures and non-finite features as
+    one line. Input and parity errors exit here with one line."""
     args = parse_args(argv)
     from model.backbone import PretrainedWeightsError
     from processor.inference import InferenceInputError
@@ -204,4 +209,6 @@ def main(argv=None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    from tools.cli import run_main
+
+    run_main(main)
