@@ -6,7 +6,7 @@ Format (one row per query tracklet)::
     1,Case 1: Aerial to Ground,0001_3,0007_12 0001_5 ...
 
 ``row_id`` runs 1..N across the cases, which come in the order 1, 2, 3 with the exact names of
-``datasets.detreidx.CASE_NAMES``; within a case, queries are sorted by (PID folder as an int,
+``utils.protocol.CASE_NAMES``; within a case, queries are sorted by (PID folder as an int,
 tracklet name in natural order), the order of ``CaseSplit.query``; ``ranked_gallery_tracklets``
 is the whole gallery of that case, tracklet folder names separated by single spaces, best first.
 
