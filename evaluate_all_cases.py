@@ -13,6 +13,7 @@ overrides apply last; every key that differs from the checkpoint's config is pri
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -34,11 +35,22 @@ MODEL_SHAPING_KEYS = (("DATALOADER", "SEQ_LEN"), ("DATALOADER", "NUM_INSTANCE"))
 CLEARED_KEYS = ("MODEL.PRETRAIN_PATH", "MODEL.PRETRAIN_TAG", "MODEL.PRSD.PRETRAINED", "DATASETS.SYNTHETIC_IF_MISSING")
 
 
+def _case_list(text: str) -> list[int]:
+    """'1,3' -> [1, 3] (argparse type: a bad list is a usage error, not a traceback)."""
+    try:
+        cases = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected case numbers like 1,2,3, got {text!r}") from None
+    if not set(cases) <= {1, 2, 3}:
+        raise argparse.ArgumentTypeError(f"cases are 1, 2 and 3, got {text!r}")
+    return cases
+
+
 def parse_args(argv=None):
     parser = make_parser(__doc__)
     parser.add_argument("--config_file", default="", help="YAML whose data/test keys override the checkpoint's")
     parser.add_argument("--model_path", required=True, help="checkpoint written by train.py")
-    parser.add_argument("--cases", default="", help="comma-separated cases, e.g. 1,2,3 (default TEST.CASES)")
+    parser.add_argument("--cases", type=_case_list, default=None, help="comma-separated cases, e.g. 1,2,3 (default TEST.CASES)")
     parser.add_argument("--eval_dir", default="",
                         help="folder for this evaluation's files (default OUTPUT_DIR/eval/<checkpoint stem>[-rerank])")
     parser.add_argument("--csv", default="", help="submission CSV path (default EVAL_DIR/submission.csv)")
@@ -149,7 +161,7 @@ def main(argv=None) -> dict:
         load_model_state(model, state["model"], args.model_path)
     except CheckpointError as exc:
         sys.exit(str(exc))
-    wanted = [int(c) for c in args.cases.split(",") if c.strip()] if args.cases else list(cfg.TEST.CASES)
+    wanted = args.cases or list(cfg.TEST.CASES)
     from datasets.detreidx import standard_camera_index
 
     # Test tracklets get the camera ids the model was trained with (older checkpoints: the count only).

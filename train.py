@@ -95,6 +95,10 @@ def main(argv=None) -> dict:
         setup_logging(output_dir, get_rank())
         if not args.verbose:
             quiet_console(os.path.join(output_dir, "log.txt"))
+        if stale:
+            logger.info("Deleted %d files/folders of %s in %s first", len(stale),
+                        "the previous run (--overwrite)" if args.overwrite else "a start that failed before training",
+                        output_dir)
         config_path = os.path.join(output_dir, "config.yaml")
         if get_rank() == 0:
             ensure_folder(output_dir)

@@ -227,13 +227,3 @@ def config_from_yaml_text(text: str, opts: Iterable[str] = ()) -> CN:
     _apply_overrides(cfg, list(opts))
     cfg.freeze()
     return cfg
-
-
-def merge_yaml_file(cfg: CN, config_file: str) -> CN:
-    """Apply ``config_file`` (with bases) on top of an existing config; returns a new frozen config."""
-    out = cfg.clone()
-    out.defrost()
-    config_file = resolve_config_path(config_file)
-    _merge(out, _read_yaml_with_bases(config_file), config_file)
-    out.freeze()
-    return out

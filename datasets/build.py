@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 from typing import Sequence
 
 import cv2
@@ -84,6 +85,9 @@ def seed_worker(worker_id: int) -> None:
     (Clip randomness itself comes from the per-sample seeds of the batch sampler; this covers any
     library code that draws from the global generators.)
     """
+    # Ctrl-C is the main process's to handle (stop at a step boundary); a worker killed by it would
+    # also print its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -47,6 +47,9 @@ def compile_options(mode: str = "default", backend: str = "inductor", fullgraph:
     training step always has one shape, and a symbolic-shape graph would be slower for it."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"MODEL.COMPILE_MODE must be one of {list(COMPILE_MODES)}, got {mode!r}")
+    # nn.TransformerEncoder's fused fast path (taken in fp32 eval under no_grad) fails inductor's stride
+    # checks; the unfused path is what training compiles anyway.
+    torch.backends.mha.set_fastpath_enabled(False)
     # The GRUs of PRSD trace only with allow_rnn (otherwise they are a graph break).
     torch._dynamo.config.allow_rnn = True
     options = dict(backend=backend, fullgraph=fullgraph, dynamic=False)

@@ -58,8 +58,11 @@ class TrainingInterrupted(Exception):
 
 # ------------------------------------------------------------------ run folders
 # What a training run writes into OUTPUT_DIR (evaluations of its checkpoints go to eval/).
-RUN_MARKERS = ("config.yaml", "log.txt", "metrics.jsonl", "tensorboard", "checkpoint_*.pth")
-RUN_FILES = RUN_MARKERS + (".checkpoint*.tmp", "submission.csv", "test_results.json", "per_condition_case*",
+# A run is there once it trained (checkpoints, or metrics written); config.yaml, log.txt and an empty
+# metrics.jsonl alone are what a start that failed (a wrong data root, a missing weight file) leaves.
+RUN_MARKERS = ("checkpoint_*.pth", "metrics.jsonl")
+FAILED_START_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "tensorboard")
+RUN_FILES = RUN_MARKERS + FAILED_START_FILES + (".checkpoint*.tmp", "submission.csv", "test_results.json", "per_condition_case*",
                            "ranklists_case*", "eval")
 
 
@@ -70,12 +73,14 @@ def run_files(output_dir: str, patterns=RUN_FILES) -> list[str]:
 
 def check_run_folder(output_dir: str, resume: str, overwrite: bool) -> list[str]:
     """Refuse a fresh run into an OUTPUT_DIR holding a run (RunFolderError) unless ``resume`` or
-    ``overwrite``; returns the files ``overwrite`` must clear (read-only: safe on every DDP rank)."""
+    ``overwrite``; returns the files to clear first: the run's with ``overwrite``, or what a failed
+    start left (config.yaml, log.txt; nothing trained) so two attempts never share a log. Read-only:
+    safe on every DDP rank."""
     if resume:
         return []
-    found = run_files(output_dir, RUN_MARKERS)
+    found = [p for p in run_files(output_dir, RUN_MARKERS) if not p.endswith(".jsonl") or os.path.getsize(p) > 0]
     if not found:
-        return []
+        return run_files(output_dir, FAILED_START_FILES)  # a failed start's files: cleared, not mixed in
     if overwrite:
         return run_files(output_dir)
     shown = ", ".join(os.path.basename(p) for p in found[:4]) + (", ..." if len(found) > 4 else "")
@@ -86,15 +91,13 @@ def check_run_folder(output_dir: str, resume: str, overwrite: bool) -> list[str]
 
 
 def clear_run_files(paths) -> None:
-    """Delete a previous run's files and folders (``--overwrite``; rank 0 only)."""
+    """Delete a previous run's (or a failed start's) files and folders (rank 0 only; the caller logs it
+    once logging writes to the run's log)."""
     for path in paths:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         elif os.path.lexists(path):
             os.remove(path)
-    if paths:
-        logger.info("--overwrite: deleted %d files/folders of the previous run in %s", len(paths),
-                    os.path.dirname(paths[0]))
 
 
 def seed_everything(seed: int) -> None:
@@ -235,7 +238,7 @@ class Trainer:
         feats = dist_utils.all_gather_tensor(feats["memory_feat"].to(self.device))
         labels = dist_utils.all_gather_tensor(labels.to(self.device))
         memory.rebuild(feats, labels)
-        logger.info("Memory rebuilt from %d training tracklets (%d evenly spaced frames each) in %.1fs",
+        logger.debug("Memory rebuilt from %d training tracklets (%d evenly spaced frames each) in %.1fs",
                     len(self.dataset.train), rebuild_cfg.TEST.SEQ_LEN, time.perf_counter() - start)
 
     # ------------------------------------------------------------------ validation
@@ -352,8 +355,9 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
             if self.model.memory is not None and "memory_feat" in outputs:
-                feats = dist_utils.all_gather_tensor(outputs["memory_feat"].detach().float())
-                self.model.memory.update(feats, dist_utils.all_gather_tensor(labels))
+                # Every rank holds the same batch size: gathered without a size exchange (no host sync).
+                feats = dist_utils.all_gather_equal(outputs["memory_feat"].detach().float())
+                self.model.memory.update(feats, dist_utils.all_gather_equal(labels))
             self.global_step += 1
             # The loss, its terms and the accuracy stay on the device until a log step (no host sync).
             names = ["loss", *terms]
@@ -381,6 +385,7 @@ class Trainer:
         self.writer.write("train", self.global_step, epoch,
                           {**{k: float(np.mean(v)) for k, v in meters.items()}, **self._learning_rates(),
                            "clips_per_s": self.last_clips_per_s})
+        self.epoch_lr_text = self._format_lr()  # the rates this epoch trained with, before the schedule moves on
         self.scheduler.step()
         skipped = getattr(self.train_loader.dataset, "skipped_frames", 0)
         if skipped:
@@ -506,7 +511,7 @@ class Trainer:
             start = time.perf_counter()
             means = self.train_epoch(epoch)
             logger.info("epoch %d done in %.1f s (of %d): %s | %s | %.1f clips/s", epoch, time.perf_counter() - start,
-                        cfg.SOLVER.MAX_EPOCHS, self._format_terms(means), self._format_lr(), self.last_clips_per_s)
+                        cfg.SOLVER.MAX_EPOCHS, self._format_terms(means), self.epoch_lr_text, self.last_clips_per_s)
             self.writer.write("epoch", self.global_step, epoch, means)
             if eval_period > 0 and (epoch % eval_period == 0 or epoch == cfg.SOLVER.MAX_EPOCHS):
                 value = self.validate(f"epoch {epoch}")
@@ -544,11 +549,19 @@ class Trainer:
             chosen = {"checkpoint": best_path, "epoch": int(state["epoch"])}
             self.final_val_summary = self.best_val_summary
         else:
-            reason = "TEST.FINAL_WEIGHTS last" if choice == "last" else "no validation split (DATASETS.VAL_IDS 0)"
+            if choice == "last":
+                reason = "TEST.FINAL_WEIGHTS last"
+            elif not self.dataset.val:
+                reason = "no validation split (DATASETS.VAL_IDS 0)"
+            elif self.cfg.SOLVER.EVAL_PERIOD <= 0:
+                reason = "no validation during training (SOLVER.EVAL_PERIOD 0)"
+            else:
+                reason = f"no {BEST_NAME} in {self.output_dir}"
             self.weights_label = f"the last weights (epoch {last_epoch}; {reason})"
             chosen = {"checkpoint": os.path.join(self.output_dir, LAST_NAME), "epoch": last_epoch}
             self.final_val_summary = self.last_val_summary
-        logger.info("Final evaluation with %s", self.weights_label)
+        logger.info("%s %s", "Final evaluation with" if self.cfg.TEST.EVAL_AFTER_TRAINING else "Final weights:",
+                    self.weights_label)
         return chosen
 
     def evaluate_test(self, chosen: dict | None = None) -> dict | None:

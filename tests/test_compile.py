@@ -144,6 +144,17 @@ def test_model_compile_builds_compiled_regions_and_checks_the_mode():
         tiny("MODEL.COMPILE", "True", "MODEL.COMPILE_MODE", "fast")
 
 
+def test_model_compile_turns_off_the_fused_attention_fast_path():
+    # nn.TransformerEncoder's fused fp32 eval path fails inductor's stride checks (PRSD's aggregator):
+    # compiling must route it through the unfused path that training uses.
+    torch.backends.mha.set_fastpath_enabled(True)
+    try:
+        tiny("MODEL.COMPILE", "True")
+        assert not torch.backends.mha.get_fastpath_enabled()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+
+
 def test_regional_compile_equals_eager_in_outputs_and_gradients():
     """aot_eager (the autograd graphs torch.compile builds, without a code generator: inductor needs minutes
     on this CPU); every block one compilation; outputs, loss terms and every gradient equal eager."""

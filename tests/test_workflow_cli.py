@@ -236,3 +236,29 @@ def test_interrupt_keeps_a_checkpoint_and_says_how_to_resume(trained, tmp_path, 
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["epoch"] >= 1
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")], "a temporary checkpoint file was left"
+
+
+# ----------------------------------------------------------------------------- after review
+def test_epoch_line_shows_that_epochs_learning_rate_and_one_line_per_epoch(trained, tmp_path):
+    # BASE_LR 1e-3 after one warm-up epoch at factor 0.1, no step before epoch 5: epoch 1 trains at
+    # 1e-4, epoch 2 at 1e-3 (the line must not show the rate the scheduler moved on to).
+    proc = run_cli("train.py", "--config_file", DEMO, *opts_for(trained, str(tmp_path / "run"),
+                                                                **{"SOLVER.STEPS": "[5]", "SOLVER.EVAL_PERIOD": "0"}))
+    assert_ok(proc)
+    text = output(proc)
+    epoch_lines = [line for line in text.splitlines() if " done in " in line and "epoch " in line]
+    assert len(epoch_lines) == 2, text[-3000:]
+    assert "lr base 1.0e-04" in epoch_lines[0] and "lr base 1.0e-03" in epoch_lines[1], epoch_lines
+    assert "Memory rebuilt" not in text   # log.txt only: one console line per epoch
+
+
+def test_a_failed_start_does_not_block_the_corrected_retry(trained, tmp_path):
+    from processor.trainer import check_run_folder
+
+    run = str(tmp_path / "run")
+    missing_root = str(tmp_path / "typo_root")
+    failed = run_cli("train.py", "--config_file", DEMO,
+                     *tiny_opts(missing_root, run, epochs=1, **{"DATASETS.SYNTHETIC_IF_MISSING": "False"}))
+    assert_clean_failure(failed, missing_root)
+    leftovers = check_run_folder(run, resume="", overwrite=False)   # no RunFolderError
+    assert {os.path.basename(p) for p in leftovers} <= {"config.yaml", "log.txt", "metrics.jsonl", "tensorboard"}

@@ -81,12 +81,15 @@ def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([g[:s] for g, s in zip(gathered, sizes)], dim=0)
 
 
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+@torch.no_grad()
+def all_gather_equal(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (N, ...) of every rank along dim 0 when every rank holds the same shape
+    (the training step's per-rank batch). No size exchange, so no host sync, unlike all_gather_tensor."""
     if not is_distributed():
-        return value
-    value = value.clone()
-    dist.all_reduce(value)
-    return value / get_world_size()
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
 
 
 def broadcast_object(obj):
