@@ -41,7 +41,7 @@ def test_rebuild_encodes_seq_len_even_frames_per_tracklet_whatever_test_sampling
         return model_forward(frames, *args, **kwargs)
 
     trainer.model.forward = counting_forward
-    with caplog.at_level(logging.INFO, logger="processor.trainer"):
+    with caplog.at_level(logging.DEBUG, logger="processor.trainer"):
         trainer.rebuild_memory()
     first = trainer.model.memory.proxies.clone()
     count = len(trainer.dataset.train)
