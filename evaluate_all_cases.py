@@ -110,7 +110,7 @@ def describe_checkpoint(path: str, state: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
-    from utils.logger import setup_logging
+    from utils.logger import quiet_console, setup_logging
 
     if args.model_path.lower().endswith((".yaml", ".yml", ".json", ".csv", ".txt")):
         sys.exit(f"--model_path {args.model_path} is a {os.path.splitext(args.model_path)[1]} file, not a checkpoint: "
@@ -129,6 +129,7 @@ def main(argv=None) -> dict:
     if os.path.exists(log_path):  # one folder, one evaluation: a rerun replaces the previous log
         os.remove(log_path)
     setup_logging(eval_dir, 0, filename="evaluate_log.txt")
+    quiet_console(log_path)   # the dataset table goes to evaluate_log.txt
     logger.info("Loaded %s", describe_checkpoint(args.model_path, state))
     if changes:
         logger.info("Changed against the checkpoint's config:\n%s", "\n".join(

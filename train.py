@@ -18,15 +18,12 @@ from tools.cli import INTERRUPTED_EXIT_CODE, make_parser, parse_command_line, ru
 from utils.checkpoint import write_text_atomic
 from utils.fileio import ensure_folder
 from utils.distributed import cleanup_distributed, get_rank, init_distributed
-from utils.logger import setup_logging
+from utils.logger import quiet_console, setup_logging
 
 logger = logging.getLogger("train")
 
 # Multi-line INFO records of these loggers (the dataset statistics table) go to log.txt, and to the
 # console only with --verbose.
-DETAIL_LOGGERS = ("datasets.detreidx",)
-
-
 def parse_args(argv=None):
     parser = make_parser(__doc__)
     parser.add_argument("--config_file", default="", help="YAML config (may inherit with _BASE_: one file or a list)")
@@ -38,26 +35,6 @@ def parse_args(argv=None):
     parser.add_argument("--verbose", action="store_true",
                         help="print the resolved config and the dataset tables on the console too")
     return parse_command_line(parser, argv)
-
-
-class _ConsoleDetailFormatter(logging.Formatter):
-    """Shows only the first line of the multi-line INFO records of DETAIL_LOGGERS (log.txt keeps them whole)."""
-
-    def __init__(self, inner: logging.Formatter, log_path: str):
-        super().__init__()
-        self.inner, self.log_path = inner, log_path
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = self.inner.format(record)
-        if record.name in DETAIL_LOGGERS and record.levelno == logging.INFO and "\n" in text:
-            text = text.split("\n", 1)[0] + f" (table in {self.log_path})"
-        return text
-
-
-def quiet_console(log_path: str) -> None:
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setFormatter(_ConsoleDetailFormatter(handler.formatter or logging.Formatter(), log_path))
 
 
 def resume_command(argv) -> str:

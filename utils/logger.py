@@ -107,3 +107,28 @@ class MetricsWriter:
                 raise WriteFailure(self._jsonl_path, exc) from None
         if self._tb is not None:
             self._tb.close()
+
+
+# Loggers whose multi-line INFO records (the dataset statistics table) show one line on the console.
+DETAIL_LOGGERS = ("datasets.detreidx",)
+
+
+class _ConsoleDetailFormatter(logging.Formatter):
+    """Shows only the first line of the multi-line INFO records of DETAIL_LOGGERS (log.txt keeps them whole)."""
+
+    def __init__(self, inner: logging.Formatter, log_path: str):
+        super().__init__()
+        self.inner, self.log_path = inner, log_path
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        if record.name in DETAIL_LOGGERS and record.levelno == logging.INFO and "\n" in text:
+            text = text.split("\n", 1)[0] + f" (table in {self.log_path})"
+        return text
+
+
+def quiet_console(log_path: str) -> None:
+    """The console shows the first line of DETAIL_LOGGERS' tables and where the whole table is."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setFormatter(_ConsoleDetailFormatter(handler.formatter or logging.Formatter(), log_path))
