@@ -109,18 +109,15 @@ def describe_checkpoint(path: str, state: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
+    from utils.checkpoint import load_checkpoint
     from utils.logger import quiet_console, setup_logging
 
     if args.model_path.lower().endswith((".yaml", ".yml", ".json", ".csv", ".txt")):
         sys.exit(f"--model_path {args.model_path} is a {os.path.splitext(args.model_path)[1]} file, not a checkpoint: "
                  "give a .pth written by train.py (e.g. OUTPUT_DIR/checkpoint_best.pth); a config goes to --config_file.")
-    try:
-        state = load_checkpoint(args.model_path)
-    except CheckpointError as exc:
-        sys.exit(str(exc))
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        sys.exit(f"{args.model_path} is not a checkpoint written by train.py (no stored config/model)")
+    state = load_checkpoint(args.model_path)   # CheckpointError: one line through run_main
+    if not isinstance(state, dict) or not {"config", "model", "meta"} <= set(state):
+        sys.exit(f"{args.model_path} is not a checkpoint written by train.py (no stored config, model and meta)")
     cfg, changes = resolve_config(state["config"], args.config_file, args.opts)
     output_dir_changed = any(key == "OUTPUT_DIR" and source == "the command line" for key, _, _, source in changes)
     eval_dir = args.eval_dir or default_eval_dir(cfg, args.model_path, output_dir_changed)
@@ -139,29 +136,14 @@ def main(argv=None) -> dict:
     logger.info("Evaluation files go to %s", eval_dir)
 
     from datasets.build import build_dataset
-    from model.build import build_model, check_weight_files
     from processor.evaluation import run_case_evaluation, select_cases
+    from processor.inference import model_from_checkpoint
     from utils.distributed import init_distributed
 
     device = init_distributed(cfg.MODEL.DEVICE)
-    meta = state.get("meta", {})
-    from model.backbone import PretrainedWeightsError
-
-    try:  # the SMPL files the stored config names are still read to build PRSD
-        check_weight_files(cfg)
-    except PretrainedWeightsError as exc:
-        sys.exit(str(exc))
-    backbone_logger = logging.getLogger("model.backbone")
-    level = backbone_logger.level
-    backbone_logger.setLevel(logging.ERROR)  # "no pretrained weights ... random init": the checkpoint has them
-    try:
-        model = build_model(cfg, num_classes=meta["num_classes"], num_cameras=meta["num_cameras"]).to(device)
-    finally:
-        backbone_logger.setLevel(level)
-    try:
-        load_model_state(model, state["model"], args.model_path)
-    except CheckpointError as exc:
-        sys.exit(str(exc))
+    meta = state["meta"]
+    # Explained errors (a missing SMPL file, mismatched weights) reach the command line as one line.
+    model = model_from_checkpoint(state, cfg, args.model_path).to(device)
     wanted = args.cases or list(cfg.TEST.CASES)
     from datasets.detreidx import standard_camera_index
 

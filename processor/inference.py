@@ -323,6 +323,29 @@ def checkpoint_config(stored_yaml: str, source: str, **settings):
     return cfg
 
 
+def model_from_checkpoint(state: dict, cfg, path: str) -> torch.nn.Module:
+    """The SAS model of a train.py checkpoint ``state`` (built from ``cfg``, weights loaded), on CPU.
+
+    The one place that turns a checkpoint into a model (FeatureExtractor, evaluate_all_cases.py).
+    The checkpoint holds every weight, so the backbone's "no pretrained weights" warning is silenced;
+    the SMPL files the config names are still read to build PRSD (checked first).
+    """
+    from model.build import build_model, check_weight_files
+    from utils.checkpoint import load_model_state
+
+    check_weight_files(cfg)
+    meta = state["meta"]
+    backbone_logger = logging.getLogger("model.backbone")
+    level = backbone_logger.level
+    backbone_logger.setLevel(logging.ERROR)
+    try:
+        model = build_model(cfg, num_classes=int(meta["num_classes"]), num_cameras=int(meta["num_cameras"]))
+    finally:
+        backbone_logger.setLevel(level)
+    load_model_state(model, state["model"], path)
+    return model
+
+
 class FeatureExtractor:
     """Embeds tracklets with a trained checkpoint; the inference path of evaluate_all_cases.py.
 
@@ -363,8 +386,7 @@ class FeatureExtractor:
         None keeps the stored DATALOADER.NUM_WORKERS / TEST.IMS_PER_BATCH. Raises CheckpointError
         for a file that is not a readable train.py checkpoint.
         """
-        from model.build import build_model, check_weight_files
-        from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
+        from utils.checkpoint import CheckpointError, load_checkpoint
 
         state = load_checkpoint(path)
         if not isinstance(state, dict) or not {"config", "model", "meta"} <= set(state):
@@ -375,11 +397,8 @@ class FeatureExtractor:
         cfg = checkpoint_config(state["config"], path, MODEL_DEVICE=str(torch_device), SOLVER_AMP=amp,
                                 TEST_SAMPLING=sampling, DATALOADER_NUM_WORKERS=num_workers,
                                 TEST_IMS_PER_BATCH=batch_size)
-        check_weight_files(cfg)  # the SMPL files the stored config names are still read to build PRSD
-        meta = state["meta"]
-        model = build_model(cfg, num_classes=int(meta["num_classes"]), num_cameras=int(meta["num_cameras"]))
-        load_model_state(model, state["model"], path)
-        return cls(model, cfg, torch_device, int(meta["num_cameras"]), checkpoint_path=os.fspath(path))
+        model = model_from_checkpoint(state, cfg, os.fspath(path))
+        return cls(model, cfg, torch_device, int(state["meta"]["num_cameras"]), checkpoint_path=os.fspath(path))
 
     @property
     def embedding_dim(self) -> int:

@@ -62,7 +62,11 @@ def test_evaluate_with_a_missing_smpl_file_exits_before_building(tmp_path, monke
     path = str(tmp_path / "checkpoint_last.pth")
     save_checkpoint({"config": cfg.dump(), "model": {}, "meta": {"num_classes": 4, "num_cameras": 3}}, path)
     monkeypatch.setattr(model.build, "build_model", lambda *a, **k: pytest.fail("the model was built"))
-    with pytest.raises(SystemExit) as caught:
+    from model.backbone import PretrainedWeightsError
+    from tools.cli import is_explained_error
+
+    with pytest.raises(PretrainedWeightsError) as caught:   # the command line prints it as one line
         evaluate_all_cases.main(["--model_path", path])
-    assert "MODEL.PRSD.SMPL_MODEL_PATH" in str(caught.value.code) and f" at {value}" in str(caught.value.code)
+    assert is_explained_error(caught.value)
+    assert "MODEL.PRSD.SMPL_MODEL_PATH" in str(caught.value) and f" at {value}" in str(caught.value)
     assert not os.path.exists(data_root)
