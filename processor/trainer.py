@@ -378,8 +378,9 @@ class Trainer:
             if steps > cfg.SOLVER.LOG_PERIOD and step % cfg.SOLVER.LOG_PERIOD == 0 and step < steps:
                 self._log_step(epoch, step, steps, meters, window_clips / (time.perf_counter() - window_start))
                 window_start, window_clips = time.perf_counter(), 0
-            # Under DDP the stop flag is all-reduced (a host sync), so only on log steps.
-            if boundary and (self.world_size == 1 or log_step) and self._stop_requested():
+            # Under DDP the stop flag is all-reduced (a host sync), so only on log steps. Never at an epoch's
+            # last step: that epoch is finished and saved first, and the check before the next one stops.
+            if boundary and step < steps and (self.world_size == 1 or log_step) and self._stop_requested():
                 raise TrainingInterrupted(self._interrupt_message(epoch, step))
         self.last_clips_per_s = epoch_clips / max(time.perf_counter() - epoch_start, 1e-9)
         self.writer.write("train", self.global_step, epoch,
