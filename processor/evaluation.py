@@ -46,7 +46,12 @@ def save_features_npz(path: str, features: torch.Tensor, tracklets, index: Mappi
 
 
 def write_json(path: str, payload: Mapping) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, default=_json_default))
+    write_text_atomic(path, to_json(payload, indent=2))
+
+
+def to_json(payload, indent: int | None = None) -> str:
+    """JSON text of a summary (NumPy scalars and arrays as plain numbers and lists)."""
+    return json.dumps(payload, indent=indent, default=_json_default)
 
 
 def _json_default(value):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from datasets.build import build_dataset, build_train_loader
 from loss.build import build_loss
 from model.build import begin_compiled_step, build_model, check_weight_files
-from processor.evaluation import run_case_evaluation
+from processor.evaluation import run_case_evaluation, to_json
 from processor.inference import autocast, encode_tracklets, resolve_amp_dtype
 from solver import build_optimizer, build_scheduler
 from utils import distributed as dist_utils
@@ -176,6 +177,8 @@ class Trainer:
             "global_step": self.global_step,
             "best_map": self.best_map,
             "best_epoch": self.best_epoch,
+            # JSON text (weights_only loading): a resumed run still reports its best epoch's validation.
+            "best_val_summary": None if self.best_val_summary is None else to_json(self.best_val_summary),
             "rng": rng_state(),
             "config": self.cfg.dump(),
             "meta": {"num_classes": self.num_classes, "num_cameras": self.num_cameras,
@@ -209,6 +212,8 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.best_map = float(state["best_map"])
         self.best_epoch = state.get("best_epoch")
+        if state.get("best_val_summary"):
+            self.best_val_summary = json.loads(state["best_val_summary"])
         set_rng_state(state["rng"])
         logger.info("Resumed from %s (epoch %d done)", path, state["epoch"])
         return True

@@ -27,6 +27,17 @@ def model_weights(output_dir):
     return load_checkpoint(os.path.join(output_dir, "checkpoint_last.pth"))["model"]
 
 
+def test_a_resumed_run_still_reports_its_best_epochs_validation(data_root, tmp_path):
+    run = str(tmp_path / "run")
+    first = train.main(["--config_file", DEMO] + tiny_opts(data_root, run, epochs=1, **{"SOLVER.EVAL_PERIOD": "1"}))
+    assert first["best_epoch"] == 1 and first["final_val"] is not None
+    # No validation after the resume: the final weights are checkpoint_best (epoch 1), whose summary
+    # must come from the checkpoint.
+    resumed = train.main(["--config_file", DEMO, "--resume", "auto"] + tiny_opts(data_root, run, epochs=2))
+    assert resumed["final_weights"]["epoch"] == 1
+    assert resumed["final_val"] is not None and resumed["final_val"]["mAP-3"] == pytest.approx(first["final_val"]["mAP-3"])
+
+
 def test_resume_gives_the_same_weights_as_a_straight_run(data_root, tmp_path):
     straight = str(tmp_path / "straight")
     train.main(["--config_file", DEMO] + tiny_opts(data_root, straight, epochs=2))
