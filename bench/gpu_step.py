@@ -54,16 +54,22 @@ MODELS = {
 NUM_CAMERAS = 6
 
 
+def launches_kernel(func) -> bool:
+    """Whether an op dispatched below autograd counts as about one kernel launch: views and the
+    profiler's range markers do not."""
+    return not getattr(func, "is_view", False) and getattr(func, "namespace", "") != "profiler"
+
+
 class AtenOpCounter(TorchDispatchMode):
-    """Counts ATen ops dispatched below autograd, views excluded (each is about one kernel launch)."""
+    """Counts ATen ops dispatched below autograd, views and profiler ranges excluded (each is about one
+    kernel launch)."""
 
     def __init__(self):
         super().__init__()
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not getattr(func, "is_view", False):
-            self.count += 1
+        self.count += launches_kernel(func)
         return func(*args, **(kwargs or {}))
 
 
@@ -159,14 +165,7 @@ def kernel_profile(fn, device: torch.device, steps: int) -> tuple[float, float]:
         if on_device and not getattr(event, "is_user_annotation", False):
             intervals.append((event.time_range.start, event.time_range.end))
             kernels += not event.name.lower().startswith(("memcpy", "memset"))
-    intervals.sort()
-    busy, end = 0.0, float("-inf")
-    for lo, hi in intervals:
-        if hi <= end:
-            continue
-        busy += hi - max(lo, end)
-        end = hi
-    return kernels / steps, busy / 1000.0 / steps  # time_range is in microseconds
+    return kernels / steps, union_length(sorted(intervals)) / 1000.0 / steps  # time_range is in microseconds
 
 
 def aten_ops(fn) -> int:
@@ -183,6 +182,133 @@ def forward_flops(fn) -> int:
     with counter:
         fn()
     return counter.get_total_flops()
+
+
+REGIONS = ("backbone forward", "heads forward", "loss", "backward", "optimizer", "memory update")
+
+
+class RegionCounter(TorchDispatchMode):
+    """ATen ops per named region of a step (as :class:`AtenOpCounter`): the CPU proxy of
+    :func:`region_breakdown`."""
+
+    def __init__(self):
+        super().__init__()
+        self.region = "other"
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if launches_kernel(func):
+            self.counts[self.region] = self.counts.get(self.region, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+class StepRegions:
+    """Cuts a training step into :data:`REGIONS` for :func:`region_breakdown`.
+
+    ``enter(name)`` waits for the device (so that every kernel of a region runs inside its wall-clock
+    interval) and opens a profiler range ``region:<name>``; forward hooks on the backbone split the
+    model's forward into backbone and heads without repeating its code.
+    """
+
+    def __init__(self, work: "Workload", counter: RegionCounter | None = None):
+        self.work, self.counter = work, counter
+        self.scope = None
+        self.wall: dict[str, float] = {}
+        self._name, self._start = None, 0.0
+
+    def enter(self, name: str | None) -> None:
+        synchronize(self.work.device)
+        now = time.perf_counter()
+        if self.scope is not None:
+            self.scope.__exit__(None, None, None)
+            self.wall[self._name] = self.wall.get(self._name, 0.0) + now - self._start
+            self.scope = None
+        if name is not None:
+            self.scope = torch.profiler.record_function(f"region:{name}")
+            self.scope.__enter__()
+            self._name, self._start = name, time.perf_counter()
+        if self.counter is not None:
+            self.counter.region = name or "other"
+
+    def step(self) -> None:
+        backbone = self.work.model.backbone
+        hooks = [backbone.register_forward_pre_hook(lambda *_: self.enter("backbone forward")),
+                 backbone.register_forward_hook(lambda *_: self.enter("heads forward"))]
+        try:
+            self.enter("backbone forward")  # and the model's input preparation before the backbone call
+            self.work.sas_step(self.enter)
+        finally:
+            self.enter(None)
+            for hook in hooks:
+                hook.remove()
+
+
+def region_breakdown(work: "Workload", steps: int) -> dict:
+    """Per region of the training step (:data:`REGIONS`), averaged over ``steps`` steps with a device
+    sync at each region boundary: wall ms; on CUDA also kernels and GPU-busy ms (wall minus busy is
+    host time: Python, dispatch and launches); on CPU ATen ops. The syncs make the step a little
+    slower than an unbroken one; the split, not the sum, is the point."""
+    result: dict[str, dict] = {}
+    if work.device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        regions = StepRegions(work)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                regions.step()
+        events = prof.events()
+        ranges = [(e.name[len("region:"):], e.time_range.start, e.time_range.end) for e in events
+                  if e.name.startswith("region:")]
+        device_events = [(e.time_range.start, e.time_range.end, e.name) for e in events
+                         if "CUDA" in str(getattr(e, "device_type", "")) and not getattr(e, "is_user_annotation", False)]
+        for name, lo, hi in ranges:
+            inside = sorted((s, t) for s, t, kernel in device_events if lo <= s < hi)
+            entry = result.setdefault(name, {"kernels": 0.0, "gpu_busy_ms": 0.0})
+            entry["kernels"] += sum(1 for s, t, kernel in device_events if lo <= s < hi
+                                    and not kernel.lower().startswith(("memcpy", "memset"))) / steps
+            entry["gpu_busy_ms"] += union_length(inside) / 1000.0 / steps
+    else:
+        counter = RegionCounter()
+        regions = StepRegions(work, counter)
+        with counter:
+            for _ in range(steps):
+                regions.step()
+        for name, count in counter.counts.items():
+            if name != "other":
+                result.setdefault(name, {})["aten_ops"] = count / steps
+    for name, seconds in regions.wall.items():
+        result.setdefault(name, {})["wall_ms"] = seconds * 1000.0 / steps
+    return {name: {k: round(v, 3) for k, v in result[name].items()} for name in REGIONS if name in result}
+
+
+def union_length(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by sorted (start, end) intervals (overlaps counted once)."""
+    busy, end = 0.0, float("-inf")
+    for lo, hi in intervals:
+        if hi <= end:
+            continue
+        busy += hi - max(lo, end)
+        end = hi
+    return busy
+
+
+def compile_seconds_by_region() -> dict:
+    """Compilation seconds (Dynamo + AOTAutograd + Inductor) per compiled region since the last
+    ``clear_compilation_metrics()``: backbone block, heads, loss, memory update (its ``no_grad``
+    wrapper is named ``inner``), and the backward graphs, which compile lazily in their own records."""
+    from torch._dynamo.utils import get_compilation_metrics
+
+    labels = {"forward": "backbone block", "heads": "heads", "__call__": "loss", "inner": "memory update",
+              "update": "memory update", None: "backward graphs"}
+    seconds: dict[str, float] = {}
+    for metric in get_compilation_metrics():
+        name = labels.get(metric.co_name or None, metric.co_name)
+        dynamo_us = getattr(metric, "dynamo_cumulative_compile_time_us", None) or 0
+        inductor_us = getattr(metric, "inductor_cumulative_compile_time_us", None) or 0
+        # A backward graph is compiled lazily, in its own record that has only Inductor time.
+        total_us = dynamo_us + inductor_us if metric.co_name else inductor_us
+        seconds[name] = round(seconds.get(name, 0.0) + total_us / 1e6, 2)
+    return seconds
 
 
 class Workload:
@@ -239,21 +365,26 @@ class Workload:
         loss.backward()
         self.base_optimizer.step()
 
-    def sas_forward(self):
+    def sas_forward(self, region=lambda name: None):
         video, camids, views, labels = self.batch
         with autocast(self.device, self.amp_dtype):
             outputs = self.model(video, camids, views, labels)
+            region("loss")
             total, _ = self.loss_fn(outputs, labels)
         return outputs, total
 
-    def sas_step(self) -> None:
-        """The full SAS step as processor/trainer.py runs it (no host sync)."""
+    def sas_step(self, region=lambda name: None) -> None:
+        """The full SAS step as processor/trainer.py runs it (no host sync). ``region(name)`` is called
+        where each of :data:`REGIONS` begins (the forward's two by hooks; see :class:`StepRegions`)."""
         if self.cudagraph_steps:  # as model.build.begin_compiled_step does in the trainer
             torch.compiler.cudagraph_mark_step_begin()
-        outputs, total = self.sas_forward()
+        outputs, total = self.sas_forward(region)
         self.optimizer.zero_grad(set_to_none=True)
+        region("backward")
         total.backward()
+        region("optimizer")
         self.optimizer.step()
+        region("memory update")
         self.model.memory.update(outputs["memory_feat"].detach().float(), self.batch[3])
 
     def eval_forward(self) -> torch.Tensor:
@@ -308,6 +439,7 @@ def bench_eager(name: str, args, device: torch.device, recorder: Recorder, peak_
                 if seconds:
                     recorder.put(name, f"gpu_busy_fraction_{key}", profiled[1] / 1000 / seconds)
         record("peak_mem_gib_sas_eager")(lambda: work.peak_memory_gib(work.sas_step))
+    record("breakdown_eager")(lambda: region_breakdown(work, 3))
     record("eval_clips_per_s_eager")(work.eval_clips_per_s)
 
 
@@ -345,10 +477,16 @@ def measure_compiled(name: str, suffix: str, work: Workload, device: torch.devic
         synchronize(device)
         return time.perf_counter() - start
 
+    from torch._dynamo.utils import clear_compilation_metrics
+
+    clear_compilation_metrics()
     first = record("compiled_first_step_s")(first_step)
     if first is None:
         return False
+    record("compile_s_by_region")(compile_seconds_by_region)
     compiled_s = record("sas_step_compiled_s")(lambda: work.seconds(work.sas_step))
+    # The backbone-only step on the same compiled blocks: the heads' share of the compiled step.
+    base_compiled_s = record("backbone_step_compiled_s")(lambda: work.seconds(work.backbone_step))
     earlier = recorder.data["results"].get(name, {})
     eager_s, base_s, sas_flops = (earlier.get(k) for k in ("sas_step_eager_s", "backbone_step_s", "sas_forward_gflop"))
     if compiled_s:
@@ -357,6 +495,8 @@ def measure_compiled(name: str, suffix: str, work: Workload, device: torch.devic
             recorder.put(name, "ratio_compiled_over_eager" + suffix, compiled_s / eager_s)
         if base_s:
             recorder.put(name, "ratio_compiled_sas_over_eager_backbone" + suffix, compiled_s / base_s)
+        if base_compiled_s:
+            recorder.put(name, "ratio_compiled_sas_over_compiled_backbone" + suffix, compiled_s / base_compiled_s)
         if peak_tflops and sas_flops:
             recorder.put(name, "mfu_sas_compiled" + suffix, 3 * sas_flops * 1e9 / compiled_s / (peak_tflops * 1e12))
     if device.type == "cuda":
@@ -367,6 +507,7 @@ def measure_compiled(name: str, suffix: str, work: Workload, device: torch.devic
             if compiled_s:
                 recorder.put(name, "gpu_busy_fraction_sas_compiled" + suffix, profiled[1] / 1000 / compiled_s)
         record("peak_mem_gib_sas_compiled")(lambda: work.peak_memory_gib(work.sas_step))
+    record("breakdown_compiled" + suffix)(lambda: region_breakdown(work, 3))
 
     def compiled_eval() -> float:
         start = time.perf_counter()
@@ -387,6 +528,8 @@ ROWS = [
     ("ratio eager SAS / backbone", "ratio_eager_sas_over_backbone", "{:.3f}"),
     ("ratio compiled SAS / eager SAS", "ratio_compiled_over_eager", "{:.3f}"),
     ("ratio compiled SAS / eager backbone", "ratio_compiled_sas_over_eager_backbone", "{:.3f}"),
+    ("backbone-only train step, compiled blocks (s)", "backbone_step_compiled_s", "{:.4f}"),
+    ("ratio compiled SAS / compiled backbone", "ratio_compiled_sas_over_compiled_backbone", "{:.3f}"),
     ("forward GFLOP backbone / SAS", ("backbone_forward_gflop", "sas_forward_gflop"), "{:.1f}"),
     ("MFU backbone", "mfu_backbone", "{:.1%}"),
     ("MFU SAS eager", "mfu_sas_eager", "{:.1%}"),
@@ -434,10 +577,37 @@ def markdown_table(data: dict) -> str:
     run = results.get("run", {})
     if "matmul_peak_tflops" in run:
         lines.append(f"\nmatmul peak ({run.get('matmul_dtype')}): {run['matmul_peak_tflops']:.1f} TFLOP/s")
+    for name in names:
+        lines.extend(breakdown_table(name, results[name]))
     for name, errs in errors.items():
         for key, text in errs.items():
             lines.append(f"\nerror {name} {key}: {text.splitlines()[0] if text else ''}")
     return "\n".join(lines)
+
+
+def breakdown_table(name: str, results: dict) -> list[str]:
+    """Markdown lines: the step's regions (eager / compiled): wall ms, GPU-busy ms and kernels on CUDA,
+    ATen ops on CPU; then the compile seconds per compiled region."""
+    modes = [(label, results[key]) for label, key in (("eager", "breakdown_eager"), ("compiled", "breakdown_compiled"))
+             if isinstance(results.get(key), dict)]
+    lines = []
+    if modes:
+        fields = [("wall ms", "wall_ms", "{:.1f}"), ("GPU-busy ms", "gpu_busy_ms", "{:.1f}"),
+                  ("kernels", "kernels", "{:.0f}"), ("ATen ops", "aten_ops", "{:.0f}")]
+        fields = [f for f in fields if any(f[1] in row for _, table in modes for row in table.values())]
+        header = [f"{label} {title}" for label, _ in modes for title, _, _ in fields]
+        lines += ["", f"{name}: training step by region (device synchronised at each boundary)", "",
+                  "| region | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+        for region in REGIONS:
+            cells = []
+            for _, table in modes:
+                row = table.get(region, {})
+                cells += [fmt.format(row[key]) if key in row else "–" for _, key, fmt in fields]
+            lines.append(f"| {region} | " + " | ".join(cells) + " |")
+    if isinstance(results.get("compile_s_by_region"), dict):
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in results["compile_s_by_region"].items())
+        lines += ["", f"{name}: compile seconds by region (first compiled step): {parts}"]
+    return lines
 
 
 def main(argv=None) -> None:
