@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from configs import load_config  # noqa: E402
 from loss.build import build_loss  # noqa: E402
-from model.build import build_model, compile_options, compile_regions  # noqa: E402
+from model.build import begin_compiled_step, build_model, compile_options, compile_regions  # noqa: E402
 from processor.inference import autocast  # noqa: E402
 from solver import build_optimizer  # noqa: E402
 
@@ -326,7 +326,6 @@ class Workload:
                 "MODEL.DEVICE", device.type, "SOLVER.AMP", amp, "INPUT.SIZE_TRAIN", f"[{height},{width}]",
                 "INPUT.SIZE_TEST", f"[{height},{width}]", "DATALOADER.SEQ_LEN", str(frames)] + extra
         self.cfg = cfg = load_config(None, opts)
-        self.cudagraph_steps = False  # set when compiled with mode reduce-overhead
         self.amp_dtype = amp_dtype = torch.bfloat16 if amp == "bf16" else None
         self.description = (f"{backbone_name} {height}x{width}, {clips} clips x {frames} frames, {classes} classes, "
                             f"{'bf16 autocast' if amp_dtype else 'fp32'}, eval {eval_frames} frames")
@@ -360,6 +359,7 @@ class Workload:
             return F.cross_entropy(self.linear(feat).float(), labels)
 
     def backbone_step(self) -> None:
+        begin_compiled_step(self.model)
         loss = self.backbone_forward()
         self.base_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -376,8 +376,7 @@ class Workload:
     def sas_step(self, region=lambda name: None) -> None:
         """The full SAS step as processor/trainer.py runs it (no host sync). ``region(name)`` is called
         where each of :data:`REGIONS` begins (the forward's two by hooks; see :class:`StepRegions`)."""
-        if self.cudagraph_steps:  # as model.build.begin_compiled_step does in the trainer
-            torch.compiler.cudagraph_mark_step_begin()
+        begin_compiled_step(self.model)  # as the trainer: a new step for CUDA graphs (reduce-overhead)
         outputs, total = self.sas_forward(region)
         self.optimizer.zero_grad(set_to_none=True)
         region("backward")
@@ -390,6 +389,7 @@ class Workload:
     def eval_forward(self) -> torch.Tensor:
         """Eval-mode forward of the test clips; leaves the model in train mode."""
         self.model.eval()
+        begin_compiled_step(self.model)
         try:
             with torch.no_grad(), autocast(self.device, self.amp_dtype):
                 return self.model(self.eval_video, self.eval_camids, (self.eval_camids > 0).long())["embedding"]
@@ -454,7 +454,6 @@ def bench_compiled(name: str, args, device: torch.device, recorder: Recorder, pe
         work = Workload(name, args, device)
         # What build_model / build_loss do for MODEL.COMPILE (here with a choosable backend).
         compile_regions(work.model, args.compile_mode, backend=backend, heads=not suffix)
-        work.cudagraph_steps = args.compile_mode == "reduce-overhead"
         if not suffix:
             work.loss_fn = torch.compile(work.loss_fn.__call__, **compile_options(args.compile_mode, backend))
         if measure_compiled(name, suffix, work, device, recorder, peak_tflops):

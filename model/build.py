@@ -58,11 +58,12 @@ def compile_options(mode: str = "default", backend: str = "inductor", fullgraph:
     return options
 
 
-def begin_compiled_step(cfg) -> None:
-    """Call at the start of every training step. Under MODEL.COMPILE_MODE reduce-overhead the CUDA
-    graphs reuse their output memory; marking the step boundary tells them the previous step's
-    outputs are no longer read (else: "accessing tensor output of CUDAGraphs that has been overwritten")."""
-    if cfg.MODEL.COMPILE and cfg.MODEL.COMPILE_MODE == "reduce-overhead":
+def begin_compiled_step(model) -> None:
+    """Call before every training step and every eval forward. Under MODEL.COMPILE_MODE reduce-overhead
+    the CUDA graphs reuse their output memory; marking the step boundary tells them the previous
+    step's outputs are no longer read (else: "accessing tensor output of CUDAGraphs that has been
+    overwritten by a subsequent run"). ``model`` may be wrapped (DDP); a no-op for other modes."""
+    if getattr(getattr(model, "module", model), "cuda_graph_steps", False):
         torch.compiler.cudagraph_mark_step_begin()
 
 
@@ -77,6 +78,8 @@ def compile_regions(model: SASModel, mode: str = "default", backend: str = "indu
     the backbone blocks alone (a fallback for benchmarks).
     """
     options = compile_options(mode, backend, fullgraph)
+    # CUDA graphs replay into the same output memory: callers mark each step (begin_compiled_step).
+    model.cuda_graph_steps = backend == "inductor" and mode == "reduce-overhead"
     for block in model.backbone.transformer.resblocks:
         block.compile(**options)
     if not heads:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from datasets.build import build_inference_loader
 from datasets.detreidx import CASE_NAMES, CaseSplit, Tracklet
 from datasets.sampling import SAMPLING_MODES
+from model.build import begin_compiled_step
 from utils.distributed import is_main_process
 from utils.metrics import check_finite_features, compute_distance, evaluate_ranking, rank_gallery
 from utils.protocol import FRAME_EXTENSIONS, natural_sort_key
@@ -62,13 +63,16 @@ def forward_clips(model: torch.nn.Module, frames: torch.Tensor, camids: torch.Te
     """One eval forward of a batch of clips: the single encoder call of every inference path.
 
     frames (B,T,3,H,W) normalised, camids (B,), views (B,) -> {name: (B, d) float32 tensor on ``device``}.
+    The returned tensors are the caller's own (copies): under MODEL.COMPILE_MODE reduce-overhead the
+    model's outputs live in CUDA-graph memory that the next forward overwrites.
     """
     frames = frames.to(device, non_blocking=True)
     camids = camids.to(device, non_blocking=True)
     views = views.to(device, non_blocking=True)
+    begin_compiled_step(model)
     with autocast(device, amp_dtype):
         result = model(frames, camids, views)
-    return {name: result[name].float() for name in outputs}
+    return {name: result[name].to(torch.float32, copy=True) for name in outputs}
 
 
 @torch.no_grad()

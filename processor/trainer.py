@@ -337,7 +337,7 @@ class Trainer:
         pending: list[torch.Tensor] = []  # per-step [loss, terms..., acc] on the device, until a log step
         pending_names: list[str] = []
         for step, batch in enumerate(self._interruptible(progress, epoch), start=1):
-            begin_compiled_step(cfg)
+            begin_compiled_step(self.model)
             frames = batch["frames"].to(self.device, non_blocking=True)
             labels = batch["labels"].to(self.device, non_blocking=True)
             camids = batch["camids"].to(self.device, non_blocking=True)

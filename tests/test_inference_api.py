@@ -127,3 +127,24 @@ def test_nan_model_raises_naming_the_checkpoint(tiny, extractor, tmp_path):
     bare = FeatureExtractor(nan.model, nan.cfg, nan.device, nan.num_cameras)
     with pytest.raises(NonFiniteFeaturesError, match="^The model produces non-finite features"):
         bare.embed_folders(folders[:1])
+
+
+def test_forward_clips_returns_copies_the_next_forward_cannot_overwrite():
+    """CUDA-graph outputs (MODEL.COMPILE_MODE reduce-overhead) live in memory the next replay reuses:
+    forward_clips hands out copies, already-float32 outputs included."""
+    import torch
+
+    from processor.inference import forward_clips
+
+    class FixedOutput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = torch.randn(2, 5)
+
+        def forward(self, frames, camids, views):
+            return {"embedding": self.out}
+
+    model = FixedOutput()
+    got = forward_clips(model, torch.zeros(2, 1, 3, 4, 4), torch.zeros(2, dtype=torch.long),
+                        torch.zeros(2, dtype=torch.long), torch.device("cpu"), None, ("embedding",))["embedding"]
+    assert torch.equal(got, model.out) and got.data_ptr() != model.out.data_ptr()

@@ -125,3 +125,44 @@ def test_demo_config_end_to_end_writes_csv(data_root, tmp_path):
     assert os.path.isfile(os.path.join(out, "checkpoint_best.pth"))
     assert report["test"]["metrics_available"]
     assert set(report["test"]["cases"]) == {1, 2, 3}
+
+
+def test_cuda_graph_runs_mark_every_forward_as_a_new_step(data_root, tmp_path, monkeypatch):
+    """Under MODEL.COMPILE_MODE reduce-overhead (CUDA graphs, whose outputs the next replay overwrites)
+    every forward, training step or eval batch, starts with cudagraph_mark_step_begin()."""
+    import processor.trainer as trainer_module
+
+    marks = {"pending": False, "forwards": 0, "unmarked": 0}
+
+    def mark():
+        marks["pending"] = True
+
+    def check_marked(module, args):
+        marks["forwards"] += 1
+        marks["unmarked"] += not marks["pending"]
+        marks["pending"] = False
+
+    build = trainer_module.build_model
+
+    def build_cuda_graph_model(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.cuda_graph_steps = True  # what compile_regions sets for reduce-overhead (CPU: no graphs)
+        model.register_forward_pre_hook(check_marked)
+        return model
+
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", mark)
+    monkeypatch.setattr(trainer_module, "build_model", build_cuda_graph_model)
+    train.main(["--config_file", DEMO] + tiny_opts(data_root, str(tmp_path / "run"), epochs=1,
+                                                    **{"SOLVER.EVAL_PERIOD": "1"}))
+    assert marks["forwards"] > 0 and marks["unmarked"] == 0
+
+
+def test_cuda_graph_steps_follow_the_compile_mode():
+    from model.build import compile_regions
+    from tests.test_compile import tiny
+
+    for mode, backend, expected in (("reduce-overhead", "inductor", True), ("default", "inductor", False),
+                                    ("reduce-overhead", "eager", False)):
+        _, model = tiny()
+        compile_regions(model, mode, backend=backend)  # lazy: nothing is compiled until a call
+        assert model.cuda_graph_steps is expected, (mode, backend)
