@@ -1,6 +1,7 @@
 """PRSD shape branch: trained end to end (prior-loss gradients reach the encoder and regressor),
 clips independent of batch-mates, SPIN/VIBE checkpoints mapped by key, smplx decoding on a small
 synthetic SMPL file, 6D rotations, and the chumpy-free SMPL converter."""
+import os
 import pickle
 import sys
 import types
@@ -260,7 +261,22 @@ def test_convert_chumpy_smpl_pickle(fake_chumpy, tmp_path, monkeypatch):
     np.testing.assert_array_equal(converted["kintree_table"], arrays["kintree_table"])
     assert str(converted["bs_style"]) == "lbs" and "pose_training_info" not in converted
     assert sorted(p.name for p in target.parent.iterdir()) == ["smpl.npz"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open: not mkstemp's 0600
     SMPLDecoder(converted, source=str(target))  # smplx accepts the result
+
+
+def test_convert_smpl_reports_a_missing_or_wrong_file_in_one_line(tmp_path, capsys):
+    from tools.convert_smpl import main
+
+    missing = tmp_path / "basicModel_missing.pkl"
+    assert main([str(missing), str(tmp_path / "smpl.npz")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: SMPL model file not found: {missing}"
+    source = tmp_path / "model.pkl"
+    source.write_bytes(b"")
+    assert main([str(source), str(tmp_path / "smpl.txt")]) == 1
+    assert "must be a .npz file" in capsys.readouterr().err
 
 
 def spin_loop(regressor, features):

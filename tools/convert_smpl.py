@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -22,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model.smpl import SMPL_REQUIRED_KEYS, read_smpl_pickle  # noqa: E402
+from utils.fileio import WriteFailure, atomic_write  # noqa: E402
 
 
 def smpl_pickle_to_arrays(path: str) -> Tuple[Dict[str, np.ndarray], List[str]]:
@@ -44,18 +44,13 @@ def smpl_pickle_to_arrays(path: str) -> Tuple[Dict[str, np.ndarray], List[str]]:
 
 
 def write_npz_atomic(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    """np.savez to a temporary file in the target folder, then os.replace (never a half-written file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".npz.tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as output:
+    """np.savez through utils.fileio.atomic_write: never a half-written file, the mode a plain open
+    gives (readable by the group on a shared machine), a full disk reported as one line."""
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as output:  # a file object: np.savez would add ".npz" to a name
             np.savez(output, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+
+    atomic_write(path, write)
 
 
 def convert(source: str, target: str) -> Tuple[Dict[str, np.ndarray], List[str]]:
@@ -74,7 +69,11 @@ def main(argv=None) -> int:
     parser.add_argument("source", help="official SMPL .pkl (chumpy pickle) or a pickle of plain arrays")
     parser.add_argument("target", help="output .npz (set MODEL.PRSD.SMPL_MODEL_PATH to it)")
     args = parser.parse_args(argv)
-    arrays, dropped = convert(args.source, args.target)
+    try:
+        arrays, dropped = convert(args.source, args.target)
+    except (OSError, ValueError, WriteFailure) as exc:  # a missing or wrong file, a full disk: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for key, array in sorted(arrays.items()):
         print(f"  {key:24s} {str(array.dtype):8s} {tuple(array.shape)}")
     if dropped:
