@@ -16,6 +16,9 @@ Output: one line per measurement as it is taken, a Markdown table at the end, an
 Every measurement is in its own try/except: an error is recorded and the run goes on.
 
     python bench/gpu_step.py [--models b16,l14] [--quick] [--json gpu_step.json] [--device auto]
+        [--compile-mode reduce-overhead] [--skip-eager | --skip-compile]
+
+bench/gpu_session.sh runs this and the trainer's CUDA checks as one device command.
 """
 from __future__ import annotations
 
@@ -626,6 +629,8 @@ def main(argv=None) -> None:
     parser.add_argument("--compile-backend", default="",
                         help="torch.compile backend (default: inductor on CUDA, eager on CPU)")
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--skip-eager", action="store_true",
+                        help="compiled figures only (a second run with another --compile-mode)")
     args = parser.parse_args(argv)
 
     if args.device == "auto":
@@ -650,7 +655,8 @@ def main(argv=None) -> None:
     run_start = time.perf_counter()
     # All eager figures first, then the compiled ones: a run cut short by its time limit still has the
     # eager table of every model.
-    phases = [("eager", bench_eager)] + ([] if args.skip_compile else [("compiled", bench_compiled)])
+    phases = ([] if args.skip_eager else [("eager", bench_eager)]) + (
+        [] if args.skip_compile else [("compiled", bench_compiled)])
     for phase, bench in phases:
         for name in names:
             try:
