@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.backbone import PretrainedWeightsError
+from model.rnn import run_gru
 from model.smpl import (CAM_DIM, NUM_BETAS, NUM_SMPL_JOINTS, POSE_6D_DIM, SMPLDecoder, build_smpl_decoder,
                         default_mean_params, load_mean_params, rot6d_to_rotmat)
 
@@ -45,7 +46,7 @@ class TemporalEncoder(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """features (B, T, F) -> (B, T, F); the recurrence runs over T within each clip."""
-        recurrent, _ = self.gru(features)
+        recurrent = run_gru(self.gru, features)
         return features + self.linear(F.relu(recurrent))
 
 
@@ -122,7 +123,7 @@ class ShapeAggregator(nn.Module):
         """hidden (B, T, H), extra (B, T, E) or None -> framewise (B, T, 10), videowise (B, 10)."""
         framewise = self.framewise(hidden)
         sequence = framewise if extra is None else torch.cat([framewise, extra.to(framewise.dtype)], dim=-1)
-        recurrent, _ = self.gru(sequence)  # batch_first: the recurrence is over each clip's frames
+        recurrent = run_gru(self.gru, sequence)  # batch_first: the recurrence is over each clip's frames
         encoded = self.transformer(recurrent)
         return framewise, self.videowise(encoded.mean(dim=1))
 

@@ -1,0 +1,80 @@
+"""model.rnn: under torch.compile a GRU is one opaque op (sas::gru) with the same outputs and gradients
+as nn.GRU; outside torch.compile it is nn.GRU itself."""
+import pytest
+import torch
+from torch import nn
+
+from model.rnn import gru_op, run_gru
+
+
+@pytest.fixture(autouse=True)
+def allow_rnn():
+    # Dynamo wraps GRU modules only with allow_rnn (model.build.compile_options sets it for MODEL.COMPILE).
+    with torch._dynamo.config.patch(allow_rnn=True):
+        yield
+
+
+def gru_and_inputs(input_dim=6, hidden=5, layers=2, batch=3, frames=4, seed=0):
+    torch.manual_seed(seed)
+    gru = nn.GRU(input_dim, hidden, num_layers=layers, batch_first=True)
+    return gru, torch.randn(batch, frames, input_dim, requires_grad=True)
+
+
+def gradients(output, gru, inputs, weight):
+    return torch.autograd.grad((output * weight).sum(), [inputs, *gru.parameters()])
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_compiled_gru_equals_nn_gru_in_outputs_and_gradients(layers):
+    gru, inputs = gru_and_inputs(layers=layers)
+    compiled = torch.compile(run_gru, backend="aot_eager", fullgraph=True)
+    got, want = compiled(gru, inputs), gru(inputs)[0]
+    torch.testing.assert_close(got, want)
+    weight = torch.randn_like(want)
+    for a, b in zip(gradients(got, gru, inputs, weight), gradients(want, gru, inputs, weight)):
+        torch.testing.assert_close(a, b)
+
+
+def test_compiled_graph_holds_one_gru_op_not_its_time_steps():
+    gru, inputs = gru_and_inputs(frames=8)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.compile(run_gru, backend=backend, fullgraph=True)(gru, inputs)
+    targets = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"]
+    assert targets.count("sas.gru.default") == 1
+    assert not any("gru" in t and "sas" not in t for t in targets)  # no aten GRU to decompose
+
+
+def test_gru_op_meets_the_custom_op_contract():
+    gru, inputs = gru_and_inputs()
+    weights = [w.detach() for w in gru._flat_weights]
+    torch.library.opcheck(gru_op, (inputs.detach().requires_grad_(), weights, gru.num_layers))
+
+
+def test_outside_compile_run_gru_is_the_module_call():
+    gru, inputs = gru_and_inputs()
+    calls = []
+    gru.register_forward_hook(lambda *args: calls.append(1))
+    torch.testing.assert_close(run_gru(gru, inputs), gru(inputs)[0])
+    assert len(calls) == 2
+
+
+def test_compiled_gru_under_autocast_runs_in_the_input_dtype():
+    gru, inputs = gru_and_inputs()
+    compiled = torch.compile(run_gru, backend="aot_eager", fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = compiled(gru, inputs.to(torch.bfloat16))
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), gru(inputs)[0], atol=3e-2, rtol=3e-2)
+    got.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in gru.parameters())
+
+
+def test_unsupported_gru_settings_are_refused_under_compile():
+    gru = nn.GRU(4, 3, batch_first=False)
+    with pytest.raises(Exception, match="batch_first"):
+        torch.compile(run_gru, backend="eager", fullgraph=True)(gru, torch.randn(2, 3, 4))
