@@ -13,7 +13,8 @@ shape when no SMPL mean-parameter file is given (``MODEL.PRSD.INIT_BETAS``).
 Differences from the authors' code (see method.md): outputs are not detached (so the shape model
 trains and the prior loss has a gradient) unless ``MODEL.PRSD.DETACH_OUTPUT``; the aggregator's
 recurrence runs over time (batch_first), never across the clips of a batch; all frames of all
-clips go through the regressor in one batched pass.
+clips go through the regressor in one batched pass. Under torch.compile both GRUs are one opaque op
+each (model.rnn.run_gru) instead of their unrolled time steps.
 """
 from __future__ import annotations
 
