@@ -78,6 +78,8 @@ def compile_regions(model: SASModel, mode: str = "default", backend: str = "indu
     the backbone blocks alone (a fallback for benchmarks).
     """
     options = compile_options(mode, backend, fullgraph)
+    # Inference pads a short last batch to the full one for compiled models (one shape, one graph).
+    model.compiled_regions = True
     # CUDA graphs replay into the same output memory: callers mark each step (begin_compiled_step).
     model.cuda_graph_steps = backend == "inductor" and mode == "reduce-overhead"
     for block in model.backbone.transformer.resblocks:

@@ -59,20 +59,29 @@ def camera_views(camids: torch.Tensor) -> torch.Tensor:
 
 
 def forward_clips(model: torch.nn.Module, frames: torch.Tensor, camids: torch.Tensor, views: torch.Tensor,
-                  device: torch.device, amp_dtype: torch.dtype | None, outputs: Sequence[str]) -> dict[str, torch.Tensor]:
+                  device: torch.device, amp_dtype: torch.dtype | None, outputs: Sequence[str],
+                  batch_size: int | None = None) -> dict[str, torch.Tensor]:
     """One eval forward of a batch of clips: the single encoder call of every inference path.
 
     frames (B,T,3,H,W) normalised, camids (B,), views (B,) -> {name: (B, d) float32 tensor on ``device``}.
     The returned tensors are the caller's own (copies): under MODEL.COMPILE_MODE reduce-overhead the
     model's outputs live in CUDA-graph memory that the next forward overwrites.
+    ``batch_size``: the loader's full batch. A compiled model (MODEL.COMPILE) gets a short last batch
+    padded to it with copies of its last clip (outputs dropped), so that one compiled graph serves the
+    whole pass: each new batch shape would cost another compilation. In eval mode a clip's outputs do
+    not depend on its batch-mates, so padding changes no result.
     """
+    count = frames.shape[0]
+    if batch_size and 0 < count < batch_size and getattr(getattr(model, "module", model), "compiled_regions", False):
+        frames, camids, views = (torch.cat([x, x[-1:].expand(batch_size - count, *x.shape[1:])])
+                                 for x in (frames, camids, views))
     frames = frames.to(device, non_blocking=True)
     camids = camids.to(device, non_blocking=True)
     views = views.to(device, non_blocking=True)
     begin_compiled_step(model)
     with autocast(device, amp_dtype):
         result = model(frames, camids, views)
-    return {name: result[name].to(torch.float32, copy=True) for name in outputs}
+    return {name: result[name][:count].to(torch.float32, copy=True) for name in outputs}
 
 
 @torch.no_grad()
@@ -100,7 +109,8 @@ def encode_tracklets(
     progress = tqdm(loader, desc=desc, leave=False, disable=not is_main_process())
     for batch in progress:
         indices = batch["indices"]
-        result = forward_clips(model, batch["frames"], batch["camids"], batch["views"], device, amp_dtype, outputs)
+        result = forward_clips(model, batch["frames"], batch["camids"], batch["views"], device, amp_dtype, outputs,
+                               batch_size=loader.batch_size)
         for name in outputs:
             feats = result[name].cpu()
             if name not in sums:
@@ -304,8 +314,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def checkpoint_config(stored_yaml: str, source: str, **settings):
     """The config stored in a checkpoint with inference ``settings`` applied and pretrained paths cleared.
 
-    settings: MODEL_DEVICE, SOLVER_AMP, TEST_SAMPLING, DATALOADER_NUM_WORKERS, TEST_IMS_PER_BATCH
-    (None = keep the stored value). The checkpoint holds every weight, so the initial pretrained
+    settings: MODEL_DEVICE, SOLVER_AMP, TEST_SAMPLING, DATALOADER_NUM_WORKERS, TEST_IMS_PER_BATCH,
+    MODEL_COMPILE (None = keep the stored value). The checkpoint holds every weight, so the initial pretrained
     files are never read again.
     """
     from configs import config_from_yaml_text
@@ -377,17 +387,19 @@ class FeatureExtractor:
         self.num_cameras = int(num_cameras)
         # Named by NonFiniteFeaturesError when the model produces NaN/Inf embeddings.
         self.checkpoint_path = checkpoint_path
-        self.graph = EmbeddingGraph(self.model, resolve_amp_dtype(cfg.SOLVER.AMP, device))
+        self.graph = EmbeddingGraph(self.model, resolve_amp_dtype(cfg.SOLVER.AMP, device),
+                                    batch_size=max(int(cfg.TEST.IMS_PER_BATCH), 1))
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str | torch.device = "auto", amp: str = "auto",
                         sampling: str | None = None, num_workers: int | None = None,
-                        batch_size: int | None = None) -> "FeatureExtractor":
+                        batch_size: int | None = None, compile: bool | None = None) -> "FeatureExtractor":
         """Rebuild the model from a train.py checkpoint (its stored config and weights).
 
         device: "auto" (CUDA when available) or a torch device; amp: auto / bf16 / fp16 / off;
         sampling: None (the stored TEST.SAMPLING) or "even" / "dense"; num_workers / batch_size:
-        None keeps the stored DATALOADER.NUM_WORKERS / TEST.IMS_PER_BATCH. Raises CheckpointError
+        None keeps the stored DATALOADER.NUM_WORKERS / TEST.IMS_PER_BATCH; compile: None keeps the
+        stored MODEL.COMPILE (False for a plain module, e.g. to export it). Raises CheckpointError
         for a file that is not a readable train.py checkpoint.
         """
         from utils.checkpoint import CheckpointError, load_checkpoint
@@ -400,7 +412,7 @@ class FeatureExtractor:
         torch_device = resolve_device(device)
         cfg = checkpoint_config(state["config"], path, MODEL_DEVICE=str(torch_device), SOLVER_AMP=amp,
                                 TEST_SAMPLING=sampling, DATALOADER_NUM_WORKERS=num_workers,
-                                TEST_IMS_PER_BATCH=batch_size)
+                                TEST_IMS_PER_BATCH=batch_size, MODEL_COMPILE=compile)
         model = model_from_checkpoint(state, cfg, os.fspath(path))
         return cls(model, cfg, torch_device, int(state["meta"]["num_cameras"]), checkpoint_path=os.fspath(path))
 
@@ -491,15 +503,17 @@ class EmbeddingGraph(torch.nn.Module):
     """The eval embedding graph: frames (B,T,3,H,W) normalised, camids (B,) long -> (B,E) float32
     L2-normalised embedding. The SIE view follows the camera id (0 ground, others aerial).
 
-    :meth:`FeatureExtractor.embed_clips` runs it and ``tools.export`` exports it (amp_dtype None).
+    :meth:`FeatureExtractor.embed_clips` runs it (``batch_size``: its batches, see :func:`forward_clips`)
+    and ``tools.export`` exports it (amp_dtype None).
     """
 
-    def __init__(self, model: torch.nn.Module, amp_dtype: torch.dtype | None = None):
+    def __init__(self, model: torch.nn.Module, amp_dtype: torch.dtype | None = None, batch_size: int | None = None):
         super().__init__()
         self.model = model
         self.amp_dtype = amp_dtype
+        self.batch_size = batch_size
 
     def forward(self, frames: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
         embedding = forward_clips(self.model, frames, camids, camera_views(camids), frames.device, self.amp_dtype,
-                                  ("embedding",))["embedding"]
+                                  ("embedding",), batch_size=self.batch_size)["embedding"]
         return F.normalize(embedding, dim=1)

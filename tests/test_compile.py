@@ -191,6 +191,33 @@ def test_every_backbone_block_shares_one_compilation():
     assert len(model.backbone.transformer.resblocks) == 2 and len(counter.graphs) == 1
 
 
+def test_compiled_inference_pads_a_short_last_batch_into_the_same_graph():
+    """Each new batch shape recompiles (static shapes): a compiled model's short last batch is padded to
+    the loader's batch, the padding's outputs dropped; an eager model sees the short batch as it is."""
+    from processor.inference import forward_clips
+
+    _, model = tiny()
+    reference = copy.deepcopy(model).eval()
+    counter = GraphCounter()
+    compile_regions(model, backend=counter)
+    model.eval()
+    frames, camids, views, _ = batch(clips=4)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        full = forward_clips(model, frames, camids, views, cpu, None, ("embedding",), batch_size=4)["embedding"]
+        graphs = len(counter.graphs)
+        short = forward_clips(model, frames[:3], camids[:3], views[:3], cpu, None, ("embedding",),
+                              batch_size=4)["embedding"]
+        assert len(counter.graphs) == graphs  # no recompilation for the short batch
+        want = reference(frames, camids, views)["embedding"]
+        torch.testing.assert_close(full, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(short, want[:3], rtol=1e-4, atol=1e-5)
+        seen = []
+        reference.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+        forward_clips(reference, frames[:3], camids[:3], views[:3], cpu, None, ("embedding",), batch_size=4)
+    assert seen == [3]
+
+
 # ----------------------------------------------------------------------------- stacked loss kernels
 def test_stacked_triplet_equals_each_triplet_alone():
     gen = torch.Generator().manual_seed(3)

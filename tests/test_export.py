@@ -54,6 +54,26 @@ def test_torchscript_export_parity(tiny, tmp_path, capsys):
     check_exported(ckpt, export.load_runner(out, "torchscript"), frames=6)
 
 
+def test_a_model_compile_checkpoint_exports_as_a_plain_module(tiny, tmp_path):
+    """A run trained with MODEL.COMPILE stores it in its config; tracing cannot enter compiled regions,
+    so the export builds the model uncompiled (before: "using FX to torch.jit.trace a dynamo-optimized
+    function")."""
+    from configs import config_from_yaml_text
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+
+    _, ckpt = tiny
+    state = load_checkpoint(ckpt)
+    cfg = config_from_yaml_text(state["config"])
+    cfg.defrost()
+    cfg.MODEL.COMPILE = True
+    state["config"] = cfg.dump()
+    compiled_ckpt = str(tmp_path / "compiled_run.pth")
+    save_checkpoint(state, compiled_ckpt)
+    out = str(tmp_path / "model.pt")
+    assert export.main(["--model_path", compiled_ckpt, "--format", "torchscript", "--out", out, "--frames", "4"]) <= 1e-4
+    check_exported(ckpt, export.load_runner(out, "torchscript"), frames=4)
+
+
 def test_onnx_export_parity(tiny, tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime (pip install onnx onnxruntime)")
     _, ckpt = tiny

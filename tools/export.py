@@ -152,8 +152,9 @@ def export(model_path: str, fmt: str, out: str, frames: int | None = None, toler
             import onnxruntime  # noqa: F401
         except ImportError as exc:
             raise ExportError(f"ONNX export needs the onnx and onnxruntime packages ({exc}): pip install onnx onnxruntime") from None
-    # fp32 on CPU: the exported graph runs in full precision wherever it is deployed.
-    extractor = FeatureExtractor.from_checkpoint(model_path, device="cpu", amp="off", num_workers=0)
+    # fp32 on CPU: the exported graph runs in full precision wherever it is deployed. Never the
+    # compiled model of a MODEL.COMPILE run: tracing cannot go through torch.compile'd regions.
+    extractor = FeatureExtractor.from_checkpoint(model_path, device="cpu", amp="off", num_workers=0, compile=False)
     graph = EmbeddingGraph(extractor.model).eval()
     size = tuple(int(v) for v in extractor.cfg.INPUT.SIZE_TEST)
     frames = int(extractor.cfg.TEST.SEQ_LEN if frames is None else frames)
