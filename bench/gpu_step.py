@@ -16,13 +16,14 @@ Output: one line per measurement as it is taken, a Markdown table at the end, an
 Every measurement is in its own try/except: an error is recorded and the run goes on.
 
     python bench/gpu_step.py [--models b16,l14] [--quick] [--json gpu_step.json] [--device auto]
-        [--compile-mode reduce-overhead] [--skip-eager | --skip-compile]
+        [--compile-mode default,reduce-overhead] [--compile-models b16] [--skip-eager | --skip-compile]
 
 bench/gpu_session.sh runs this and the trainer's CUDA checks as one device command.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -41,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from configs import load_config  # noqa: E402
 from loss.build import build_loss  # noqa: E402
-from model.build import begin_compiled_step, build_model, compile_options, compile_regions  # noqa: E402
+from model.build import COMPILE_MODES, begin_compiled_step, build_model, compile_options, compile_regions  # noqa: E402
 from processor.inference import autocast  # noqa: E402
 from solver import build_optimizer  # noqa: E402
 
@@ -260,8 +261,9 @@ def region_breakdown(work: "Workload", steps: int) -> dict:
             for _ in range(steps):
                 regions.step()
         events = prof.events()
+        # The host-side ranges only: with CUDA activity each range also has a device-side twin.
         ranges = [(e.name[len("region:"):], e.time_range.start, e.time_range.end) for e in events
-                  if e.name.startswith("region:")]
+                  if e.name.startswith("region:") and e.device_type == torch.autograd.DeviceType.CPU]
         device_events = [(e.time_range.start, e.time_range.end, e.name) for e in events
                          if "CUDA" in str(getattr(e, "device_type", "")) and not getattr(e, "is_user_annotation", False)]
         for name, lo, hi in ranges:
@@ -306,10 +308,13 @@ def compile_seconds_by_region() -> dict:
     seconds: dict[str, float] = {}
     for metric in get_compilation_metrics():
         name = labels.get(metric.co_name or None, metric.co_name)
-        dynamo_us = getattr(metric, "dynamo_cumulative_compile_time_us", None) or 0
-        inductor_us = getattr(metric, "inductor_cumulative_compile_time_us", None) or 0
-        # A backward graph is compiled lazily, in its own record that has only Inductor time.
-        total_us = dynamo_us + inductor_us if metric.co_name else inductor_us
+        # A frame's Dynamo time includes its AOTAutograd and Inductor time (they run inside it); a
+        # backward graph is compiled lazily, in its own record.
+        if metric.co_name:
+            total_us = getattr(metric, "dynamo_cumulative_compile_time_us", None) or 0
+        else:
+            total_us = (getattr(metric, "backward_cumulative_compile_time_us", None)
+                        or getattr(metric, "inductor_cumulative_compile_time_us", None) or 0)
         seconds[name] = round(seconds.get(name, 0.0) + total_us / 1e6, 2)
     return seconds
 
@@ -446,20 +451,23 @@ def bench_eager(name: str, args, device: torch.device, recorder: Recorder, peak_
     record("eval_clips_per_s_eager")(work.eval_clips_per_s)
 
 
-def bench_compiled(name: str, args, device: torch.device, recorder: Recorder, peak_tflops: float | None) -> None:
-    """The same workload with MODEL.COMPILE's regional compilation (blocks, heads, memory update, loss).
+def bench_compiled(name: str, mode: str, args, device: torch.device, recorder: Recorder,
+                   peak_tflops: float | None) -> None:
+    """The same workload with MODEL.COMPILE's regional compilation (blocks, heads, memory update, loss)
+    in MODEL.COMPILE_MODE ``mode``; results under ``name`` (default mode) or ``name/mode``.
 
     Should the compiled step fail, the backbone blocks alone are compiled and measured instead (keys
     ending in ``_blocks_only``), so the run still says what compiling the backbone gives."""
     backend = args.compile_backend or ("inductor" if device.type == "cuda" else "eager")
-    recorder.put(name, "compile_backend", f"{backend} ({args.compile_mode})")
+    label = name if mode == "default" else f"{name}/{mode}"
+    recorder.put(label, "compile_backend", f"{backend} ({mode})")
     for suffix in ("", "_blocks_only"):
         work = Workload(name, args, device)
         # What build_model / build_loss do for MODEL.COMPILE (here with a choosable backend).
-        compile_regions(work.model, args.compile_mode, backend=backend, heads=not suffix)
+        compile_regions(work.model, mode, backend=backend, heads=not suffix)
         if not suffix:
-            work.loss_fn = torch.compile(work.loss_fn.__call__, **compile_options(args.compile_mode, backend))
-        if measure_compiled(name, suffix, work, device, recorder, peak_tflops):
+            work.loss_fn = torch.compile(work.loss_fn.__call__, **compile_options(mode, backend))
+        if measure_compiled(label, suffix, work, device, recorder, peak_tflops, eager_name=name):
             return
         del work
         gc.collect()
@@ -469,8 +477,9 @@ def bench_compiled(name: str, args, device: torch.device, recorder: Recorder, pe
 
 
 def measure_compiled(name: str, suffix: str, work: Workload, device: torch.device, recorder: Recorder,
-                     peak_tflops: float | None) -> bool:
-    """Compiled-step figures under keys ending in ``suffix``; False when the first compiled step failed."""
+                     peak_tflops: float | None, eager_name: str) -> bool:
+    """Compiled-step figures under keys ending in ``suffix`` (ratios against the eager figures of
+    ``eager_name``); False when the first compiled step failed."""
     record = lambda key: measure(recorder, name, key + suffix)  # noqa: E731
 
     def first_step() -> float:
@@ -489,7 +498,7 @@ def measure_compiled(name: str, suffix: str, work: Workload, device: torch.devic
     compiled_s = record("sas_step_compiled_s")(lambda: work.seconds(work.sas_step))
     # The backbone-only step on the same compiled blocks: the heads' share of the compiled step.
     base_compiled_s = record("backbone_step_compiled_s")(lambda: work.seconds(work.backbone_step))
-    earlier = recorder.data["results"].get(name, {})
+    earlier = recorder.data["results"].get(eager_name, {})
     eager_s, base_s, sas_flops = (earlier.get(k) for k in ("sas_step_eager_s", "backbone_step_s", "sas_forward_gflop"))
     if compiled_s:
         recorder.put(name, "compile_time_s" + suffix, first - compiled_s)
@@ -607,7 +616,8 @@ def breakdown_table(name: str, results: dict) -> list[str]:
                 cells += [fmt.format(row[key]) if key in row else "–" for _, key, fmt in fields]
             lines.append(f"| {region} | " + " | ".join(cells) + " |")
     if isinstance(results.get("compile_s_by_region"), dict):
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in results["compile_s_by_region"].items())
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in results["compile_s_by_region"].items()) or (
+            "nothing compiled (graphs reused from an earlier compilation in this process)")
         lines += ["", f"{name}: compile seconds by region (first compiled step): {parts}"]
     return lines
 
@@ -625,7 +635,8 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-clips", type=int, default=32)
     parser.add_argument("--eval-frames", type=int, default=16)
     parser.add_argument("--compile-mode", default="default",
-                        help="MODEL.COMPILE_MODE: default, max-autotune-no-cudagraphs, reduce-overhead")
+                        help="comma list of MODEL.COMPILE_MODE: default, max-autotune-no-cudagraphs, reduce-overhead")
+    parser.add_argument("--compile-models", default="", help="models for the compiled figures (default: --models)")
     parser.add_argument("--compile-backend", default="",
                         help="torch.compile backend (default: inductor on CUDA, eager on CPU)")
     parser.add_argument("--skip-compile", action="store_true")
@@ -639,9 +650,14 @@ def main(argv=None) -> None:
         device = torch.device(args.device)
     names = [n.strip() for n in args.models.split(",") if n.strip()] or (
         ["b16", "l14"] if device.type == "cuda" else ["tiny"])
-    unknown = [n for n in names if n not in MODELS]
+    compile_names = [n.strip() for n in args.compile_models.split(",") if n.strip()] or names
+    modes = [m.strip() for m in args.compile_mode.split(",") if m.strip()]
+    unknown = [n for n in names + compile_names if n not in MODELS]
     if unknown:
-        parser.error(f"unknown --models {unknown}; choose from {sorted(MODELS)}")
+        parser.error(f"unknown --models / --compile-models {unknown}; choose from {sorted(MODELS)}")
+    bad_modes = [m for m in modes if m not in COMPILE_MODES]
+    if bad_modes:
+        parser.error(f"unknown --compile-mode {bad_modes}; choose from {list(COMPILE_MODES)}")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -653,21 +669,22 @@ def main(argv=None) -> None:
     peak = measure(recorder, "run", "matmul_peak_tflops")(lambda: matmul_peak(device, args.quick))
     recorder.put("run", "matmul_dtype", "bf16" if device.type == "cuda" else "fp32")
     run_start = time.perf_counter()
-    # All eager figures first, then the compiled ones: a run cut short by its time limit still has the
-    # eager table of every model.
-    phases = ([] if args.skip_eager else [("eager", bench_eager)]) + (
-        [] if args.skip_compile else [("compiled", bench_compiled)])
-    for phase, bench in phases:
-        for name in names:
-            try:
-                bench(name, args, device, recorder, peak)
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory while building: go on
-                recorder.error(name, phase, exc)
-            finally:
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            recorder.put("run", f"elapsed_after_{phase}_{name}_s", time.perf_counter() - run_start)
+    # All eager figures first, then the compiled ones (per model, each mode): a run cut short by its
+    # time limit still has the eager table of every model.
+    jobs = [] if args.skip_eager else [(f"eager_{name}", name, functools.partial(bench_eager, name)) for name in names]
+    if not args.skip_compile:
+        jobs += [(f"compiled_{name}_{mode}", name, functools.partial(bench_compiled, name, mode))
+                 for name in compile_names for mode in modes]
+    for job, name, bench in jobs:
+        try:
+            bench(args, device, recorder, peak)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory while building: go on
+            recorder.error(name, job, exc)
+        finally:
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        recorder.put("run", f"elapsed_after_{job}_s", time.perf_counter() - run_start)
     print()
     print(markdown_table(recorder.data), flush=True)
 

@@ -20,7 +20,9 @@ def _gru_kernel(inputs: Tensor, weights: List[Tensor], num_layers: int, train: b
     ``train``: keep what a backward needs (cuDNN differentiates only a training-mode call)."""
     hidden = weights[1].shape[1]  # weight_hh_l0: (3 * hidden, hidden)
     state = inputs.new_zeros(num_layers, inputs.shape[0], hidden)
-    output, _ = torch._VF.gru(inputs, state, weights, True, num_layers, 0.0, train, False, True)
+    # The caller chose the dtype; CUDA autocast would run cuDNN's RNN in fp16 whatever it is.
+    with torch.autocast(inputs.device.type, enabled=False):
+        output, _ = torch._VF.gru(inputs, state, weights, True, num_layers, 0.0, train, False, True)
     return output
 
 
@@ -28,7 +30,6 @@ def _gru_kernel(inputs: Tensor, weights: List[Tensor], num_layers: int, train: b
 def gru_op(inputs: Tensor, weights: List[Tensor], num_layers: int) -> Tensor:
     """inputs (B, T, F), weights as nn.GRU's ``_flat_weights`` (all of one dtype) -> output (B, T, H),
     contiguous as its fake (the kernel's batch_first output may be a transposed view)."""
-    # A custom op runs with autocast off: the kernel runs in the dtype the caller chose.
     return _gru_kernel(inputs, weights, num_layers, train=False).contiguous()
 
 
@@ -48,7 +49,9 @@ def gru_backward_op(grad_output: Tensor, inputs: Tensor, weights: List[Tensor], 
         leaves = [inputs.detach().requires_grad_(), *(w.detach().requires_grad_() for w in weights)]
         output = _gru_kernel(leaves[0], leaves[1:], num_layers, train=True)
         grads = torch.autograd.grad(output, leaves, grad_output)
-    return [grad.contiguous() for grad in grads]
+    # Copies: cuDNN returns the weight gradients as views of one flat buffer, and a custom op's
+    # outputs may not alias each other.
+    return [grad.clone(memory_format=torch.contiguous_format) for grad in grads]
 
 
 @gru_backward_op.register_fake
@@ -75,7 +78,9 @@ def run_gru(gru: nn.GRU, inputs: Tensor) -> Tensor:
     """inputs (B, T, F) -> output (B, T, H) of a batch_first, one-direction ``gru`` from a zero state.
 
     Under torch.compile the GRU is the opaque op ``sas::gru``, run in the dtype of ``inputs`` (under
-    autocast: the dtype the layer before it produced); otherwise ``gru(inputs)`` itself. Dynamo
+    autocast: the dtype the layer before it produced, bf16 with SOLVER.AMP bf16, where eager CUDA
+    autocast runs cuDNN's RNN in fp16); otherwise ``gru(inputs)`` itself. The weights, cast per call,
+    are not one flat buffer, so cuDNN packs them on each call (and warns once); they are small. Dynamo
     touches a GRU module only with ``torch._dynamo.config.allow_rnn`` (set by
     :func:`model.build.compile_options`).
     """

@@ -1,10 +1,13 @@
 """model.rnn: under torch.compile a GRU is one opaque op (sas::gru) with the same outputs and gradients
-as nn.GRU; outside torch.compile it is nn.GRU itself."""
+as nn.GRU; outside torch.compile it is nn.GRU itself. The CUDA cases (cuDNN) run where a GPU is."""
 import pytest
 import torch
 from torch import nn
 
+import model.rnn as rnn
 from model.rnn import gru_op, run_gru
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(autouse=True)
@@ -14,25 +17,49 @@ def allow_rnn():
         yield
 
 
-def gru_and_inputs(input_dim=6, hidden=5, layers=2, batch=3, frames=4, seed=0):
+def gru_and_inputs(input_dim=6, hidden=5, layers=2, batch=3, frames=4, seed=0, device="cpu"):
     torch.manual_seed(seed)
-    gru = nn.GRU(input_dim, hidden, num_layers=layers, batch_first=True)
-    return gru, torch.randn(batch, frames, input_dim, requires_grad=True)
+    gru = nn.GRU(input_dim, hidden, num_layers=layers, batch_first=True).to(device)
+    return gru, torch.randn(batch, frames, input_dim, device=device, requires_grad=True)
 
 
 def gradients(output, gru, inputs, weight):
     return torch.autograd.grad((output * weight).sum(), [inputs, *gru.parameters()])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layers", [1, 2])
-def test_compiled_gru_equals_nn_gru_in_outputs_and_gradients(layers):
-    gru, inputs = gru_and_inputs(layers=layers)
+def test_compiled_gru_equals_nn_gru_in_outputs_and_gradients(layers, device):
+    gru, inputs = gru_and_inputs(layers=layers, device=device)
+    backends = ["aot_eager"] + (["inductor"] if device == "cuda" else [])  # Inductor on CPU: minutes
+    for backend in backends:
+        compiled = torch.compile(run_gru, backend=backend, fullgraph=True)
+        got, want = compiled(gru, inputs), gru(inputs)[0]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        weight = torch.randn_like(want)
+        for a, b in zip(gradients(got, gru, inputs, weight), gradients(want, gru, inputs, weight)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_weight_gradients_sharing_one_buffer_are_returned_as_copies(monkeypatch):
+    """cuDNN returns the weight gradients as views of one flat buffer; a custom op may not return
+    aliased outputs (this fails on CUDA without the copies, and here with gradients made to alias)."""
+    grad = torch.autograd.grad
+
+    def aliased_grad(outputs, leaves, grad_outputs=None, **kwargs):
+        grads = grad(outputs, leaves, grad_outputs, **kwargs)
+        flat = torch.cat([g.flatten() for g in grads[1:]])
+        views, start = [], 0
+        for g in grads[1:]:
+            views.append(flat[start:start + g.numel()].view_as(g))
+            start += g.numel()
+        return (grads[0], *views)
+
+    monkeypatch.setattr(rnn.torch.autograd, "grad", aliased_grad)
+    gru, inputs = gru_and_inputs()
     compiled = torch.compile(run_gru, backend="aot_eager", fullgraph=True)
-    got, want = compiled(gru, inputs), gru(inputs)[0]
-    torch.testing.assert_close(got, want)
-    weight = torch.randn_like(want)
-    for a, b in zip(gradients(got, gru, inputs, weight), gradients(want, gru, inputs, weight)):
-        torch.testing.assert_close(a, b)
+    compiled(gru, inputs).sum().backward()
+    assert all(p.grad is not None for p in gru.parameters())
 
 
 def test_compiled_graph_holds_one_gru_op_not_its_time_steps():
@@ -49,8 +76,9 @@ def test_compiled_graph_holds_one_gru_op_not_its_time_steps():
     assert not any("gru" in t and "sas" not in t for t in targets)  # no aten GRU to decompose
 
 
-def test_gru_op_meets_the_custom_op_contract():
-    gru, inputs = gru_and_inputs()
+@pytest.mark.parametrize("device", DEVICES)
+def test_gru_op_meets_the_custom_op_contract(device):
+    gru, inputs = gru_and_inputs(device=device)
     weights = [w.detach() for w in gru._flat_weights]
     torch.library.opcheck(gru_op, (inputs.detach().requires_grad_(), weights, gru.num_layers))
 
@@ -63,10 +91,13 @@ def test_outside_compile_run_gru_is_the_module_call():
     assert len(calls) == 2
 
 
-def test_compiled_gru_under_autocast_runs_in_the_input_dtype():
-    gru, inputs = gru_and_inputs()
-    compiled = torch.compile(run_gru, backend="aot_eager", fullgraph=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_gru_under_autocast_runs_in_the_input_dtype(device, backend):
+    """bf16 in, bf16 out, fp32 weight gradients; CUDA autocast (fp16 for cuDNN RNNs) does not reach in."""
+    gru, inputs = gru_and_inputs(device=device)
+    compiled = torch.compile(run_gru, backend=backend, fullgraph=True)
+    with torch.autocast(device, dtype=torch.bfloat16):
         got = compiled(gru, inputs.to(torch.bfloat16))
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), gru(inputs)[0], atol=3e-2, rtol=3e-2)
