@@ -72,12 +72,12 @@ def forward_clips(model: torch.nn.Module, frames: torch.Tensor, camids: torch.Te
     not depend on its batch-mates, so padding changes no result.
     """
     count = frames.shape[0]
+    frames = frames.to(device, non_blocking=True)  # before any padding: pinned host memory copies async
+    camids = camids.to(device, non_blocking=True)
+    views = views.to(device, non_blocking=True)
     if batch_size and 0 < count < batch_size and getattr(getattr(model, "module", model), "compiled_regions", False):
         frames, camids, views = (torch.cat([x, x[-1:].expand(batch_size - count, *x.shape[1:])])
                                  for x in (frames, camids, views))
-    frames = frames.to(device, non_blocking=True)
-    camids = camids.to(device, non_blocking=True)
-    views = views.to(device, non_blocking=True)
     begin_compiled_step(model)
     with autocast(device, amp_dtype):
         result = model(frames, camids, views)

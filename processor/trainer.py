@@ -18,6 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from configs import ConfigError
 from datasets.build import build_dataset, build_train_loader
 from loss.build import build_loss
 from model.build import begin_compiled_step, build_model, check_weight_files
@@ -112,6 +113,15 @@ def epoch_seed(base_seed: int, epoch: int, rank: int) -> int:
     return base_seed + 1_000_003 * epoch + 7919 * rank
 
 
+def check_training_settings(cfg) -> None:
+    """ConfigError for settings that cannot train together (before any data is read)."""
+    if cfg.MODEL.COMPILE and cfg.MODEL.COMPILE_MODE == "reduce-overhead" and cfg.SOLVER.ACCUM_STEPS > 1:
+        raise ConfigError(
+            f"SOLVER.ACCUM_STEPS {cfg.SOLVER.ACCUM_STEPS} cannot be used with MODEL.COMPILE_MODE reduce-overhead: "
+            "its CUDA graphs reuse the memory of the gradients accumulated between optimizer steps. "
+            "Set SOLVER.ACCUM_STEPS 1 or MODEL.COMPILE_MODE default.")
+
+
 class Trainer:
     """Owns the model, loss, optimizer, schedule and loaders of one training run.
 
@@ -129,6 +139,7 @@ class Trainer:
         self.is_main = self.rank == 0
 
         check_weight_files(cfg)  # a missing weight file fails now, not after the dataset scan
+        check_training_settings(cfg)
         seed_everything(cfg.SOLVER.SEED)
         self.dataset = build_dataset(cfg)  # logs its statistics table
         self.num_classes = self.dataset.num_train_pids

@@ -277,6 +277,11 @@ def test_convert_smpl_reports_a_missing_or_wrong_file_in_one_line(tmp_path, caps
     source.write_bytes(b"")
     assert main([str(source), str(tmp_path / "smpl.txt")]) == 1
     assert "must be a .npz file" in capsys.readouterr().err
+    for content in (b"", b"not a pickle at all", pickle.dumps({"v_template": 1})[:-5]):  # empty, junk, truncated
+        source.write_bytes(content)
+        assert main([str(source), str(tmp_path / "smpl.npz")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(source) in err and "Traceback" not in err
 
 
 def spin_loop(regressor, features):
@@ -311,3 +316,17 @@ def test_fused_regressor_equals_spin_loop_outputs_and_gradients():
 
     for got, want in zip(gradients(fused), gradients(reference)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_regressor_under_bf16_autocast_stays_close_to_spin_loop():
+    """Under autocast the feature and parameter halves of fc1 round to bf16 separately (SPIN's single
+    fc1 rounds once): the difference stays at bf16 rounding level; the parameters stay fp32."""
+    torch.manual_seed(0)
+    regressor = build_prsd(small_cfg("MODEL.PRSD.DROPOUT", "0.0"), in_dim=16).regressor.train()
+    features = torch.randn(12, regressor.fc1.in_features - 157)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = regressor(features.to(torch.bfloat16))
+        reference = spin_loop(regressor, features.to(torch.bfloat16))
+    for name in ("pose6d", "betas", "cam"):
+        assert fused[name].dtype == torch.float32
+        torch.testing.assert_close(fused[name], reference[name].float(), rtol=2e-2, atol=2e-2)

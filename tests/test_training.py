@@ -166,3 +166,19 @@ def test_cuda_graph_steps_follow_the_compile_mode():
         _, model = tiny()
         compile_regions(model, mode, backend=backend)  # lazy: nothing is compiled until a call
         assert model.cuda_graph_steps is expected, (mode, backend)
+
+
+def test_gradient_accumulation_under_cuda_graphs_is_refused_in_one_line(tmp_path):
+    """CUDA graphs (reduce-overhead) reuse the memory of gradients accumulated across micro-steps."""
+    from configs import ConfigError, load_config
+    from processor.trainer import check_training_settings
+
+    opts = ["MODEL.COMPILE", "True", "MODEL.COMPILE_MODE", "reduce-overhead", "SOLVER.ACCUM_STEPS", "2"]
+    with pytest.raises(ConfigError, match="SOLVER.ACCUM_STEPS 2 cannot be used with MODEL.COMPILE_MODE reduce-overhead"):
+        check_training_settings(load_config(None, opts))
+    check_training_settings(load_config(None, opts[:-1] + ["1"]))
+    check_training_settings(load_config(None, ["MODEL.COMPILE", "True", "SOLVER.ACCUM_STEPS", "2"]))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config_file", DEMO, *opts,
+                             "OUTPUT_DIR", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "SOLVER.ACCUM_STEPS 2 cannot be used" in result.stderr

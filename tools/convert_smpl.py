@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 from typing import Dict, List, Tuple
 
@@ -73,6 +74,9 @@ def main(argv=None) -> int:
         arrays, dropped = convert(args.source, args.target)
     except (OSError, ValueError, WriteFailure) as exc:  # a missing or wrong file, a full disk: one line
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (EOFError, pickle.UnpicklingError) as exc:  # an empty, truncated or non-pickle file
+        print(f"error: {args.source} is not a readable SMPL pickle ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 1
     for key, array in sorted(arrays.items()):
         print(f"  {key:24s} {str(array.dtype):8s} {tuple(array.shape)}")
