@@ -2,16 +2,18 @@
 # Every GPU check of issue 10 as one command for a lent device machine. It ends within
 # SESSION_SECONDS (560, under the device's 10-minute limit per command); each part has its own time
 # limit, cut to what is left, and a part that fails does not stop the others:
+#   0. tests/test_rnn.py, whose CUDA cases run the GRU op on cuDNN and through Inductor;
 #   1. the trainer's own CUDA path: train.py on the demo config (bf16 autocast) eager, then with
 #      MODEL.COMPILE reduce-overhead, and evaluate_all_cases.py on the compiled run's checkpoint;
-#   2. bench/gpu_step.py --quick: ViT-B/16 and ViT-L/14, eager and MODEL.COMPILE, step by region
-#      (its JSON is rewritten after every figure: a cut run keeps what it measured);
-#   3. ViT-B/16 compiled with CUDA graphs (MODEL.COMPILE_MODE reduce-overhead).
+#   2. bench/gpu_step.py --quick: ViT-B/16 and ViT-L/14 eager, then each compiled in the default mode
+#      and with CUDA graphs (reduce-overhead), the step by region and compile seconds by region.
 # Results go to OUT_DIR (default $OUT, else /tmp/gpu_session): *.json, *.txt logs, summary.txt.
 #   bash bench/gpu_session.sh [OUT_DIR]
-# The machine's Python may lack open_clip_torch, smplx, yacs, ftfy and wcwidth and reach no registry:
-# put their wheels in .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl
-# open_clip_torch smplx yacs ftfy wcwidth) and carry .whl; they are installed into /tmp/site here.
+# The machine's Python may lack open_clip_torch, smplx, yacs, ftfy, wcwidth and pytest and reach no
+# registry: put their wheels in .whl/ and carry .whl (installed into /tmp/site here):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl open_clip_torch smplx yacs \
+#       ftfy wcwidth pytest pluggy iniconfig packaging pygments
+# At most 7 files land in OUT_DIR (the device returns 8).
 # A CPU rehearsal: TRAIN_DEVICE=cpu TRAIN_OPTS="<small-run overrides>" SESSION_SCALE=<n> (limits x n).
 set -u
 cd "$(dirname "$0")/.."
@@ -45,15 +47,18 @@ fi
 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" | tee -a "$summary"
 
+# 0. the GPU variants of the GRU op's tests (cuDNN, Inductor on CUDA): a broken op fails here, in seconds
+part preflight 60 "$python" -m pytest -q -p no:cacheprovider tests/test_rnn.py
+
 runs=$(mktemp -d)
 common=(--config_file configs/demo.yml MODEL.DEVICE "${TRAIN_DEVICE:-auto}" DATASETS.ROOT_DIR "$runs/data"
         DATASETS.SYNTHETIC_IF_MISSING True DATALOADER.NUM_WORKERS 4 SOLVER.MAX_EPOCHS 2 SOLVER.EVAL_PERIOD 1
         SOLVER.CHECKPOINT_PERIOD 1 ${TRAIN_OPTS:-})
-part train_eager 40 "$python" train.py "${common[@]}" OUTPUT_DIR "$runs/eager"
-part train_cudagraphs 90 "$python" train.py "${common[@]}" OUTPUT_DIR "$runs/compiled" MODEL.COMPILE True \
+part train_eager 35 "$python" train.py "${common[@]}" OUTPUT_DIR "$runs/eager"
+part train_cudagraphs 110 "$python" train.py "${common[@]}" OUTPUT_DIR "$runs/compiled" MODEL.COMPILE True \
     MODEL.COMPILE_MODE reduce-overhead
 # The checkpoint's config (MODEL.COMPILE reduce-overhead) builds the evaluated model.
-part evaluate_cudagraphs 40 "$python" evaluate_all_cases.py --model_path "$runs/compiled/checkpoint_last.pth" \
+part evaluate_cudagraphs 35 "$python" evaluate_all_cases.py --model_path "$runs/compiled/checkpoint_last.pth" \
     DATASETS.ROOT_DIR "$runs/data" MODEL.DEVICE "${TRAIN_DEVICE:-auto}"
 for run in eager cudagraphs; do  # each run's epoch lines (loss, clips/s) and validation for the summary
     grep -ho "epoch [0-9]* done in.*\|Validation mAP-3.*" "$out/train_$run.txt" 2>/dev/null | sed "s/^/train_$run: /" \
@@ -62,9 +67,10 @@ done
 grep -h "mAP-3 (pooled\|mean over cases" "$out/evaluate_cudagraphs.txt" 2>/dev/null | sed "s/^/evaluate: /" >> "$summary"
 rm -rf "$runs"
 
-part gpu_step 300 "$python" bench/gpu_step.py --quick --json "$out/gpu_step.json"
-part gpu_step_cudagraphs 150 "$python" bench/gpu_step.py --quick --models "${CUDAGRAPH_MODELS:-b16}" --skip-eager \
-    --compile-mode reduce-overhead --json "$out/gpu_step_cudagraphs.json"
+# One process, all that is left of the time: eager B/16 and L/14, then per model the compiled step in
+# the default mode and with CUDA graphs (its JSON keeps every figure taken before a cut).
+part gpu_step 400 "$python" bench/gpu_step.py --quick --models "${BENCH_MODELS:-b16,l14}" \
+    --compile-mode default,reduce-overhead --json "$out/gpu_step.json"
 
 echo "summary: $summary"
 cat "$summary"
