@@ -48,7 +48,7 @@ fi
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" | tee -a "$summary"
 
 # 0. the GPU variants of the GRU op's tests (cuDNN, Inductor on CUDA): a broken op fails here, in seconds
-part preflight 60 "$python" -m pytest -q -p no:cacheprovider tests/test_rnn.py
+part preflight 90 "$python" -m pytest -q -p no:cacheprovider tests/test_rnn.py
 
 runs=$(mktemp -d)
 common=(--config_file configs/demo.yml MODEL.DEVICE "${TRAIN_DEVICE:-auto}" DATASETS.ROOT_DIR "$runs/data"
