@@ -5,7 +5,8 @@ arithmetic per step, layer and direction, forward and backward): PRSD's two 2-la
 become about 60% of the heads' training graph, which the compiler then traces, partitions and
 generates code for, at 16 frames in evaluation twice that. :func:`run_gru` keeps the GRU one opaque
 op in a compiled graph (``sas::gru``, its backward ``sas::gru_backward``) that runs the same kernel
-as eager mode (cuDNN on CUDA). Outside torch.compile it is the module call itself.
+as eager mode (cuDNN on CUDA), in the dtype of its input (see :func:`run_gru`). Outside torch.compile
+it is the module call itself.
 """
 from __future__ import annotations
 
