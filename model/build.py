@@ -58,12 +58,18 @@ def compile_options(mode: str = "default", backend: str = "inductor", fullgraph:
     return options
 
 
+def compile_flag(model, name: str) -> bool:
+    """A flag :func:`compile_regions` sets on the model (``compiled_regions``, ``cuda_graph_steps``);
+    ``model`` may be wrapped (DDP)."""
+    return bool(getattr(getattr(model, "module", model), name, False))
+
+
 def begin_compiled_step(model) -> None:
     """Call before every training step and every eval forward. Under MODEL.COMPILE_MODE reduce-overhead
     the CUDA graphs reuse their output memory; marking the step boundary tells them the previous
     step's outputs are no longer read (else: "accessing tensor output of CUDAGraphs that has been
     overwritten by a subsequent run"). ``model`` may be wrapped (DDP); a no-op for other modes."""
-    if getattr(getattr(model, "module", model), "cuda_graph_steps", False):
+    if compile_flag(model, "cuda_graph_steps"):
         torch.compiler.cudagraph_mark_step_begin()
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from datasets.build import build_inference_loader
 from datasets.detreidx import CASE_NAMES, CaseSplit, Tracklet
 from datasets.sampling import SAMPLING_MODES
-from model.build import begin_compiled_step
+from model.build import begin_compiled_step, compile_flag
 from utils.distributed import is_main_process
 from utils.metrics import check_finite_features, compute_distance, evaluate_ranking, rank_gallery
 from utils.protocol import FRAME_EXTENSIONS, natural_sort_key
@@ -75,7 +75,7 @@ def forward_clips(model: torch.nn.Module, frames: torch.Tensor, camids: torch.Te
     frames = frames.to(device, non_blocking=True)  # before any padding: pinned host memory copies async
     camids = camids.to(device, non_blocking=True)
     views = views.to(device, non_blocking=True)
-    if batch_size and 0 < count < batch_size and getattr(getattr(model, "module", model), "compiled_regions", False):
+    if batch_size and 0 < count < batch_size and compile_flag(model, "compiled_regions"):
         frames, camids, views = (torch.cat([x, x[-1:].expand(batch_size - count, *x.shape[1:])])
                                  for x in (frames, camids, views))
     begin_compiled_step(model)
@@ -491,7 +491,7 @@ class FeatureExtractor:
                 f"clips must be (B, T, 3, {size[0]}, {size[1]}) (INPUT.SIZE_TEST of the checkpoint), got {tuple(frames.shape)}"
             )
         camid_tensor = torch.tensor(self._camids(camids, frames.shape[0]), dtype=torch.long, device=self.device)
-        batch = max(int(self.cfg.TEST.IMS_PER_BATCH), 1)
+        batch = self.graph.batch_size
         chunks = [self.graph(frames[i:i + batch].to(self.device), camid_tensor[i:i + batch])
                   for i in range(0, frames.shape[0], batch)]
         embedding = torch.cat(chunks) if chunks else torch.zeros(0, self.embedding_dim)
