@@ -340,7 +340,7 @@ class Workload:
 
         torch.manual_seed(0)
         self.model = model = build_model(cfg, num_classes=classes, num_cameras=NUM_CAMERAS).to(device).train()
-        self.loss_fn = build_loss(cfg, classes)
+        self.loss_fn = build_loss(cfg, classes, device)
         self.optimizer = build_optimizer(cfg, model)
         video = torch.randn(clips, frames, 3, height, width, device=device)
         camids = torch.arange(clips, device=device) % NUM_CAMERAS

@@ -25,7 +25,7 @@ class SASLoss:
     The logged values are the weighted terms, so they sum to the total.
     """
 
-    def __init__(self, cfg, num_classes: int):
+    def __init__(self, cfg, num_classes: int, device: torch.device | str | None = None):
         lc = cfg.LOSS
         self.num_classes = num_classes
         self.id_weight = lc.ID_WEIGHT
@@ -36,7 +36,9 @@ class SASLoss:
         self.shape_prior_weight = lc.SHAPE_PRIOR_WEIGHT
         self.epsilon = lc.LABEL_SMOOTH
         self.margin = lc.TRIPLET_MARGIN
-        self.prior_mean = torch.tensor(lc.SHAPE_PRIOR_MEAN, dtype=torch.float32)
+        # Made on the training device once: a host tensor moved there in every step is a copy from
+        # pageable memory, which waits for the GPU to drain its queue (a host sync per step).
+        self.prior_mean = torch.tensor(lc.SHAPE_PRIOR_MEAN, dtype=torch.float32, device=device)
         for key in ("ID_WEIGHT", "TRIPLET_WEIGHT", "MEMORY_WEIGHT", "FRAME_ID_WEIGHT", "SHAPE_ID_WEIGHT",
                     "SHAPE_PRIOR_WEIGHT"):
             if lc[key] < 0:
@@ -97,10 +99,11 @@ class SASLoss:
         return total, terms
 
 
-def build_loss(cfg, num_classes: int) -> LossFn:
-    """The training loss of SASModel from ``cfg.LOSS`` (see :class:`SASLoss`); one compiled graph when
+def build_loss(cfg, num_classes: int, device: torch.device | str | None = None) -> LossFn:
+    """The training loss of SASModel from ``cfg.LOSS`` (see :class:`SASLoss`) for outputs on ``device``
+    (default CPU; any other device works, at the cost of a copy per step); one compiled graph when
     MODEL.COMPILE (mode MODEL.COMPILE_MODE)."""
-    loss = SASLoss(cfg, num_classes)
+    loss = SASLoss(cfg, num_classes, device)
     if cfg.MODEL.COMPILE:
         from model.build import compile_options
 

@@ -10,10 +10,16 @@ it is the module call itself.
 """
 from __future__ import annotations
 
+import warnings
 from typing import List
 
 import torch
 from torch import Tensor, nn
+
+# The weights reach cuDNN cast per call, so never as one flat buffer: it packs them on each call (they
+# are small) and says so in a warning that would otherwise repeat in every training log.
+warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk",
+                        category=UserWarning, module=__name__)
 
 
 def _gru_kernel(inputs: Tensor, weights: List[Tensor], num_layers: int, train: bool) -> Tensor:
@@ -81,7 +87,7 @@ def run_gru(gru: nn.GRU, inputs: Tensor) -> Tensor:
     Under torch.compile the GRU is the opaque op ``sas::gru``, run in the dtype of ``inputs`` (under
     autocast: the dtype the layer before it produced, bf16 with SOLVER.AMP bf16, where eager CUDA
     autocast runs cuDNN's RNN in fp16); otherwise ``gru(inputs)`` itself. The weights, cast per call,
-    are not one flat buffer, so cuDNN packs them on each call (and warns once); they are small. Dynamo
+    are not one flat buffer, so cuDNN packs them on each call (its warning is silenced); they are small. Dynamo
     touches a GRU module only with ``torch._dynamo.config.allow_rnn`` (set by
     :func:`model.build.compile_options`).
     """

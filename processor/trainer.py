@@ -149,7 +149,7 @@ class Trainer:
         self.model = build_model(cfg, num_classes=self.num_classes, num_cameras=self.num_cameras).to(device)
         if self.world_size > 1 and cfg.SOLVER.SYNC_BN:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.loss_fn = build_loss(cfg, self.num_classes)
+        self.loss_fn = build_loss(cfg, self.num_classes, self.device)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.amp_dtype = resolve_amp_dtype(cfg.SOLVER.AMP, device)

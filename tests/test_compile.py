@@ -121,6 +121,49 @@ def test_training_hot_path_never_reads_a_tensor_back_to_the_host():
     assert detector.syncs == ["aten::_local_scalar_dense"]
 
 
+
+class HostTensorDetector(TorchDispatchMode):
+    """Records every op that takes or makes a CPU tensor. On a GPU, moving a host tensor to the device
+    without pinned memory is a copy that waits for the GPU's queue to drain: a host sync."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "cpu" for t in tensors):
+            self.ops.append(func.name())
+        return out
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_step_on_an_accelerator_touches_no_host_tensor(training):
+    """The meta device stands in for a GPU: the model, the batch and the loss live there, and no op of
+    the forward, the loss, the backward or the memory update may read a host tensor (the loss's shape
+    prior was once a CPU tensor copied to the device in every step)."""
+    cfg, model = tiny()
+    device = torch.device("meta")
+    model = model.to(device).train(training)
+    loss_fn = build_loss(cfg, NUM_CLASSES, device)
+    frames, camids, views, labels = (t.to(device) for t in batch())
+    detector = HostTensorDetector()
+    with detector:
+        if training:
+            out = model(frames, camids, views, labels)
+            total, _ = loss_fn(out, labels)
+            total.backward()
+            model.memory.update(out["memory_feat"].detach(), labels)
+        else:
+            with torch.no_grad():
+                model(frames, camids, views)
+    assert detector.ops == []
+    # The detector sees a host tensor when there is one.
+    with detector:
+        frames + torch.ones(()).to(device)
+    assert detector.ops == ["aten::ones", "aten::_to_copy"]
+
 # ----------------------------------------------------------------------------- MODEL.COMPILE
 def test_model_compile_builds_compiled_regions_and_checks_the_mode():
     cfg, model = tiny("MODEL.COMPILE", "True")

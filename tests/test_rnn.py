@@ -1,5 +1,10 @@
 """model.rnn: under torch.compile a GRU is one opaque op (sas::gru) with the same outputs and gradients
 as nn.GRU; outside torch.compile it is nn.GRU itself. The CUDA cases (cuDNN) run where a GPU is."""
+import os
+import subprocess
+import sys
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -13,8 +18,12 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture(autouse=True)
 def allow_rnn():
     # Dynamo wraps GRU modules only with allow_rnn (model.build.compile_options sets it for MODEL.COMPILE).
+    # Every test compiles run_gru anew: without a reset its compilations pile up across the tests (one per
+    # device, backend and autocast state) until Dynamo's recompile limit refuses the next (seen on CUDA).
+    torch._dynamo.reset()
     with torch._dynamo.config.patch(allow_rnn=True):
         yield
+    torch._dynamo.reset()
 
 
 def gru_and_inputs(input_dim=6, hidden=5, layers=2, batch=3, frames=4, seed=0, device="cpu"):
@@ -34,11 +43,27 @@ def test_compiled_gru_equals_nn_gru_in_outputs_and_gradients(layers, device):
     backends = ["aot_eager"] + (["inductor"] if device == "cuda" else [])  # Inductor on CPU: minutes
     for backend in backends:
         compiled = torch.compile(run_gru, backend=backend, fullgraph=True)
-        got, want = compiled(gru, inputs), gru(inputs)[0]
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-        weight = torch.randn_like(want)
-        for a, b in zip(gradients(got, gru, inputs, weight), gradients(want, gru, inputs, weight)):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        with warnings.catch_warnings(record=True) as caught:
+            got, want = compiled(gru, inputs), gru(inputs)[0]
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+            weight = torch.randn_like(want)
+            for a, b in zip(gradients(got, gru, inputs, weight), gradients(want, gru, inputs, weight)):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        # cuDNN's note that it packs the per-call weights is silenced (it repeated in every log)
+        assert not [w for w in caught if "contiguous chunk" in str(w.message)]
+
+
+def test_the_weight_packing_warning_is_silenced_for_this_module_only():
+    # A fresh interpreter: pytest puts its own "always" filter in front of every test's warnings.
+    code = ("import warnings, model.rnn\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    for module in ('model.rnn', 'elsewhere'):\n"
+            "        warnings.warn_explicit('RNN module weights are not part of single contiguous chunk of memory.',\n"
+            "                               UserWarning, module + '.py', 1, module=module)\n"
+            "print([w.filename for w in caught])")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert result.stdout.strip() == "['elsewhere.py']"
 
 
 def test_weight_gradients_sharing_one_buffer_are_returned_as_copies(monkeypatch):

@@ -63,8 +63,8 @@ def test_non_finite_loss_stops_with_step_and_term(data_root, tmp_path, monkeypat
     real_build_loss = trainer_module.build_loss
     calls = {"n": 0}
 
-    def poisoned_build_loss(cfg, num_classes):
-        loss_fn = real_build_loss(cfg, num_classes)
+    def poisoned_build_loss(cfg, num_classes, device=None):
+        loss_fn = real_build_loss(cfg, num_classes, device)
 
         def wrapped(outputs, labels):
             total, terms = loss_fn(outputs, labels)
