@@ -54,7 +54,7 @@ runs=$(mktemp -d)
 common=(--config_file configs/demo.yml MODEL.DEVICE "${TRAIN_DEVICE:-auto}" DATASETS.ROOT_DIR "$runs/data"
         DATASETS.SYNTHETIC_IF_MISSING True DATALOADER.NUM_WORKERS 4 SOLVER.MAX_EPOCHS 2 SOLVER.EVAL_PERIOD 1
         SOLVER.CHECKPOINT_PERIOD 1 ${TRAIN_OPTS:-})
-part train_eager 35 "$python" train.py "${common[@]}" OUTPUT_DIR "$runs/eager"
+part train_eager 60 "$python" train.py "${common[@]}" OUTPUT_DIR "$runs/eager"
 part train_cudagraphs 110 "$python" train.py "${common[@]}" OUTPUT_DIR "$runs/compiled" MODEL.COMPILE True \
     MODEL.COMPILE_MODE reduce-overhead
 # The checkpoint's config (MODEL.COMPILE reduce-overhead) builds the evaluated model.

@@ -6,7 +6,7 @@ On CUDA, for each model (ViT-B/16 at 256x128, ViT-L/14 at 252x126; paper batch 1
   token + linear CE + Adam); full SAS training step (forward, every loss term, backward, Adam,
   memory update) eager and with MODEL.COMPILE (regional torch.compile) and their ratios; model FLOP
   utilisation (FlopCounterMode forward x 3 / step time / peak); CUDA kernels per step and GPU-busy
-  time (torch.profiler); peak memory; compile time (first compiled step minus a compiled step);
+  time (torch.profiler); host syncs per step (CUDA sync-debug mode); peak memory; compile time (first compiled step minus a compiled step);
   eval clips/s at 16 frames, eager and compiled; ATen ops per eager step (below autograd, no views).
 On CPU it runs the same code on a tiny model as a smoke test; the ATen op count per step is then the
 deterministic proxy of kernel launches.
@@ -23,6 +23,7 @@ bench/gpu_session.sh runs this and the trainer's CUDA checks as one device comma
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import gc
 import json
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -153,9 +155,9 @@ def matmul_peak(device: torch.device, quick: bool) -> float:
     return 2 * size**3 / seconds / 1e12
 
 
-def kernel_profile(fn, device: torch.device, steps: int) -> tuple[float, float]:
+def kernel_profile(fn, device: torch.device, steps: int, names: collections.Counter | None = None) -> tuple[float, float]:
     """(CUDA kernels per call (memcpy/memset not counted), GPU-busy ms per call: union of the intervals
-    of all device activity) over ``steps`` calls."""
+    of all device activity) over ``steps`` calls; ``names`` (if given) counts the kernels by name."""
     from torch.profiler import ProfilerActivity, profile
 
     synchronize(device)
@@ -168,8 +170,41 @@ def kernel_profile(fn, device: torch.device, steps: int) -> tuple[float, float]:
         on_device = "CUDA" in str(getattr(event, "device_type", ""))
         if on_device and not getattr(event, "is_user_annotation", False):
             intervals.append((event.time_range.start, event.time_range.end))
-            kernels += not event.name.lower().startswith(("memcpy", "memset"))
+            is_kernel = not event.name.lower().startswith(("memcpy", "memset"))
+            kernels += is_kernel
+            if names is not None and is_kernel:
+                names[event.name[:80]] += 1
     return kernels / steps, union_length(sorted(intervals)) / 1000.0 / steps  # time_range is in microseconds
+
+
+def host_syncs(fn, device: torch.device) -> tuple[int, list[str]] | None:
+    """Host syncs in one call of fn on CUDA, as torch's sync-debug mode reports them (.item(), a copy
+    from pageable host memory, nonzero, ...): (count, file:line of the first 5); None elsewhere."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    return len(syncs), [f"{os.path.relpath(w.filename)}:{w.lineno}" for w in syncs[:5]]
+
+
+def record_host_syncs(recorder: Recorder, name: str, key: str, fn, device: torch.device) -> None:
+    """``key``: host syncs per call of fn; ``key``_sites: where the first ones come from."""
+    try:
+        found = host_syncs(fn, device)
+    except Exception as exc:  # noqa: BLE001 - a bench goes on after a failed measurement
+        recorder.error(name, key, exc)
+        return
+    if found is not None:
+        recorder.put(name, key, found[0])
+        recorder.put(name, key + "_sites", found[1])
 
 
 def aten_ops(fn) -> int:
@@ -440,13 +475,17 @@ def bench_eager(name: str, args, device: torch.device, recorder: Recorder, peak_
     record("aten_ops_eval_forward")(lambda: aten_ops(work.eval_forward))
     if device.type == "cuda":
         for key, fn, seconds in (("backbone", work.backbone_step, base_s), ("sas_eager", work.sas_step, eager_s)):
-            profiled = record(f"kernels_{key}")(lambda fn=fn: kernel_profile(fn, device, 3))
+            names = collections.Counter()
+            profiled = record(f"kernels_{key}")(lambda fn=fn, names=names: kernel_profile(fn, device, 3, names))
             if profiled:
+                # the most frequent kernels per step: where launches go
+                recorder.put(name, f"top_kernels_{key}", [(k, n / 3) for k, n in names.most_common(15)])
                 recorder.put(name, f"kernels_per_step_{key}", profiled[0])
                 recorder.put(name, f"gpu_busy_ms_{key}", profiled[1])
                 if seconds:
                     recorder.put(name, f"gpu_busy_fraction_{key}", profiled[1] / 1000 / seconds)
         record("peak_mem_gib_sas_eager")(lambda: work.peak_memory_gib(work.sas_step))
+        record_host_syncs(recorder, name, "host_syncs_sas_eager", work.sas_step, device)
     record("breakdown_eager")(lambda: region_breakdown(work, 3))
     record("eval_clips_per_s_eager")(work.eval_clips_per_s)
 
@@ -511,13 +550,16 @@ def measure_compiled(name: str, suffix: str, work: Workload, device: torch.devic
         if peak_tflops and sas_flops:
             recorder.put(name, "mfu_sas_compiled" + suffix, 3 * sas_flops * 1e9 / compiled_s / (peak_tflops * 1e12))
     if device.type == "cuda":
-        profiled = record("kernels_sas_compiled")(lambda: kernel_profile(work.sas_step, device, 3))
+        names = collections.Counter()
+        profiled = record("kernels_sas_compiled")(lambda: kernel_profile(work.sas_step, device, 3, names))
         if profiled:
+            recorder.put(name, "top_kernels_sas_compiled" + suffix, [(k, n / 3) for k, n in names.most_common(15)])
             recorder.put(name, "kernels_per_step_sas_compiled" + suffix, profiled[0])
             recorder.put(name, "gpu_busy_ms_sas_compiled" + suffix, profiled[1])
             if compiled_s:
                 recorder.put(name, "gpu_busy_fraction_sas_compiled" + suffix, profiled[1] / 1000 / compiled_s)
         record("peak_mem_gib_sas_compiled")(lambda: work.peak_memory_gib(work.sas_step))
+        record_host_syncs(recorder, name, "host_syncs_sas_compiled" + suffix, work.sas_step, device)
     record("breakdown_compiled" + suffix)(lambda: region_breakdown(work, 3))
 
     def compiled_eval() -> float:
@@ -551,6 +593,8 @@ ROWS = [
     ("GPU busy ms / step: SAS eager", "gpu_busy_ms_sas_eager", "{:.1f}"),
     ("GPU busy fraction: SAS eager", "gpu_busy_fraction_sas_eager", "{:.0%}"),
     ("GPU busy fraction: SAS compiled", "gpu_busy_fraction_sas_compiled", "{:.0%}"),
+    ("host syncs / step: SAS eager", "host_syncs_sas_eager", "{}"),
+    ("host syncs / step: SAS compiled", "host_syncs_sas_compiled", "{}"),
     ("peak memory GiB eager / compiled", ("peak_mem_gib_sas_eager", "peak_mem_gib_sas_compiled"), "{:.1f}"),
     ("compile backend", "compile_backend", None),
     ("fallback, blocks only compiled: SAS step (s)", "sas_step_compiled_s_blocks_only", "{:.4f}"),
