@@ -6,7 +6,8 @@ On CUDA, for each model (ViT-B/16 at 256x128, ViT-L/14 at 252x126; paper batch 1
   token + linear CE + Adam); full SAS training step (forward, every loss term, backward, Adam,
   memory update) eager and with MODEL.COMPILE (regional torch.compile) and their ratios; model FLOP
   utilisation (FlopCounterMode forward x 3 / step time / peak); CUDA kernels per step and GPU-busy
-  time (torch.profiler); host syncs per step (CUDA sync-debug mode); peak memory; compile time (first compiled step minus a compiled step);
+  time (torch.profiler) and the most frequent kernels; host syncs per step (CUDA sync-debug mode);
+  peak memory; compile time (first compiled step minus a compiled step);
   eval clips/s at 16 frames, eager and compiled; ATen ops per eager step (below autograd, no views).
 On CPU it runs the same code on a tiny model as a smoke test; the ATen op count per step is then the
 deterministic proxy of kernel launches.
@@ -155,7 +156,8 @@ def matmul_peak(device: torch.device, quick: bool) -> float:
     return 2 * size**3 / seconds / 1e12
 
 
-def kernel_profile(fn, device: torch.device, steps: int, names: collections.Counter | None = None) -> tuple[float, float]:
+def kernel_profile(fn, device: torch.device, steps: int,
+                   names: collections.Counter | None = None) -> tuple[float, float]:
     """(CUDA kernels per call (memcpy/memset not counted), GPU-busy ms per call: union of the intervals
     of all device activity) over ``steps`` calls; ``names`` (if given) counts the kernels by name."""
     from torch.profiler import ProfilerActivity, profile

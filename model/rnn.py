@@ -87,8 +87,8 @@ def run_gru(gru: nn.GRU, inputs: Tensor) -> Tensor:
     Under torch.compile the GRU is the opaque op ``sas::gru``, run in the dtype of ``inputs`` (under
     autocast: the dtype the layer before it produced, bf16 with SOLVER.AMP bf16, where eager CUDA
     autocast runs cuDNN's RNN in fp16); otherwise ``gru(inputs)`` itself. The weights, cast per call,
-    are not one flat buffer, so cuDNN packs them on each call (its warning is silenced); they are small. Dynamo
-    touches a GRU module only with ``torch._dynamo.config.allow_rnn`` (set by
+    are not one flat buffer, so cuDNN packs them on each call (its warning is silenced); they are
+    small. Dynamo touches a GRU module only with ``torch._dynamo.config.allow_rnn`` (set by
     :func:`model.build.compile_options`).
     """
     if not torch.compiler.is_compiling():
