@@ -184,6 +184,9 @@ def host_syncs(fn, device: torch.device) -> tuple[int, list[str]] | None:
     from pageable host memory, nonzero, ...): (count, file:line of the first 5); None elsewhere."""
     if device.type != "cuda":
         return None
+    # Objects of earlier measurements (profilers, graphs) are collected first: a finaliser that runs
+    # inside fn and synchronises would be counted as fn's sync.
+    gc.collect()
     synchronize(device)
     previous = torch.cuda.get_sync_debug_mode()
     with warnings.catch_warnings(record=True) as caught:
