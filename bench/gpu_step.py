@@ -200,6 +200,24 @@ def host_syncs(fn, device: torch.device) -> tuple[int, list[str]] | None:
     return len(syncs), [f"{os.path.relpath(w.filename)}:{w.lineno}" for w in syncs[:5]]
 
 
+def record_kernel_profile(recorder: Recorder, name: str, key: str, fn, device: torch.device,
+                          seconds: float | None, steps: int = 3) -> None:
+    """Per call of fn (``seconds`` long, as timed without the profiler): kernels_per_step_``key``,
+    gpu_busy_ms_``key``, gpu_busy_fraction_``key`` and top_kernels_``key`` (the 15 most frequent
+    kernels: where the launches go)."""
+    names = collections.Counter()
+    try:
+        kernels, busy_ms = kernel_profile(fn, device, steps, names)
+    except Exception as exc:  # noqa: BLE001 - a bench goes on after a failed measurement
+        recorder.error(name, f"kernels_{key}", exc)
+        return
+    recorder.put(name, f"kernels_per_step_{key}", kernels)
+    recorder.put(name, f"gpu_busy_ms_{key}", busy_ms)
+    if seconds:
+        recorder.put(name, f"gpu_busy_fraction_{key}", busy_ms / 1000 / seconds)
+    recorder.put(name, f"top_kernels_{key}", [(kernel, n / steps) for kernel, n in names.most_common(15)])
+
+
 def record_host_syncs(recorder: Recorder, name: str, key: str, fn, device: torch.device) -> None:
     """``key``: host syncs per call of fn; ``key``_sites: where the first ones come from."""
     try:
@@ -479,16 +497,8 @@ def bench_eager(name: str, args, device: torch.device, recorder: Recorder, peak_
     record("aten_ops_sas_step_eager")(lambda: aten_ops(work.sas_step))
     record("aten_ops_eval_forward")(lambda: aten_ops(work.eval_forward))
     if device.type == "cuda":
-        for key, fn, seconds in (("backbone", work.backbone_step, base_s), ("sas_eager", work.sas_step, eager_s)):
-            names = collections.Counter()
-            profiled = record(f"kernels_{key}")(lambda fn=fn, names=names: kernel_profile(fn, device, 3, names))
-            if profiled:
-                # the most frequent kernels per step: where launches go
-                recorder.put(name, f"top_kernels_{key}", [(k, n / 3) for k, n in names.most_common(15)])
-                recorder.put(name, f"kernels_per_step_{key}", profiled[0])
-                recorder.put(name, f"gpu_busy_ms_{key}", profiled[1])
-                if seconds:
-                    recorder.put(name, f"gpu_busy_fraction_{key}", profiled[1] / 1000 / seconds)
+        record_kernel_profile(recorder, name, "backbone", work.backbone_step, device, base_s)
+        record_kernel_profile(recorder, name, "sas_eager", work.sas_step, device, eager_s)
         record("peak_mem_gib_sas_eager")(lambda: work.peak_memory_gib(work.sas_step))
         record_host_syncs(recorder, name, "host_syncs_sas_eager", work.sas_step, device)
     record("breakdown_eager")(lambda: region_breakdown(work, 3))
@@ -555,14 +565,7 @@ def measure_compiled(name: str, suffix: str, work: Workload, device: torch.devic
         if peak_tflops and sas_flops:
             recorder.put(name, "mfu_sas_compiled" + suffix, 3 * sas_flops * 1e9 / compiled_s / (peak_tflops * 1e12))
     if device.type == "cuda":
-        names = collections.Counter()
-        profiled = record("kernels_sas_compiled")(lambda: kernel_profile(work.sas_step, device, 3, names))
-        if profiled:
-            recorder.put(name, "top_kernels_sas_compiled" + suffix, [(k, n / 3) for k, n in names.most_common(15)])
-            recorder.put(name, "kernels_per_step_sas_compiled" + suffix, profiled[0])
-            recorder.put(name, "gpu_busy_ms_sas_compiled" + suffix, profiled[1])
-            if compiled_s:
-                recorder.put(name, "gpu_busy_fraction_sas_compiled" + suffix, profiled[1] / 1000 / compiled_s)
+        record_kernel_profile(recorder, name, "sas_compiled" + suffix, work.sas_step, device, compiled_s)
         record("peak_mem_gib_sas_compiled")(lambda: work.peak_memory_gib(work.sas_step))
         record_host_syncs(recorder, name, "host_syncs_sas_compiled" + suffix, work.sas_step, device)
     record("breakdown_compiled" + suffix)(lambda: region_breakdown(work, 3))

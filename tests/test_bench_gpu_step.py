@@ -53,3 +53,20 @@ def test_compile_seconds_are_reported_per_region(cpu_run):
 def test_markdown_has_the_region_table(gpu_step, cpu_run):
     text = gpu_step.markdown_table(cpu_run)
     assert "| heads forward |" in text and "compile seconds by region" in text
+
+
+def test_kernel_profile_records_its_figures_and_errors(gpu_step):
+    """The CUDA-only kernel figures, run on CPU (no CUDA kernels: zero per step)."""
+    import torch
+
+    recorder = gpu_step.Recorder(None, {})
+    gpu_step.record_kernel_profile(recorder, "m", "k", lambda: torch.ones(4).sum(), torch.device("cpu"), 0.5)
+    figures = recorder.data["results"]["m"]
+    assert figures["kernels_per_step_k"] == 0 and figures["gpu_busy_fraction_k"] == 0
+    assert figures["top_kernels_k"] == []
+
+    def broken():
+        raise RuntimeError("no kernel")
+
+    gpu_step.record_kernel_profile(recorder, "m", "bad", broken, torch.device("cpu"), 0.5)
+    assert "no kernel" in recorder.data["errors"]["m"]["kernels_bad"]
