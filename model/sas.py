@@ -102,12 +102,6 @@ class SASModel(nn.Module):
 
         part_widths = {"cls": width, "proj": proj_dim, "tp": width, "shape": shape_dim}
         self.embedding_dim = sum(part_widths[p] for p in embed_parts)
-        prefixes = []
-        if mgtm is not None:
-            prefixes += ["classifier_tp.", "classifier_frame."]
-        if prsd is not None:
-            prefixes += ["classifier_shape.", "classifier_framewise_shape."]
-        self.head_classifier_prefixes: tuple[str, ...] = tuple(prefixes)
 
     def forward(self, frames: torch.Tensor, camids: torch.Tensor, views: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> dict:

@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from configs import load_config
 from loss import build_loss
 from model.build import build_model
+from solver.optimizer import HEAD_CLASSIFIER_NAMES, head_lr_prefixes
 
 TINY = [
     "MODEL.BACKBONE", "tiny-vit-16", "MODEL.PRETRAIN_PATH", "", "MODEL.PRETRAIN_TAG", "",
@@ -71,7 +72,8 @@ def test_bnnecks_classifiers_and_head_prefixes():
     norms = [m for n, m in model.named_modules() if n.startswith("bottleneck_")]
     assert len(norms) == 6 and all(not m.bias.requires_grad for m in norms)
     names = [n for n, _ in model.named_parameters()]
-    for prefix in model.head_classifier_prefixes:
+    # every classifier SOLVER.HEAD_LR_CLASSIFIERS may name exists in the full model
+    for prefix in head_lr_prefixes(HEAD_CLASSIFIER_NAMES):
         assert any(n.startswith(prefix) for n in names), prefix
     assert not any(n.startswith("classifier_") and n.endswith("bias") for n in names)
     assert model.classifier_appearance.weight.std() < 0.002
