@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 
-from configs import changed_keys, config_from_yaml_text, load_config
+from configs import PRETRAINED_KEYS, changed_keys, clear_keys, config_from_yaml_text, load_config
 from tools.cli import make_parser, parse_command_line, run_main
 from utils.fileio import ensure_folder
 
@@ -32,7 +32,7 @@ OVERRIDABLE_KEYS = (("MODEL", "DEVICE"), ("SOLVER", "AMP"))
 MODEL_SHAPING_KEYS = (("DATALOADER", "SEQ_LEN"), ("DATALOADER", "NUM_INSTANCE"))
 # Cleared on top of any config: the checkpoint holds every weight (never fetch or read the initial
 # pretrained files again), and evaluation never generates data.
-CLEARED_KEYS = ("MODEL.PRETRAIN_PATH", "MODEL.PRETRAIN_TAG", "MODEL.PRSD.PRETRAINED", "DATASETS.SYNTHETIC_IF_MISSING")
+CLEARED_KEYS = PRETRAINED_KEYS + ("DATASETS.SYNTHETIC_IF_MISSING",)
 
 
 def _case_list(text: str) -> list[int]:
@@ -79,12 +79,7 @@ def resolve_config(stored_yaml: str, config_file: str, opts):
             cfg[section][key] = file_cfg[section][key]
         for section, key in MODEL_SHAPING_KEYS:
             cfg[section][key] = stored[section][key]
-    for key in CLEARED_KEYS:
-        section, _, name = key.rpartition(".")
-        node = cfg
-        for part in section.split("."):
-            node = node[part]
-        node[name] = False if isinstance(node[name], bool) else ""
+    clear_keys(cfg, CLEARED_KEYS)
     cfg.freeze()
     resolved = config_from_yaml_text(cfg.dump(), opts)
     by_command_line = {key for key, _, _ in changed_keys(cfg, resolved)}
@@ -109,15 +104,13 @@ def describe_checkpoint(path: str, state: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from utils.checkpoint import load_checkpoint
+    from utils.checkpoint import load_train_checkpoint
     from utils.logger import quiet_console, setup_logging
 
     if args.model_path.lower().endswith((".yaml", ".yml", ".json", ".csv", ".txt")):
         sys.exit(f"--model_path {args.model_path} is a {os.path.splitext(args.model_path)[1]} file, not a checkpoint: "
                  "give a .pth written by train.py (e.g. OUTPUT_DIR/checkpoint_best.pth); a config goes to --config_file.")
-    state = load_checkpoint(args.model_path)   # CheckpointError: one line through run_main
-    if not isinstance(state, dict) or not {"config", "model", "meta"} <= set(state):
-        sys.exit(f"{args.model_path} is not a checkpoint written by train.py (no stored config, model and meta)")
+    state = load_train_checkpoint(args.model_path)   # CheckpointError: one line through run_main
     cfg, changes = resolve_config(state["config"], args.config_file, args.opts)
     output_dir_changed = any(key == "OUTPUT_DIR" and source == "the command line" for key, _, _, source in changes)
     eval_dir = args.eval_dir or default_eval_dir(cfg, args.model_path, output_dir_changed)

@@ -207,6 +207,21 @@ def load_config(config_file: str | None = None, opts: Iterable[str] = (), freeze
     return cfg
 
 
+# The initial pretrained weight files: a train.py checkpoint holds every weight, so a config rebuilt
+# from one never reads them again.
+PRETRAINED_KEYS = ("MODEL.PRETRAIN_PATH", "MODEL.PRETRAIN_TAG", "MODEL.PRSD.PRETRAINED")
+
+
+def clear_keys(cfg: CN, keys: Iterable[str]) -> None:
+    """Set each dotted key of an unfrozen ``cfg`` to its empty value ("" for text, False for a flag)."""
+    for key in keys:
+        section, _, name = key.rpartition(".")
+        node = cfg
+        for part in section.split("."):
+            node = node[part]
+        node[name] = False if isinstance(node[name], bool) else ""
+
+
 def changed_keys(before: CN, after: CN, prefix: str = "") -> list[tuple[str, Any, Any]]:
     """``(KEY, old, new)`` for every leaf key whose value differs between two configs, in key order."""
     changes = []

@@ -318,7 +318,7 @@ def checkpoint_config(stored_yaml: str, source: str, **settings):
     MODEL_COMPILE (None = keep the stored value). The checkpoint holds every weight, so the initial pretrained
     files are never read again.
     """
-    from configs import config_from_yaml_text
+    from configs import PRETRAINED_KEYS, clear_keys, config_from_yaml_text
     from utils.checkpoint import CheckpointError
 
     try:
@@ -330,9 +330,7 @@ def checkpoint_config(stored_yaml: str, source: str, **settings):
         if value is not None:
             section, name = key.split("_", 1)
             cfg[section][name] = type(cfg[section][name])(value)
-    cfg.MODEL.PRETRAIN_PATH = ""
-    cfg.MODEL.PRETRAIN_TAG = ""
-    cfg.MODEL.PRSD.PRETRAINED = ""
+    clear_keys(cfg, PRETRAINED_KEYS)
     cfg.freeze()
     return cfg
 
@@ -402,11 +400,9 @@ class FeatureExtractor:
         stored MODEL.COMPILE (False for a plain module, e.g. to export it). Raises CheckpointError
         for a file that is not a readable train.py checkpoint.
         """
-        from utils.checkpoint import CheckpointError, load_checkpoint
+        from utils.checkpoint import load_train_checkpoint
 
-        state = load_checkpoint(path)
-        if not isinstance(state, dict) or not {"config", "model", "meta"} <= set(state):
-            raise CheckpointError(f"{path} is not a checkpoint written by train.py (no stored config, model and meta)")
+        state = load_train_checkpoint(path)
         if sampling is not None and sampling not in SAMPLING_MODES:
             raise InferenceInputError(f"sampling must be None or one of {SAMPLING_MODES}, got {sampling!r}")
         torch_device = resolve_device(device)

@@ -113,3 +113,13 @@ def test_every_default_key_is_read_somewhere():
             continue
         unread.append(".".join(key))
     assert not unread, f"config keys never read by the code: {unread}"
+
+
+def test_clear_keys_empties_text_and_flags():
+    from configs import PRETRAINED_KEYS, clear_keys
+
+    cfg = load_config(None, ["MODEL.PRETRAIN_PATH", "w.pt", "MODEL.PRSD.PRETRAINED", "prsd.pth",
+                             "DATASETS.SYNTHETIC_IF_MISSING", "True"], freeze=False)
+    clear_keys(cfg, PRETRAINED_KEYS + ("DATASETS.SYNTHETIC_IF_MISSING",))
+    assert cfg.MODEL.PRETRAIN_PATH == "" and cfg.MODEL.PRETRAIN_TAG == "" and cfg.MODEL.PRSD.PRETRAINED == ""
+    assert cfg.DATASETS.SYNTHETIC_IF_MISSING is False

@@ -158,6 +158,15 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     return state
 
 
+def load_train_checkpoint(path: str) -> dict:
+    """:func:`load_checkpoint` of a file train.py wrote: CheckpointError unless it holds the stored
+    config, the model weights and the meta record."""
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or not {"config", "model", "meta"} <= set(state):
+        raise CheckpointError(f"{path} is not a checkpoint written by train.py (no stored config, model and meta)")
+    return state
+
+
 def epoch_checkpoints(output_dir: str) -> list[tuple[int, str]]:
     """``checkpoint_epoch<N>.pth`` files in ``output_dir`` as (epoch, path), newest first."""
     found = []
