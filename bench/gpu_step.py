@@ -46,7 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from configs import load_config  # noqa: E402
 from loss.build import build_loss  # noqa: E402
 from model.build import COMPILE_MODES, begin_compiled_step, build_model, compile_options, compile_regions  # noqa: E402
-from processor.inference import autocast  # noqa: E402
+from processor.inference import autocast, camera_views  # noqa: E402
 from solver import build_optimizer  # noqa: E402
 
 # name -> (backbone, height, width, extra config options). "tiny" is the CPU smoke-test model.
@@ -402,7 +402,7 @@ class Workload:
         self.optimizer = build_optimizer(cfg, model)
         video = torch.randn(clips, frames, 3, height, width, device=device)
         camids = torch.arange(clips, device=device) % NUM_CAMERAS
-        views = (camids > 0).long()
+        views = camera_views(camids)
         labels = torch.arange(clips, device=device) // 4 % classes  # P x K with K = 4 clips per identity
         self.batch = (video, camids, views, labels)
 
@@ -458,7 +458,7 @@ class Workload:
         begin_compiled_step(self.model)
         try:
             with torch.no_grad(), autocast(self.device, self.amp_dtype):
-                return self.model(self.eval_video, self.eval_camids, (self.eval_camids > 0).long())["embedding"]
+                return self.model(self.eval_video, self.eval_camids, camera_views(self.eval_camids))["embedding"]
         finally:
             self.model.train()
 
