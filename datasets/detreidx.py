@@ -731,13 +731,19 @@ class ScanSummary:
         for label, shapes in self.shapes.items():
             listed = ", ".join(f"{tokens} tokens x {count}" for tokens, count in sorted(shapes.items()))
             out.append(f"  name shapes in {label}: {listed or 'no tracklets'} (tracklets)")
+        out += [f"  {line}" for _, line in self.anomalies()]
+        out.append(f"  scan: {'from the scan cache' if self.from_cache else 'folders walked'} in {self.seconds:.2f} s")
+        return out
+
+    def anomalies(self) -> list[tuple[int, str]]:
+        """(count, line) for each kind of name anomaly, found or not (a count of 0)."""
+        found = []
         for what, folders in (("aerial tracklets without a readable session (own camera 'aerial-unknown')", self.no_session),
                               ("tracklets whose names' PID token disagrees with their PID folder", self.pid_mismatch),
                               ("tracklets whose names' view disagrees with their case folder (folder wins)", self.view_mismatch)):
             examples = f", e.g. {', '.join(repr(f) for f in folders[:3])}" if folders else ""
-            out.append(f"  {what}: {len(folders)}{examples}")
-        out.append(f"  scan: {'from the scan cache' if self.from_cache else 'folders walked'} in {self.seconds:.2f} s")
-        return out
+            found.append((len(folders), f"{what}: {len(folders)}{examples}"))
+        return found
 
 
 def _summarise(parts: Sequence[_Part], raw: Sequence[_RawTracklet]) -> ScanSummary:
@@ -858,9 +864,9 @@ class DetReIDX:
         self.scan_summary = _summarise(parts, raw)
         self.scan_summary.seconds = time.perf_counter() - start
         self.scan_summary.from_cache = self._from_cache
-        for line in self.scan_summary.lines()[1:-1]:
-            if not line.rstrip().endswith(": 0") and "name shapes" not in line:
-                logger.warning("Scan of %s: %s", self.root, line.strip())
+        for count, line in self.scan_summary.anomalies():
+            if count:
+                logger.warning("Scan of %s: %s", self.root, line)
         raw_train = [t for t in raw if parts[t.part].case is None]
         raw_cases: dict[int, tuple[list[_RawTracklet], list[_RawTracklet]]] = {}
         for t in raw:

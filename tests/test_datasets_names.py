@@ -177,14 +177,18 @@ def _rename_frames(folder, rename):
         os.rename(os.path.join(folder, frame), os.path.join(folder, rename(frame)))
 
 
-def test_case_folder_fixes_the_view_and_disagreements_are_reported(root):
+def test_case_folder_fixes_the_view_and_disagreements_are_reported(root, caplog):
     # Ground-style names in case 1's query (aerial): the tracklet stays aerial, without a session.
     folder = _tracklet_dir(root, os.path.join(CASE_FOLDERS[1], "query"))
     _rename_frames(folder, lambda f: "_".join(f.split("_")[:4] + f.split("_")[-1:]))
     # A PID token that differs from its PID folder, in train.
     other = _tracklet_dir(root, "train", view="aerial")
     _rename_frames(other, lambda f: "0999_" + f.split("_", 1)[1])
-    ds = DetReIDX(root)
+    with caplog.at_level("WARNING", logger="datasets.detreidx"):
+        ds = DetReIDX(root)
+    # one warning per kind of anomaly found (all three here)
+    scan_warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Scan of")]
+    assert len(scan_warnings) == 3 and all(not w.endswith(": 0") for w in scan_warnings)
     moved = next(t for t in ds.cases[1].query if t.folder == folder)
     assert moved.view == "aerial" and moved.session is None and moved.camid == ds.camera_index["aerial-unknown"]
     assert ds.num_cameras == 4
