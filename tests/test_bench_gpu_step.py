@@ -55,6 +55,7 @@ def test_markdown_has_the_region_table(gpu_step, cpu_run):
     assert "| heads forward |" in text and "compile seconds by region" in text
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available, disabling CUDA profiling")
 def test_kernel_profile_records_its_figures_and_errors(gpu_step):
     """The CUDA-only kernel figures, run on CPU (no CUDA kernels: zero per step)."""
     import torch
