@@ -1,7 +1,8 @@
 """Feature extraction and case evaluation shared by validation during training, evaluate_all_cases.py,
 the :class:`FeatureExtractor` API, ``processor.search`` and ``tools.export``.
 
-Every path encodes clips through :func:`forward_clips` (tracklets via :func:`encode_tracklets`).
+Every path encodes clips through :func:`forward_clips` (tracklets via :func:`encode_tracklets`);
+:func:`load_clips` turns one tracklet's frames into the clips those paths feed the model.
 """
 from __future__ import annotations
 
@@ -16,14 +17,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from datasets.build import build_inference_loader
-from datasets.detreidx import CASE_NAMES, CaseSplit, Tracklet
-from datasets.sampling import SAMPLING_MODES
-from model.build import begin_compiled_step, compile_flag
-from utils.distributed import is_main_process
-from utils.metrics import check_finite_features, compute_distance, evaluate_ranking, rank_gallery
-from utils.protocol import FRAME_EXTENSIONS, natural_sort_key
-from utils.reranking import k_reciprocal_rerank
+from processor.packages import check_packages
+
+# The public API's entry: another installed `datasets` (Hugging Face) would otherwise end in an obscure
+# "No module named 'datasets.build'" on the next line; this says what shadows what and how to fix it.
+check_packages()
+
+from datasets.build import build_inference_loader  # noqa: E402
+from datasets.detreidx import CASE_NAMES, CaseSplit, Tracklet  # noqa: E402
+from datasets.sampling import SAMPLING_MODES  # noqa: E402
+from model.build import begin_compiled_step, compile_flag  # noqa: E402
+from utils.distributed import is_main_process  # noqa: E402
+from utils.metrics import check_finite_features, compute_distance, evaluate_ranking, rank_gallery  # noqa: E402
+from utils.protocol import FRAME_EXTENSIONS, natural_sort_key  # noqa: E402
+from utils.reranking import k_reciprocal_rerank  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +308,37 @@ def plain_tracklet(frames: Sequence[str], camid: int, name: str) -> Tracklet:
                     name=name, session=None, height=None, distance=None, angle=None, aerial_distance=None)
 
 
+def load_clips(frames: str | os.PathLike | Sequence[str | os.PathLike], cfg) -> torch.Tensor:
+    """One tracklet's frames -> the clips evaluation feeds the model: (K, T, 3, H, W) float32, CPU.
+
+    ``frames``: a tracklet folder (its frame files, naturally sorted, as :func:`list_frames`) or frame
+    paths in temporal order; ``cfg``: the model's config (``FeatureExtractor.cfg``; a checkpoint's
+    stored config). This runs the inference loader of evaluation and :class:`FeatureExtractor`
+    (``datasets.build.build_inference_loader``, in this process) on this one tracklet, so nothing is
+    re-implemented: the frames are chosen by ``datasets.sampling.inference_clips`` with TEST.SEQ_LEN
+    and TEST.SAMPLING (a tracklet shorter than T is padded with its last frame), decoded, resized to
+    INPUT.SIZE_TEST (bicubic, antialiased when shrinking) and normalised with INPUT.PIXEL_MEAN/STD.
+    T = TEST.SEQ_LEN; K = 1 for "even" sampling, ceil(frames / T) chunks for "dense".
+
+    The result feeds :meth:`FeatureExtractor.embed_clips` or an exported graph (``tools.export``) as it
+    is. With K > 1 (dense), the tracklet's embedding in evaluation is the L2-normalised mean of the K
+    clips' unnormalised features.
+    """
+    if isinstance(frames, (str, os.PathLike)):
+        folder = os.fspath(frames)
+        paths, name = list_frames(folder), os.path.basename(os.path.normpath(folder))
+    else:
+        paths, name = tuple(os.fspath(f) for f in frames), "tracklet"
+        if not paths:
+            raise InferenceInputError("load_clips got an empty frame list: a tracklet needs at least one frame")
+    in_process = cfg.clone()  # one tracklet: no loader worker processes
+    in_process.defrost()
+    in_process.DATALOADER.NUM_WORKERS = 0
+    in_process.freeze()
+    loader = build_inference_loader(in_process, [plain_tracklet(paths, GROUND_CAMERA, name)])
+    return torch.cat([batch["frames"] for batch in loader])
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else as torch.device (CUDA must be visible)."""
     if str(device) == "auto":
@@ -369,7 +407,8 @@ class FeatureExtractor:
       naturally sorted) -> (N, E) float32 numpy;
     * :meth:`embed_frame_lists` - a list of frame-path lists in temporal order -> (N, E) float32 numpy;
     * :meth:`embed_clips` - a (B, T, 3, H, W) tensor already resized to INPUT.SIZE_TEST and normalised
-      with INPUT.PIXEL_MEAN/STD -> (B, E) float32 tensor on the input's device.
+      with INPUT.PIXEL_MEAN/STD -> (B, E) float32 tensor on the input's device; :meth:`load_clips`
+      makes such clips from a tracklet's frames exactly as the other two methods do.
 
     Calling the object dispatches on the input type. Embeddings are L2-normalised (cosine distance
     = 1 - dot product); a model that produces NaN/Inf raises NonFiniteFeaturesError naming its
@@ -415,6 +454,12 @@ class FeatureExtractor:
     @property
     def embedding_dim(self) -> int:
         return int(self.model.embedding_dim)
+
+    def load_clips(self, frames: str | os.PathLike | Sequence[str | os.PathLike]) -> torch.Tensor:
+        """A tracklet folder or frame-path list -> (K, T, 3, H, W): the clips :meth:`embed_folders` and
+        :meth:`embed_frame_lists` feed the model for it (see :func:`load_clips`); input of :meth:`embed_clips`
+        and of the exported graph."""
+        return load_clips(frames, self.cfg)
 
     def __call__(self, inputs, camids=None):
         """Dispatch: a tensor -> :meth:`embed_clips`; strings -> :meth:`embed_folders`; lists -> :meth:`embed_frame_lists`."""
