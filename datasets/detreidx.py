@@ -24,8 +24,14 @@ Frame names (fields split on ``_``):
 
 A name that starts like the outdoor scheme (integer PID, then a date and a time) is checked, not
 guessed: an impossible date or time, or a height / distance / angle that is not a plain
-non-negative decimal (NaN, inf, negative, pitch over 90), is an error naming the file and the field.
-Only ASCII digits count as digits anywhere a number is read.
+non-negative decimal (NaN, inf, negative) within its physical range (height 0-500 m, horizontal
+distance 0-1000 m, pitch 0-90 degrees), is an error naming the file and the field.
+Only ASCII digits count as digits anywhere a number is read. What parses but looks wrong is reported
+by the scan (warning lines and the statistics table): names longer than any ground scheme that are
+not outdoor-shaped (read as ground), and capture points that are none of DetReIDX's 18 (a dropped or
+extra field shifts the values). Hidden files and folders (``.*``, e.g. macOS ``._frame.jpg``) are
+skipped; PID or tracklet folders that cannot be read (permissions, symbolic links that loop or point
+nowhere) stop the scan with one message listing them.
 
 The view of a tracklet is fixed by its case folder (each case's query and gallery hold one view);
 in ``train/`` it comes from the name. Ground is camera 0 and aerial session ``n`` camera ``n`` (in
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import errno
 import hashlib
 import json
 import logging
@@ -69,17 +76,28 @@ CAPTURE_POINTS: tuple[tuple[float, float, float], ...] = (
     (10, 0, 90), (20, 0, 90), (30, 0, 90), (40, 0, 90), (80, 0, 90), (120, 0, 90),
 )
 
+_CAPTURE_POINT_SET = frozenset((float(h), float(d), float(a)) for h, d, a in CAPTURE_POINTS)
+
 OUTDOOR_MIN_FIELDS = 9       # PID, date (3), time (2), height, distance, angle
 OUTDOOR_SESSION_FIELD = 22
 # The authors' loader: a frame name of fewer than 8 tokens is a ground frame.
 AUTHORS_GROUND_MAX_TOKENS = 7
 OUTDOOR_FIELDS = ("PID", "day", "month", "year", "hour", "minute", "height", "distance", "angle")
 MAX_PITCH_DEG = 90.0
+# Physical ranges of the capture geometry. DetReIDX flies at 5.8-120 m and 0-120 m away; a person cannot be
+# re-identified from much higher or farther (and drones may not legally fly above ~120 m), so a name outside
+# these ranges is a broken name (a shifted field, a typo such as 1000 for 10.00), never data.
+MAX_HEIGHT_M = 500.0
+MAX_DISTANCE_M = 1000.0
+# Ground schemes have at most 9 tokens (``PID_Gender_Age_Height_Weight_Ethnicity_Angle_View_Frame``); a longer
+# name read as ground is an outdoor-length name that is not outdoor-shaped (an extra or missing token in its
+# date/time): the scan reports such tracklets.
+GROUND_MAX_TOKENS = 9
 _SESSION_RE = re.compile(r"[Ss]?([1-9])")  # sessions are single digits: a frame number never reads as one
 _DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _DATE_SHAPES = (re.compile(r"[0-9]{1,2}"), re.compile(r"[0-9]{1,2}"), re.compile(r"[0-9]{4}"),
                 re.compile(r"[0-9]{1,2}"), re.compile(r"[0-9]{1,2}"))
-SCAN_CACHE_VERSION = 2  # 2: NUL-joined frame names
+SCAN_CACHE_VERSION = 3  # 2: NUL-joined frame names; 3: inode change times in the key, hidden frames left out
 # The scan cache is written only when every folder is older than this: folder mtimes have a coarse
 # clock (a few ms), so a folder changed again within the same tick would look unchanged (racy-git).
 SCAN_CACHE_SETTLE_S = 2.0
@@ -160,6 +178,12 @@ def _read_outdoor(path: str, tokens: Sequence[str]) -> tuple[float, float, float
             raise _field_error(path, index, token, "is not a non-negative decimal number such as 5.8 "
                                "(NaN, inf, signs, exponents and non-ASCII digits are refused)")
         values.append(float(token))
+    if values[0] > MAX_HEIGHT_M:
+        raise _field_error(path, 6, tokens[6], f"is not a physical drone height (0-{MAX_HEIGHT_M:g} m); a dropped or "
+                           f"extra field shifts the values")
+    if values[1] > MAX_DISTANCE_M:
+        raise _field_error(path, 7, tokens[7], f"is not a physical horizontal distance (0-{MAX_DISTANCE_M:g} m); a "
+                           f"dropped or extra field shifts the values")
     if values[2] > MAX_PITCH_DEG:
         raise _field_error(path, 8, tokens[8], "is not a pitch between 0 and 90 degrees")
     return values[0], values[1], values[2]
@@ -474,6 +498,7 @@ class _TrackletDir:
     name: str
     part: int                       # index into the scan's parts
     mtime_ns: int
+    ctime_ns: int = 0               # inode change time: tools that restore mtimes cannot set it back
 
 
 def standard_camera_index(camera_keys: Iterable[str] = (), num_cameras: int = 0) -> dict[str, int]:
@@ -510,15 +535,41 @@ class _RawTracklet:
         return f"aerial-{self.session or 'unknown'}"
 
 
-def _list_subfolders(path: str) -> list[os.DirEntry]:
+def _is_hidden(name: str) -> bool:
+    """Hidden entries (``.DS_Store``, macOS resource forks ``._frame.jpg``, ``.git``) are never data."""
+    return name.startswith(".")
+
+
+def _list_subfolders(path: str, unusable: list[tuple[str, str]]) -> list[os.DirEntry]:
+    """The visible subfolders of ``path``, sorted. A symbolic link that loops or points nowhere is added
+    to ``unusable`` as (path, reason) instead of being skipped without a word."""
+    folders = []
     with os.scandir(path) as entries:
-        return sorted((e for e in entries if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+        for entry in entries:
+            if _is_hidden(entry.name):
+                continue
+            try:
+                if entry.is_dir():
+                    folders.append(entry)
+                    continue
+                if not entry.is_symlink():
+                    continue            # a stray file next to the folders
+                os.stat(entry.path)
+            except OSError as exc:
+                if entry.is_symlink():
+                    why = "loops" if exc.errno == errno.ELOOP else "points nowhere"
+                    unusable.append((entry.path, f"is a symbolic link that {why} ({exc.strerror})"))
+                else:
+                    unusable.append((entry.path, f"cannot be read ({exc.strerror or exc})"))
+    return sorted(folders, key=lambda e: e.name)
 
 
 def _list_frame_names(folder: str) -> list[str]:
-    """The frame file names in ``folder`` (unsorted). One place, so a benchmark can stand in memory for disk."""
+    """The frame file names in ``folder`` (unsorted; hidden files such as macOS ``._frame.jpg`` left out).
+    One place, so a benchmark can stand in memory for disk."""
     with os.scandir(folder) as entries:
-        return [e.name for e in entries if e.name.lower().endswith(FRAME_EXTENSIONS) and e.is_file()]
+        return [e.name for e in entries
+                if e.name.lower().endswith(FRAME_EXTENSIONS) and not _is_hidden(e.name) and e.is_file()]
 
 
 def _pid_from_folder(entry: os.DirEntry, parent: str) -> int:
@@ -556,14 +607,31 @@ def _walk_folders(parts: Sequence[_Part], junk_rule: str) -> list[_TrackletDir]:
     """
     found: list[_TrackletDir] = []
     unusable: list[tuple[str, str]] = []
+    unreadable: list[tuple[str, str]] = []
     for index, part in enumerate(parts):
-        for pid_entry in _list_subfolders(part.path):
+        for pid_entry in _list_subfolders(part.path, unreadable):
             pid = _pid_from_folder(pid_entry, part.path)
-            for entry in _list_subfolders(pid_entry.path):
+            try:
+                tracklet_entries = _list_subfolders(pid_entry.path, unreadable)
+            except OSError as exc:
+                unreadable.append((pid_entry.path, f"cannot be listed ({exc.strerror or exc})"))
+                continue
+            for entry in tracklet_entries:
                 reason = _unusable_tracklet_name(entry.name, junk_rule)
                 if reason is not None:
                     unusable.append((entry.path, reason))
-                found.append(_TrackletDir(entry.path, pid, entry.name, index, entry.stat().st_mtime_ns))
+                if not os.access(entry.path, os.R_OK | os.X_OK):
+                    unreadable.append((entry.path, "cannot be read (no read/enter permission)"))
+                    continue
+                stat = entry.stat()
+                found.append(_TrackletDir(entry.path, pid, entry.name, index, stat.st_mtime_ns, stat.st_ctime_ns))
+    if unreadable:
+        listed = "; ".join(f"{path!r} {reason}" for path, reason in unreadable[:10])
+        raise DatasetLayoutError(
+            f"{len(unreadable)} PID or tracklet folder(s) cannot be read, so their tracklets would be missing from "
+            f"training and from the submission. First {min(10, len(unreadable))}: {listed}. Fix the links or the "
+            f"permissions (chmod -R u+rX), or move these folders out of the dataset root."
+        )
     if unusable:
         listed = "; ".join(f"{path!r} {reason}" for path, reason in unusable[:10])
         raise DatasetLayoutError(
@@ -576,7 +644,13 @@ def _walk_folders(parts: Sequence[_Part], junk_rule: str) -> list[_TrackletDir]:
 
 def _scan_tracklet(folder: str, unknown_as_ground: bool) -> tuple[FramePaths, FrameNameInfo]:
     """List, compact and read one tracklet folder: one name parsed, plus the last one as a consistency check."""
-    names = _list_frame_names(folder)
+    try:
+        names = _list_frame_names(folder)
+    except OSError as exc:
+        raise DatasetLayoutError(
+            f"Tracklet folder {folder!r} cannot be listed ({exc.strerror or exc}). Fix its permissions "
+            f"(chmod -R u+rX) or move it out of the dataset root."
+        ) from None
     if not names:
         raise DatasetLayoutError(
             f"Tracklet folder {folder!r} holds no frames ({'/'.join(FRAME_EXTENSIONS)} files). "
@@ -648,9 +722,14 @@ def default_scan_cache_dir() -> str:
 
 
 def _cache_key(root: str, dirs: Sequence[_TrackletDir], unknown_as_ground: bool) -> str:
-    digest = hashlib.sha256(f"{SCAN_CACHE_VERSION}\0{root}\0{unknown_as_ground}".encode())
+    """The root, the name-reading option, and every tracklet folder's part, path, mtime and inode change time.
+
+    A frame added, removed or renamed changes its folder's mtime and ctime; a tool that restores the mtime
+    afterwards (rsync -t, touch -r, tar) cannot set the ctime back, so the key still changes.
+    """
+    digest = hashlib.sha256(f"{SCAN_CACHE_VERSION}\0{root}\0{bool(unknown_as_ground)}".encode())
     for d in dirs:
-        digest.update(f"\0{d.part}\0{d.path}\0{d.mtime_ns}".encode("utf-8", "surrogateescape"))
+        digest.update(f"\0{d.part}\0{d.path}\0{d.mtime_ns}\0{d.ctime_ns}".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -684,18 +763,48 @@ def _save_scan_cache(path: str, key: str, root: str, raw: Sequence[_RawTracklet]
     atomic_write(path, write)   # a temp name that remove_stale_temp_files knows
 
 
-def _load_scan_cache(path: str, key: str, root: str) -> list[_RawTracklet] | None:
-    """The cached records when the file exists and its key matches, else None (any damage: a rescan)."""
+class _CacheMismatch(ValueError):
+    """A scan cache whose records do not describe the folders walked at this start."""
+
+
+def _plain_name_part(text: str) -> bool:
+    """A frame-name template part or name holds no folder separator (a cached name cannot leave its folder)."""
+    return os.sep not in text and (os.altsep is None or os.altsep not in text) and "\0" not in text
+
+
+def _checked_frame_names(names: FrameNames, folder: str) -> FrameNames:
+    parts = list(names) if names._joined is not None else [names.prefix, names.suffix]
+    bad = next((n for n in parts if not _plain_name_part(n) or (n is not names.suffix and _is_hidden(n))), None)
+    if bad is not None:
+        raise _CacheMismatch(f"the frame name (part) {bad!r} in {folder!r} is not a plain, visible file name")
+    return names
+
+
+def _load_scan_cache(path: str, key: str, root: str, dirs: Sequence[_TrackletDir] = ()) -> list[_RawTracklet] | None:
+    """The cached records when the file exists, its key matches and its records are exactly the tracklet
+    folders ``dirs`` walked at this start (so a hand-edited path such as ``../../etc`` is refused), else None
+    (any damage or mismatch: a rescan, with a warning naming the file)."""
     if not os.path.isfile(path):
         return None
+    walked = {d.path: d for d in dirs}
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(data["meta"].tobytes().decode("utf-8", "surrogateescape"))
             if meta.get("version") != SCAN_CACHE_VERSION or meta.get("key") != key or meta.get("root") != root:
                 return None
             numbers = data["numbers"]
+        if len(meta["tracklets"]) != len(walked):
+            raise _CacheMismatch(f"it lists {len(meta['tracklets'])} tracklet folders, the walk found {len(walked)}")
         raw, offset = [], 0
         for rel, pid, name, part, view, frames, info in meta["tracklets"]:
+            folder = os.path.normpath(os.path.join(root, rel))
+            if os.path.isabs(rel) or os.path.commonpath([root, folder]) != root:
+                raise _CacheMismatch(f"it lists the tracklet folder {rel!r}, outside the root {root}")
+            found = walked.get(folder)
+            if found is None or (found.pid, found.name, found.part) != (pid, name, part):
+                raise _CacheMismatch(f"it lists {rel!r} (PID {pid}, name {name!r}), which the walk did not find")
+            if view not in ("aerial", "ground"):
+                raise _CacheMismatch(f"it gives {rel!r} the view {view!r}")
             kind = frames[0]
             if kind == "joined":
                 names = FrameNames(joined=frames[1])
@@ -708,11 +817,33 @@ def _load_scan_cache(path: str, key: str, root: str) -> list[_RawTracklet] | Non
                 if len(chunk) and chunk.min() >= 0 and chunk.max() < 2**31:
                     chunk = chunk.astype(np.int32)
                 names = FrameNames(frames[1], frames[2], frames[3], np.array(chunk))
-            raw.append(_RawTracklet(FramePaths(os.path.join(root, rel), names), pid, name, part, FrameNameInfo(*info), view))
+            names = _checked_frame_names(names, folder)
+            raw.append(_RawTracklet(FramePaths(folder, names), pid, name, part, FrameNameInfo(*info), view))
         return raw
+    except _CacheMismatch as exc:
+        logger.warning("Refusing the scan cache %s: %s. Scanning the folders (the cache is rewritten; delete the "
+                       "file if it was edited by hand)", path, exc)
+        return None
     except Exception as exc:  # noqa: BLE001  (any damage of a cache file, zip errors included, means: scan again)
         logger.warning("Ignoring the unreadable scan cache %s (%s); scanning the folders", path, exc)
         return None
+
+
+# Root -> scan cache file of the DetReIDX objects of this process (inherited by forked loader workers), so
+# that a frame missing at read time can name the cache that listed it.
+_SCAN_CACHE_FILES: dict[str, str] = {}
+
+
+def missing_frame_message(path: str) -> str:
+    """The one-line error for a frame the index lists but the disk no longer holds: names the scan cache
+    that may have listed it and how to clear it."""
+    path = os.fspath(path)
+    absolute = os.path.abspath(path)
+    cache = next((f for r, f in _SCAN_CACHE_FILES.items() if absolute.startswith(r.rstrip(os.sep) + os.sep)), None)
+    where = f"delete the scan cache file {cache}" if cache else \
+        f"delete the scan cache folder (DATASETS.SCAN_CACHE_DIR; 'auto' is {default_scan_cache_dir()})"
+    return (f"Frame {path} does not exist: it was renamed or removed after its folder was listed. If a stale "
+            f"scan cache listed it, {where} or set DATASETS.SCAN_CACHE_DIR '' and start again; else copy it back.")
 
 
 @dataclass
@@ -723,6 +854,8 @@ class ScanSummary:
     no_session: list[str] = field(default_factory=list)          # aerial tracklet folders without a readable session
     pid_mismatch: list[str] = field(default_factory=list)        # folders whose names' PID token differs from the PID folder
     view_mismatch: list[str] = field(default_factory=list)       # folders whose names' view differs from their case folder
+    not_outdoor_shaped: list[str] = field(default_factory=list)  # names longer than any ground scheme, read as ground
+    odd_capture_point: list[str] = field(default_factory=list)   # outdoor names whose h/d/angle is no DetReIDX point
     from_cache: bool = False
     seconds: float = 0.0
 
@@ -740,7 +873,12 @@ class ScanSummary:
         found = []
         for what, folders in (("aerial tracklets without a readable session (own camera 'aerial-unknown')", self.no_session),
                               ("tracklets whose names' PID token disagrees with their PID folder", self.pid_mismatch),
-                              ("tracklets whose names' view disagrees with their case folder (folder wins)", self.view_mismatch)):
+                              ("tracklets whose names' view disagrees with their case folder (folder wins)", self.view_mismatch),
+                              (f"tracklets whose names are outdoor-length (more than {GROUND_MAX_TOKENS} tokens) but not "
+                               f"outdoor-shaped (PID_DD_MM_YYYY_HH_MM_...), so read as ground: check for an extra or "
+                               f"missing token", self.not_outdoor_shaped),
+                              ("aerial tracklets whose height/distance/angle is none of DetReIDX's 18 capture points "
+                               "(a dropped or extra field shifts the values)", self.odd_capture_point)):
             examples = f", e.g. {', '.join(repr(f) for f in folders[:3])}" if folders else ""
             found.append((len(folders), f"{what}: {len(folders)}{examples}"))
         return found
@@ -759,6 +897,10 @@ def _summarise(parts: Sequence[_Part], raw: Sequence[_RawTracklet]) -> ScanSumma
             summary.pid_mismatch.append(folder)
         if part.fixed_view is not None and info.scheme != "unknown" and info.view != part.fixed_view:
             summary.view_mismatch.append(folder)
+        if info.scheme != "outdoor" and info.num_tokens > GROUND_MAX_TOKENS:
+            summary.not_outdoor_shaped.append(folder)
+        if info.scheme == "outdoor" and (info.height, info.distance, info.angle) not in _CAPTURE_POINT_SET:
+            summary.odd_capture_point.append(folder)
     return summary
 
 
@@ -838,7 +980,8 @@ class DetReIDX:
         seed: chooses the validation identities and their case-3 query/gallery split.
         junk_rule: ``TEST.JUNK_RULE``; under "tracklet" every tracklet folder must be named ``{pid}_{tid}``.
         scan_cache_dir: folder of the scan cache (``DATASETS.SCAN_CACHE_DIR``; "auto": the user cache
-            folder, "" or None: no cache). Keyed on the root and every tracklet folder's mtime.
+            folder, "" or None: no cache). Keyed on the root, the name-reading option and every tracklet
+            folder's mtime and inode change time; its records must be exactly the folders walked at start.
         camera_index: camera key ("ground", "aerial-S1", ...) -> SIE camera id of a trained model (its
             checkpoint's table); default :func:`standard_camera_index` of the cameras found.
     """
@@ -954,7 +1097,8 @@ class DetReIDX:
         if self.scan_cache_dir:
             key = _cache_key(self.root, dirs, self.unknown_names_as_ground)
             cache_file = _cache_path(self.scan_cache_dir, self.root)
-            raw = _load_scan_cache(cache_file, key, self.root)
+            _SCAN_CACHE_FILES[self.root] = cache_file
+            raw = _load_scan_cache(cache_file, key, self.root, dirs)
             self._from_cache = raw is not None
         if raw is None:
             raw = []

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from datasets.detreidx import Tracklet
+from datasets.detreidx import Tracklet, missing_frame_message
 from datasets.sampling import inference_clips, restricted_random_indices
 from datasets.transforms import ClipTransform
 
@@ -33,6 +33,8 @@ def read_frame(path: str) -> np.ndarray:
     """Decode one frame file to an RGB uint8 array (H,W,3); CorruptFrameError names the file if it fails."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise CorruptFrameError(missing_frame_message(path)) from None
     except OSError as exc:
         raise CorruptFrameError(f"Cannot read frame {path}: {exc}") from None
     if data.size == 0:
