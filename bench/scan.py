@@ -85,6 +85,14 @@ def main(argv=None) -> int:
     parser.add_argument("--pids", type=int, default=509)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    real_listing = detreidx._list_frame_names
+    try:
+        return _run(args)
+    finally:
+        detreidx._list_frame_names = real_listing    # the in-memory listing never outlives the benchmark
+
+
+def _run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = os.path.join(tmp, "DetReIDXV1"), os.path.join(tmp, "cache")
         make_tree(root, args.tracklets, args.pids)
