@@ -47,8 +47,20 @@ _C.MODEL.MEMORY.NUM_PROXIES = 2
 _C.MODEL.MEMORY.TEMPERATURE = 0.05
 # Momentum m of the update: proxy <- normalise(m * proxy + (1 - m) * batch feature).
 _C.MODEL.MEMORY.MOMENTUM = 0.1
+# Update rule: "sequential" (the authors': per-sample moves in batch order, then the batch mean; hard sample
+# against the moved mean) or "batch_mean" (one batch-mean move; hard sample against the pre-update mean).
+_C.MODEL.MEMORY.UPDATE = "sequential"
 # Rebuild the memory from training-set centroids every this many epochs (1 = every epoch).
 _C.MODEL.MEMORY.REBUILD_PERIOD = 1
+# BNNeck statistics of the rebuild: "batch" (the rebuilt clips' own, as the authors' train-mode BatchNorm; here
+# over the whole training set) or "running" (eval mode: at epoch 1 the initial statistics, i.e. no standardising).
+_C.MODEL.MEMORY.REBUILD_BN = "batch"
+# Add the SIE camera/view embedding when encoding clips for the rebuild (the authors do not).
+_C.MODEL.MEMORY.REBUILD_SIE = False
+# L2-normalise each clip's feature before the class mean (the authors average unnormalised BN features).
+_C.MODEL.MEMORY.REBUILD_NORMALIZE_CLIPS = False
+# Frames of a rebuild clip (DATALOADER.SEQ_LEN of them): "blocks" (frame i*(n//T), the authors') or "even".
+_C.MODEL.MEMORY.REBUILD_SAMPLING = "blocks"
 
 # Multi-granularity temporal modelling (MGTM).
 _C.MODEL.MGTM = CN()
@@ -66,8 +78,12 @@ _C.MODEL.MGTM.HEADS = 8
 _C.MODEL.MGTM.MLP_RATIO = 2.0
 # Dropout inside the temporal transformer.
 _C.MODEL.MGTM.DROPOUT = 0.0
-# Temporal position encoding: "sinusoidal" or "learned" (learned is interpolated for other T).
-_C.MODEL.MGTM.POS_ENCODING = "sinusoidal"
+# Temporal position encoding: "relative" (sinusoid of the frame's fraction of its window: the same at T=8 and 16),
+# "sinusoidal" (absolute index: extrapolates past the training length), "learned" (interpolated) or "none".
+_C.MODEL.MGTM.POS_ENCODING = "relative"
+# Frame features f_frame: "whole" (the whole-clip level through its own LayerNorm, as the authors) or "fused"
+# (the softmax-fused levels through the fusion's LayerNorm).
+_C.MODEL.MGTM.FRAME_SOURCE = "whole"
 # Detach the backbone tokens before MGTM (as the authors).
 _C.MODEL.MGTM.DETACH_INPUT = True
 
@@ -253,8 +269,9 @@ _C.TEST = CN()
 _C.TEST.IMS_PER_BATCH = 32
 # Frames per test clip.
 _C.TEST.SEQ_LEN = 16
-# Test sampling: "even" (SEQ_LEN evenly spaced frames) or "dense" (all frames in chunks, averaged).
-_C.TEST.SAMPLING = "even"
+# Test sampling: "blocks" (frame i*(n//SEQ_LEN), the authors'), "even" (frame floor(i*n/SEQ_LEN): covers the
+# whole tracklet) or "dense" (all frames in chunks, averaged).
+_C.TEST.SAMPLING = "blocks"
 # Distance: "cosine" or "euclidean".
 _C.TEST.DISTANCE = "cosine"
 # Use k-reciprocal re-ranking.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLING_MODES = ("even", "dense")
+SAMPLING_MODES = ("blocks", "even", "dense")
 
 
 def _check(num_frames: int, seq_len: int) -> None:
@@ -57,6 +57,17 @@ def even_indices(num_frames: int, seq_len: int) -> np.ndarray:
     return (np.arange(seq_len, dtype=np.int64) * num_frames) // seq_len
 
 
+def block_start_indices(num_frames: int, seq_len: int) -> np.ndarray:
+    """Test sampling of the authors' code: the first frame of each of ``seq_len`` integer blocks: (seq_len,).
+
+    Frame ``i * (n // seq_len)`` for i = 0..seq_len-1 after padding short tracklets with their last
+    frame. With integer blocks up to ``seq_len - 1`` trailing frames are never chosen (a 31-frame
+    tracklet at 16 frames gives frames 0..15); "even" spreads the picks over the whole tracklet.
+    """
+    padded = padded_frame_indices(num_frames, seq_len)
+    return padded[np.arange(seq_len, dtype=np.int64) * (len(padded) // seq_len)]
+
+
 def dense_chunks(num_frames: int, seq_len: int) -> list[np.ndarray]:
     """All frames in consecutive chunks of ``seq_len`` (the last chunk padded with the last frame):
     ceil(num_frames / seq_len) arrays of shape (seq_len,)."""
@@ -67,7 +78,9 @@ def dense_chunks(num_frames: int, seq_len: int) -> list[np.ndarray]:
 
 
 def inference_clips(num_frames: int, seq_len: int, mode: str) -> list[np.ndarray]:
-    """Clips of one tracklet at test time: one for "even", several for "dense"."""
+    """Clips of one tracklet at test time: one for "blocks" and "even", several for "dense"."""
+    if mode == "blocks":
+        return [block_start_indices(num_frames, seq_len)]
     if mode == "even":
         return [even_indices(num_frames, seq_len)]
     if mode == "dense":

@@ -561,17 +561,22 @@ class CLIPBackbone(nn.Module):
         return torch.cat([class_position.float(), patches], dim=0).to(self.positional_embedding.dtype)
 
     def forward(self, images: Tensor, camids: Optional[Tensor] = None,
-                views: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                views: Optional[Tensor] = None, side_info: bool = True) -> Tuple[Tensor, Tensor]:
         """images (N, 3, H, W); camids (N,) long (needed when the camera SIE is on); views (N,) long or None
-        -> tokens (N, 1+L, D) after ln_post, projected (N, 1+L, P); token 0 is the class token."""
-        if self.sie_camera is not None and camids is None:
+        -> tokens (N, 1+L, D) after ln_post, projected (N, 1+L, P); token 0 is the class token.
+
+        ``side_info`` False: no SIE embedding at all, whatever camids / views say (the authors' memory
+        rebuild encodes clips that way)."""
+        if not side_info:
+            camids = views = None
+        elif self.sie_camera is not None and camids is None:
             raise ValueError("CLIPBackbone: camids are required when the camera SIE is on (MODEL.SIE_CAMERA).")
         x = self.conv1(images.to(self.conv1.weight.dtype))  # (N, D, h, w)
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (N, L, D)
         batch = x.shape[0]
         class_token = self.class_embedding.view(1, 1, -1).expand(batch, 1, -1)
-        if self.sie_camera is not None:
+        if self.sie_camera is not None and camids is not None:
             class_token = class_token + self.sie_coe * self.sie_camera[camids].unsqueeze(1)
         if self.sie_view is not None and views is not None:
             class_token = class_token + self.sie_coe * self.sie_view[views].unsqueeze(1)

@@ -111,8 +111,18 @@ def build_model(cfg, num_classes: int, num_cameras: int, num_views: int = 2) -> 
     backbone = build_backbone(cfg, num_cameras=num_cameras, num_views=num_views)
     memory = None
     if mc.MEMORY.ENABLED:
+        from datasets.sampling import SAMPLING_MODES
+
+        if mc.MEMORY.REBUILD_BN not in ("batch", "running"):
+            raise ValueError(f"MODEL.MEMORY.REBUILD_BN must be 'batch' or 'running', got {mc.MEMORY.REBUILD_BN!r}")
+        if mc.MEMORY.REBUILD_SAMPLING not in SAMPLING_MODES:
+            raise ValueError(f"MODEL.MEMORY.REBUILD_SAMPLING must be one of {list(SAMPLING_MODES)}, "
+                             f"got {mc.MEMORY.REBUILD_SAMPLING!r}")
         memory = MultiProxyMemory(num_classes, backbone.width + backbone.proj_dim, num_proxies=mc.MEMORY.NUM_PROXIES,
-                                  temperature=mc.MEMORY.TEMPERATURE, momentum=mc.MEMORY.MOMENTUM)
+                                  temperature=mc.MEMORY.TEMPERATURE, momentum=mc.MEMORY.MOMENTUM,
+                                  update_rule=mc.MEMORY.UPDATE,
+                                  # The P x K sampler puts K tracklets of an identity in a (global) batch.
+                                  max_instances=int(cfg.DATALOADER.NUM_INSTANCE))
     mgtm = build_mgtm(cfg, backbone.width, backbone.grid_size) if mc.MGTM.ENABLED else None
     prsd = None
     if mc.PRSD.ENABLED:

@@ -4,6 +4,15 @@ The memory lives over x̂ = normalise([BN f_cls; BN f_proj]) (width dim = D + P)
 logits x̂ · Mᵀ / τ against every proxy set; the proxies themselves are never trained by gradients:
 they are rebuilt from class centroids at the start of an epoch and moved towards the batch after
 every step with a momentum update, both outside autograd.
+
+Update rules (``MODEL.MEMORY.UPDATE``):
+
+* ``"sequential"`` (the authors' ``cm.py``): the mean proxy of each sample's identity is moved towards
+  that sample, one sample after another in batch order (renormalised after each), then once more
+  towards the identity's batch mean; the hard proxy moves towards the identity's sample with the
+  lowest cosine to the mean proxy as it stands after the per-sample moves.
+* ``"batch_mean"``: one move of the mean proxy towards the batch mean, and the hard sample chosen
+  against the mean proxy before the update (this project's earlier rule).
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 MEAN_PROXY = 0
 HARD_PROXY = 1
+UPDATE_RULES = ("sequential", "batch_mean")
 
 
 class MultiProxyMemory(nn.Module):
@@ -26,8 +36,14 @@ class MultiProxyMemory(nn.Module):
     """
 
     def __init__(self, num_classes: int, dim: int, num_proxies: int = 2, temperature: float = 0.05,
-                 momentum: float = 0.1):
+                 momentum: float = 0.1, update_rule: str = "sequential", max_instances: int | None = None):
+        """``max_instances``: the most samples one identity has in an update's batch (K of the P x K
+        sampler); it bounds the per-sample steps of the sequential rule (None: the batch size)."""
         super().__init__()
+        if update_rule not in UPDATE_RULES:
+            raise ValueError(f"MODEL.MEMORY.UPDATE must be one of {list(UPDATE_RULES)}, got {update_rule!r}")
+        if max_instances is not None and max_instances < 1:
+            raise ValueError(f"max_instances must be >= 1 or None, got {max_instances}")
         if num_proxies not in (1, 2):
             raise ValueError(
                 f"MODEL.MEMORY.NUM_PROXIES must be 1 (mean proxy) or 2 (mean + hard proxy), got {num_proxies}"
@@ -41,12 +57,14 @@ class MultiProxyMemory(nn.Module):
         self.num_proxies = num_proxies
         self.temperature = temperature
         self.momentum = momentum
+        self.update_rule = update_rule
+        self.max_instances = max_instances
         # Zeros until the first rebuild: every logit is 0 (a uniform softmax) rather than random noise.
         self.register_buffer("proxies", torch.zeros(num_classes, num_proxies, dim))
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, dim={self.dim}, num_proxies={self.num_proxies}, "
-                f"temperature={self.temperature}, momentum={self.momentum}")
+                f"temperature={self.temperature}, momentum={self.momentum}, update_rule={self.update_rule!r}")
 
     def logits(self, x_hat: torch.Tensor) -> torch.Tensor:
         """x_hat (B, dim) L2-normalised -> (B, num_proxies, C) cosine similarities / temperature."""
@@ -76,9 +94,9 @@ class MultiProxyMemory(nn.Module):
         """Momentum update for every identity present in the batch (vectorised, no autograd).
 
         x_hat (B, dim) L2-normalised features (gathered over DDP ranks by the caller); labels (B,).
-        Mean proxy <- normalise(m·M + (1−m)·mean of the identity's x̂); hard proxy <-
-        normalise(m·M + (1−m)·the identity's x̂ with the lowest cosine to the mean proxy *before*
-        this update; ties go to the earliest sample).
+        With momentum m, a move of proxy P towards x is P <- normalise(m·P + (1−m)·x); the rule
+        (``update_rule``, see the module docstring) says which moves happen. Ties of the hard sample
+        go to the earliest sample.
 
         Runs every training step, so it never reads a tensor back to the host (no sync, one graph
         under torch.compile): only shapes are checked here; the labels are the training labels the
@@ -99,13 +117,16 @@ class MultiProxyMemory(nn.Module):
         batch_mean = sums / counts.clamp_min(1)[:, None]                      # (C, dim)
 
         old = self.proxies.clone()
-        m = self.momentum
-        mixed_mean = F.normalize(m * old[:, MEAN_PROXY] + (1 - m) * batch_mean, dim=1)
-        self.proxies[:, MEAN_PROXY] = torch.where(present[:, None], mixed_mean, old[:, MEAN_PROXY])
-
+        mean = old[:, MEAN_PROXY]
+        if self.update_rule == "sequential":
+            mean = self._per_sample_moves(mean, x_hat, labels)
+        # The hard sample is chosen against the mean proxy as it stands now: before this step's update
+        # ("batch_mean") or after the per-sample moves ("sequential").
+        reference = mean
+        mean = self._move(mean, batch_mean, present)
+        self.proxies[:, MEAN_PROXY] = mean
         if self.num_proxies == 2:
-            # Cosine of each sample to its identity's current (pre-update) mean proxy.
-            cosine = (x_hat * old[labels, MEAN_PROXY]).sum(dim=1)             # (B,)
+            cosine = (x_hat * reference[labels]).sum(dim=1)                   # (B,)
             lowest = torch.full((num_classes,), float("inf"), dtype=cosine.dtype, device=cosine.device)
             lowest = lowest.scatter_reduce(0, labels, cosine, reduce="amin", include_self=True)
             is_lowest = cosine == lowest[labels]
@@ -114,8 +135,40 @@ class MultiProxyMemory(nn.Module):
             first = torch.full((num_classes,), labels.numel(), dtype=torch.long, device=labels.device)
             first = first.scatter_reduce(0, labels, candidate, reduce="amin", include_self=True)
             hardest = x_hat[first.clamp_max(labels.numel() - 1)]               # (C, dim); absent rows unused
-            mixed_hard = F.normalize(m * old[:, HARD_PROXY] + (1 - m) * hardest, dim=1)
-            self.proxies[:, HARD_PROXY] = torch.where(present[:, None], mixed_hard, old[:, HARD_PROXY])
+            self.proxies[:, HARD_PROXY] = self._move(old[:, HARD_PROXY], hardest, present)
+
+    def _move(self, proxies: torch.Tensor, targets: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """proxies (C, dim) moved towards targets (C, dim) on the rows where ``where`` (C,) bool holds."""
+        m = self.momentum
+        moved = F.normalize(m * proxies + (1 - m) * targets, dim=1)
+        return torch.where(where[:, None], moved, proxies)
+
+    def _per_sample_moves(self, mean: torch.Tensor, x_hat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The authors' per-sample moves: mean (C, dim) moved towards each sample in batch order.
+
+        A sample's occurrence rank r (how many earlier samples share its label) says at which step it
+        moves its identity's proxy; the samples of one step have distinct labels, so each step is one
+        vectorised move. The step count is a Python int (``max_instances`` or B): no host sync.
+        """
+        batch = labels.numel()
+        same = labels[:, None] == labels[None, :]
+        earlier = torch.ones(batch, batch, dtype=torch.bool, device=labels.device).tril(-1)
+        occurrence = (same & earlier).sum(dim=1)                               # (B,)
+        steps = min(batch, self.max_instances or batch)
+        if steps < batch:
+            # Device-side check: an identity with more than max_instances samples would skip moves.
+            torch._assert_async(occurrence.max() < steps,
+                                "MultiProxyMemory.update: an identity has more samples than max_instances")
+        spare = self.num_classes  # a dummy row that collects the samples of other steps
+        for step in range(steps):
+            chosen = occurrence == step
+            rows = torch.where(chosen, labels, torch.full_like(labels, spare))
+            targets = torch.zeros(spare + 1, self.dim, dtype=x_hat.dtype, device=x_hat.device)
+            targets.index_add_(0, rows, x_hat)
+            hit = torch.zeros(spare + 1, dtype=torch.bool, device=x_hat.device)
+            hit[rows] = True
+            mean = self._move(mean, targets[:spare], hit[:spare])
+        return mean
 
     @torch.no_grad()
     def rebuild(self, features: torch.Tensor, labels: torch.Tensor) -> None:

@@ -19,8 +19,25 @@ ratio (8 tokens on a 2:1 grid = 4×2 cells).
 Windows of unequal length (T not divisible by g) are allowed; when T < g every frame is its own
 window. All granularities run as one batch: each sees the whole clip and a block-diagonal attention
 mask keeps every token inside its window (exactly windowed attention, one kernel per op for all
-granularities). The temporal position encoding is the frame's index inside its window: sinusoidal
-(any length) or a learned table of ``max_frames`` rows linearly interpolated to the longest window.
+granularities).
+
+Temporal position encoding (``pos_encoding``), of a frame's place inside its window:
+
+* ``"relative"`` (default): sinusoidal encoding of the frame's *fraction* of its window, (i + ½) / L,
+  scaled by the window length at the training clip length (``max_frames`` / g), so at the training
+  length it is the index (+½) and a 16-frame test clip sees the same range of positions as the
+  8-frame training clips. The authors' Mamba has no position encoding (order comes from its scan);
+  attention is order-blind without one, and an absolute index would put test frames 8-15 at
+  positions never seen in training (the whole-clip level's mean encoding moves by a vector of norm
+  ~6 between T=8 and T=16).
+* ``"sinusoidal"``: the absolute index i (extrapolates beyond the training length).
+* ``"learned"``: a table of ``max_frames`` rows, linearly interpolated to the longest window.
+* ``"none"``: no temporal encoding (order-free attention).
+
+Outputs (``frame_source``): ``"whole"`` (the authors) takes the per-frame feature f_frame from the
+whole-clip level (granularity 1) through its own LayerNorm, and f_tp = LayerNorm(Σ_g w_g · c_g) with
+c_g the mean over frames of level g, the whole-clip level entering as the mean of its normalised
+frames; ``"fused"`` takes both from the softmax-fused levels through one shared LayerNorm.
 """
 from __future__ import annotations
 
@@ -56,6 +73,10 @@ def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return encoding
 
 
+POS_ENCODINGS = ("relative", "sinusoidal", "learned", "none")
+FRAME_SOURCES = ("whole", "fused")
+
+
 def window_layout(num_frames: int, num_windows: int) -> tuple[tuple[int, ...], ...]:
     """Contiguous split of ``num_frames`` frames into min(num_windows, num_frames) windows.
 
@@ -78,6 +99,13 @@ def frame_windows(num_frames: int, num_windows: int, device=None) -> tuple[torch
     frame = torch.arange(num_frames, device=device)
     window = ((frame + 1) * count - 1) // num_frames
     return window, frame - (window * num_frames) // count
+
+
+def frame_window_lengths(num_frames: int, num_windows: int, device=None) -> torch.Tensor:
+    """Length (T,) long of the window of :func:`window_layout` that holds each frame (device ops only)."""
+    count = min(num_windows, num_frames)
+    window, _ = frame_windows(num_frames, num_windows, device)
+    return ((window + 1) * num_frames) // count - (window * num_frames) // count
 
 
 class TemporalBlock(nn.Module):
@@ -116,13 +144,19 @@ class MGTM(nn.Module):
 
     def __init__(self, dim: int, grid_size: tuple[int, int], granularities=(1, 2, 4), spatial_tokens: int = 8,
                  depth: int = 1, heads: int = 8, mlp_ratio: float = 2.0, dropout: float = 0.0,
-                 pos_encoding: str = "sinusoidal", detach_input: bool = True, max_frames: int = 8):
+                 pos_encoding: str = "relative", detach_input: bool = True, max_frames: int = 8,
+                 frame_source: str = "whole"):
         super().__init__()
         granularities = tuple(int(g) for g in granularities)
         if not granularities or min(granularities) < 1:
             raise ValueError(f"MODEL.MGTM.GRANULARITIES must be window counts >= 1, got {list(granularities)}")
-        if pos_encoding not in ("sinusoidal", "learned"):
-            raise ValueError(f"MODEL.MGTM.POS_ENCODING must be 'sinusoidal' or 'learned', got {pos_encoding!r}")
+        if pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"MODEL.MGTM.POS_ENCODING must be one of {list(POS_ENCODINGS)}, got {pos_encoding!r}")
+        if frame_source not in FRAME_SOURCES:
+            raise ValueError(f"MODEL.MGTM.FRAME_SOURCE must be one of {list(FRAME_SOURCES)}, got {frame_source!r}")
+        if frame_source == "whole" and 1 not in granularities:
+            raise ValueError("MODEL.MGTM.FRAME_SOURCE 'whole' takes the frame features from the whole-clip level: "
+                             f"MODEL.MGTM.GRANULARITIES {list(granularities)} needs a 1 (or set FRAME_SOURCE 'fused')")
         if depth < 1:
             raise ValueError(f"MODEL.MGTM.DEPTH must be >= 1, got {depth}")
         self.dim = dim
@@ -131,6 +165,7 @@ class MGTM(nn.Module):
         self.pool_size = pooled_grid(spatial_tokens, self.grid_size)
         self.tokens_per_frame = 1 + spatial_tokens
         self.pos_encoding = pos_encoding
+        self.frame_source = frame_source
         self.detach_input = detach_input
         # Which of the 1+S tokens of a frame this is (class token vs pooled cell), shared by all frames.
         self.token_embedding = nn.Parameter(torch.zeros(self.tokens_per_frame, dim))
@@ -145,19 +180,25 @@ class MGTM(nn.Module):
         )
         # Zeros -> softmax gives every granularity the same weight at the start.
         self.fusion_logits = nn.Parameter(torch.zeros(len(granularities)))
+        # The fusion's LayerNorm (the authors' norm3); with frame_source "whole" the whole-clip level's
+        # frames get their own (norm4).
         self.norm = nn.LayerNorm(dim)
+        self.frame_norm = nn.LayerNorm(dim) if frame_source == "whole" else None
+        self.whole_level = granularities.index(1) if frame_source == "whole" else None
         # The layout of the training clip length, built once (not per step); other lengths are built on
         # the fly. Not persistent: derived from the config, so checkpoints stay as they were.
         self.layout_frames = max_frames
         token_mask, position = self.token_layout(max_frames, self.tokens_per_frame, None)
         self.register_buffer("layout_token_mask", token_mask, persistent=False)
         self.register_buffer("layout_position", position, persistent=False)
-        if pos_encoding == "sinusoidal":
-            self.register_buffer("layout_sinusoid", sinusoidal_encoding(position, dim), persistent=False)
+        if pos_encoding in ("sinusoidal", "relative"):
+            self.register_buffer("layout_sinusoid", self.level_positions(position, max_frames, torch.float32),
+                                 persistent=False)
 
     def extra_repr(self) -> str:
         return (f"granularities={self.granularities}, pool_size={self.pool_size}, "
-                f"pos_encoding={self.pos_encoding!r}, detach_input={self.detach_input}")
+                f"pos_encoding={self.pos_encoding!r}, frame_source={self.frame_source!r}, "
+                f"detach_input={self.detach_input}")
 
     def reduce_tokens(self, tokens: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         """tokens (B,T,1+h·w,D) -> (B,T,1+S,D): class token + adaptive-average-pooled patch grid."""
@@ -188,15 +229,30 @@ class MGTM(nn.Module):
 
     def level_positions(self, position: torch.Tensor, num_frames: int, dtype) -> torch.Tensor:
         """position (G, T) -> (G, T, D) temporal encoding of every frame at every granularity."""
+        if self.pos_encoding == "none":
+            return torch.zeros(len(self.granularities), num_frames, self.dim, dtype=dtype, device=position.device)
         if self.temporal_embedding is None:
-            if num_frames == self.layout_frames:
+            if num_frames == self.layout_frames and hasattr(self, "layout_sinusoid"):
                 return self.layout_sinusoid.to(dtype)
+            if self.pos_encoding == "relative":
+                return sinusoidal_encoding(self.relative_positions(num_frames, position.device), self.dim).to(dtype)
             return sinusoidal_encoding(position, self.dim).to(dtype)
         # The learned table is interpolated to each granularity's longest window, as for a window alone.
         rows = []
         for level, g in enumerate(self.granularities):
             longest = -(-num_frames // min(g, num_frames))
             rows.append(self.temporal_table(longest, position.device, dtype)[position[level]])
+        return torch.stack(rows)
+
+    def relative_positions(self, num_frames: int, device=None) -> torch.Tensor:
+        """(G, T) float: each frame's (index + ½) / window length, times the window length of that
+        granularity at the training clip length (``max_frames`` / g)."""
+        rows = []
+        for g in self.granularities:
+            _, position = frame_windows(num_frames, g, device)
+            length = frame_window_lengths(num_frames, g, device)
+            train_length = self.layout_frames / min(g, self.layout_frames)
+            rows.append((position.float() + 0.5) / length.float() * train_length)
         return torch.stack(rows)
 
     def run_levels(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -227,11 +283,16 @@ class MGTM(nn.Module):
         if self.detach_input:
             tokens = tokens.detach()
         reduced = self.reduce_tokens(tokens, tuple(grid_size or self.grid_size)) + self.token_embedding.to(tokens.dtype)
-        weights = self.fusion_logits.softmax(0)
+        weights = self.fusion_logits.softmax(0).to(reduced.dtype)
         per_level = self.run_levels(reduced)  # (G, B, T, D)
-        fused_frames = torch.einsum("g,gbtd->btd", weights.to(per_level.dtype), per_level)
-        f_frame = self.norm(fused_frames)
-        f_tp = self.norm(fused_frames.mean(dim=1))
+        if self.frame_norm is None:  # "fused"
+            fused_frames = torch.einsum("g,gbtd->btd", weights, per_level)
+            return self.norm(fused_frames), self.norm(fused_frames.mean(dim=1))
+        f_frame = self.frame_norm(per_level[self.whole_level])              # (B, T, D)
+        clip_vectors = per_level.mean(dim=2)                                 # (G, B, D)
+        clip_vectors = torch.cat([clip_vectors[:self.whole_level], f_frame.mean(dim=1)[None],
+                                  clip_vectors[self.whole_level + 1:]])
+        f_tp = self.norm(torch.einsum("g,gbd->bd", weights, clip_vectors))
         return f_frame, f_tp
 
 
@@ -286,4 +347,5 @@ def build_mgtm(cfg, dim: int, grid_size: tuple[int, int]) -> MGTM:
         pos_encoding=mc.POS_ENCODING,
         detach_input=cfg.MODEL.MGTM.DETACH_INPUT,
         max_frames=cfg.DATALOADER.SEQ_LEN,
+        frame_source=mc.FRAME_SOURCE,
     )

@@ -1,6 +1,8 @@
 """The assembled SAS-VPReID model: CLIP backbone + BNNecks + memory + MGTM + PRSD heads."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,9 +57,10 @@ class SASModel(nn.Module):
       triplet_feats {cls: (B,D), proj: (B,P), tp: (B,D), shape: (B,10)} (pre-BN features),
       frame_logits (B,T,C), framewise_shape_logits (B,T,C), betas (B,T,10),
       memory_feat (B,D+P) L2-normalised, memory_logits (B,NUM_PROXIES,C) — each when its module is on.
-    Eval mode: embedding (B,E) = concatenation of the post-BN parts named by ``embed_parts``, and
-      memory_feat (B,D+P); every BatchNorm uses running statistics, so a clip's outputs do not
-      depend on its batch-mates.
+    Eval mode: embedding (B,E) = concatenation of the post-BN parts named by ``embed_parts``,
+      memory_feat (B,D+P), and appearance (B,D+P) = [f_cls; f_proj] before the BNNecks (the memory
+      rebuild standardises it itself, see :meth:`appearance_bnneck`); every BatchNorm uses running
+      statistics, so a clip's outputs do not depend on its batch-mates.
     """
 
     def __init__(self, backbone: CLIPBackbone, num_classes: int, memory: MultiProxyMemory | None = None,
@@ -100,8 +103,38 @@ class SASModel(nn.Module):
             self.bottleneck_framewise_shape = bnneck(shape_dim)
             self.classifier_framewise_shape = PositionwiseClassifier(shape_positions, shape_dim, num_classes)
 
+        # False inside :meth:`without_side_info`: the backbone adds no SIE embedding.
+        self.use_side_info = True
+
         part_widths = {"cls": width, "proj": proj_dim, "tp": width, "shape": shape_dim}
         self.embedding_dim = sum(part_widths[p] for p in embed_parts)
+
+    @contextlib.contextmanager
+    def without_side_info(self):
+        """Encode without the SIE camera / view embeddings inside this block (the authors' memory rebuild)."""
+        previous, self.use_side_info = self.use_side_info, False
+        try:
+            yield self
+        finally:
+            self.use_side_info = previous
+
+    def appearance_bnneck(self, appearance: torch.Tensor, batch_statistics: bool) -> torch.Tensor:
+        """appearance (N, D+P) = [f_cls; f_proj] -> [BN f_cls; BN f_proj] (N, D+P), no autograd state change.
+
+        ``batch_statistics`` True: standardised with the mean and (biased) variance of these N rows, as
+        a BatchNorm in train mode with one batch of N, without touching the running statistics;
+        False: with the running statistics (eval mode). The BNNecks' affine weights apply either way.
+        """
+        parts = appearance.split([self.bottleneck_cls.num_features, self.bottleneck_proj.num_features], dim=1)
+        out = []
+        for x, norm in zip(parts, (self.bottleneck_cls, self.bottleneck_proj)):
+            if batch_statistics:
+                mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)
+            else:
+                mean, var = norm.running_mean, norm.running_var
+            scaled = (x - mean) / torch.sqrt(var + norm.eps)
+            out.append(scaled * norm.weight.to(x.dtype) + norm.bias.to(x.dtype))
+        return torch.cat(out, dim=1)
 
     def forward(self, frames: torch.Tensor, camids: torch.Tensor, views: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> dict:
@@ -113,7 +146,7 @@ class SASModel(nn.Module):
         grid = patch_grid(frames.shape[-2:], self.backbone.patch_size, self.backbone.stride)
         frame_camids = camids.repeat_interleave(t) if camids is not None else None
         frame_views = views.repeat_interleave(t) if views is not None else None
-        tokens, projected = self.backbone(frames.flatten(0, 1), frame_camids, frame_views)
+        tokens, projected = self.backbone(frames.flatten(0, 1), frame_camids, frame_views, side_info=self.use_side_info)
         return self.heads(tokens.view(b, t, *tokens.shape[1:]), projected.view(b, t, *projected.shape[1:]), grid)
 
     def heads(self, tokens: torch.Tensor, projected: torch.Tensor, grid: tuple[int, int]) -> dict:
@@ -159,7 +192,8 @@ class SASModel(nn.Module):
 
         if not self.training:
             embedding = torch.cat([parts[name].float() for name in self.embed_parts], dim=1)
-            return {"embedding": embedding, "memory_feat": memory_feat}
+            return {"embedding": embedding, "memory_feat": memory_feat,
+                    "appearance": torch.cat([f_cls.float(), f_proj.float()], dim=1)}
 
         out["id_logits"] = id_logits
         out["triplet_feats"] = triplet_feats

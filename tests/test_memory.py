@@ -25,9 +25,12 @@ def loop_update(proxies, x_hat, labels, momentum):
     return new
 
 
-def random_memory(num_classes, dim, num_proxies, seed):
+def random_memory(num_classes, dim, num_proxies, seed, update_rule="batch_mean"):
+    """A memory with random proxies; the loop oracle above is the "batch_mean" rule (the sequential rule
+    of the authors has its own oracle in test_memory_authors.py)."""
     gen = torch.Generator().manual_seed(seed)
-    memory = MultiProxyMemory(num_classes, dim, num_proxies=num_proxies, temperature=0.05, momentum=0.3)
+    memory = MultiProxyMemory(num_classes, dim, num_proxies=num_proxies, temperature=0.05, momentum=0.3,
+                              update_rule=update_rule)
     memory.proxies.copy_(F.normalize(torch.randn(num_classes, num_proxies, dim, generator=gen), dim=2))
     return memory, gen
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model.mgtm import MGTM, frame_windows, pooled_grid, window_layout
+from model.mgtm import MGTM, frame_windows, pooled_grid, sinusoidal_encoding, window_layout
 
 GRID = (4, 2)
 DIM = 32
@@ -38,7 +38,17 @@ def test_window_layout_is_a_contiguous_partition(frames, windows):
     assert max(lengths) - min(lengths) <= 1
 
 
-@pytest.mark.parametrize("pos_encoding", ["sinusoidal", "learned"])
+def window_encoding(mgtm, count, window_len, longest):
+    """(window_len, D) temporal encoding of one window of a level with ``count`` windows, from the rules."""
+    if mgtm.pos_encoding == "relative":  # fraction of the window times the training window length (8 frames)
+        positions = (torch.arange(window_len, dtype=torch.float32) + 0.5) / window_len * (8 / min(count, 8))
+        return sinusoidal_encoding(positions, DIM)
+    if mgtm.pos_encoding == "none":
+        return torch.zeros(window_len, DIM)
+    return mgtm.temporal_table(longest, "cpu", torch.float32)[:window_len]
+
+
+@pytest.mark.parametrize("pos_encoding", ["relative", "sinusoidal", "learned", "none"])
 @pytest.mark.parametrize("frames", [6, 3, 8, 16])
 def test_batched_granularities_equal_each_window_run_alone(frames, pos_encoding):
     """One batched pass over all granularities (block-diagonal window mask, stacked weights, unequal
@@ -52,7 +62,7 @@ def test_batched_granularities_equal_each_window_run_alone(frames, pos_encoding)
         layout = window_layout(frames, count)
         longest = max(len(w) for w in layout)
         for window in layout:
-            table = mgtm.temporal_table(longest, "cpu", reduced.dtype)[: len(window)]
+            table = window_encoding(mgtm, count, len(window), longest)
             x = (reduced[:, list(window)] + table[None, :, None, :]).reshape(2, -1, DIM)
             for block in mgtm.levels[level]:
                 x = block(x)
@@ -104,3 +114,26 @@ def test_bad_settings_fail_clearly():
         make_mgtm(pos_encoding="rotary")
     with pytest.raises(ValueError, match="GRANULARITIES"):
         make_mgtm(granularities=(0,))
+
+
+def test_relative_time_encoding_means_the_same_at_8_and_16_frames():
+    """Test clips (16 frames) see the positions of training clips (8 frames): per granularity the mean
+    encoding over the clip's frames barely moves, while the absolute index moves it by far more."""
+    def mean_shift(mgtm):
+        encode = lambda t: mgtm.level_positions(mgtm.token_layout(t, 5, None)[1], t, torch.float32)  # noqa: E731
+        return (encode(8).mean(dim=1) - encode(16).mean(dim=1)).norm(dim=1)   # (G,)
+
+    assert mean_shift(make_mgtm(pos_encoding="relative")).max() < 0.1
+    assert mean_shift(make_mgtm(pos_encoding="sinusoidal")).min() > 0.5
+    # At the training length the relative encoding is the index + 1/2 of each frame in its window.
+    mgtm = make_mgtm(pos_encoding="relative")
+    torch.testing.assert_close(mgtm.level_positions(mgtm.layout_position, 8, torch.float32),
+                               sinusoidal_encoding(mgtm.layout_position.float() + 0.5, DIM))
+
+
+def test_mgtm_defaults_are_the_authors():
+    from configs import get_defaults
+
+    cfg = get_defaults()
+    assert cfg.MODEL.MGTM.POS_ENCODING == "relative"
+    assert cfg.MODEL.MGTM.FRAME_SOURCE == "whole"

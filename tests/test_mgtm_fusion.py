@@ -26,7 +26,7 @@ def fused_input(mgtm, tokens, logits):
 
 
 def test_fusion_weights_are_the_softmax_of_unequal_logits():
-    mgtm = make_mgtm().eval()
+    mgtm = make_mgtm(frame_source="fused").eval()
     tokens = random_tokens(2, 8, seed=3)
     count = mgtm.fusion_logits.numel()
     # One granularity alone (softmax of [0, -inf, ...] is exactly one-hot): each level's own features.
@@ -45,3 +45,32 @@ def test_fusion_weights_are_the_softmax_of_unequal_logits():
     with torch.no_grad():
         torch.testing.assert_close(f_frame, norm(expected), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(f_tp, norm(expected.mean(dim=1)), rtol=1e-4, atol=1e-4)
+
+
+def test_whole_clip_frames_and_fusion_of_clip_vectors_as_the_authors():
+    """FRAME_SOURCE "whole": f_frame = frame LayerNorm of the whole-clip level's frames (norm4);
+    f_tp = fusion LayerNorm (norm3) of the softmax-weighted clip vectors, where the whole-clip level
+    enters as the mean of its normalised frames and the other levels as their plain frame means."""
+    mgtm = make_mgtm(frame_source="whole").eval()
+    tokens = random_tokens(2, 8, seed=4)
+    logits = torch.tensor([0.7, -1.3, 2.1])
+    with torch.no_grad():
+        mgtm.fusion_logits.copy_(logits)
+        f_frame, f_tp = mgtm(tokens)
+        reduced = mgtm.reduce_tokens(tokens, mgtm.grid_size) + mgtm.token_embedding
+        levels = mgtm.run_levels(reduced)                     # (G, B, T, D)
+        whole = mgtm.granularities.index(1)
+        expected_frame = mgtm.frame_norm(levels[whole])
+        clips = [expected_frame.mean(dim=1) if g == whole else levels[g].mean(dim=1) for g in range(3)]
+        weights = torch.softmax(logits, 0)
+        expected_tp = mgtm.norm(sum(w * c for w, c in zip(weights, clips)))
+    assert mgtm.frame_norm is not mgtm.norm
+    torch.testing.assert_close(f_frame, expected_frame, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(f_tp, expected_tp, rtol=1e-5, atol=1e-5)
+
+
+def test_whole_frame_source_needs_the_whole_clip_level():
+    import pytest
+
+    with pytest.raises(ValueError, match="GRANULARITIES"):
+        make_mgtm(granularities=(2, 4), frame_source="whole")
