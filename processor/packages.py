@@ -3,8 +3,9 @@
 The top-level folders (configs, datasets, model, ...) are fixed by the design, and several are generic
 names: Hugging Face ``datasets`` is installed in many ML environments. After ``pip install -e .`` the
 project is found by an import hook that Python consults *after* site-packages, so an installed package
-of the same name wins and the project's own imports would fail with an obscure
-``No module named 'datasets.build'``.
+of the same name wins: ``import datasets`` runs the other package, and the project's ``datasets.build``
+is either grafted onto it by setuptools' hook (two packages mixed under one name) or not found at all
+(an obscure ``No module named 'datasets.build'``).
 
 * :func:`check_packages` (run when :mod:`processor.inference` is imported, i.e. by the Python API)
   raises :class:`PackageClashError`, one message naming the package, both locations and the fixes.

@@ -5,13 +5,15 @@
 
 The exported graph is :class:`processor.inference.EmbeddingGraph` (the one FeatureExtractor runs):
 inputs ``frames`` (B, T, 3, H, W) float32, resized to INPUT.SIZE_TEST and normalised with
-INPUT.PIXEL_MEAN/STD, and ``camids`` (B,) int64 (0 = ground camera; aerial sessions 1, 2, ...);
+INPUT.PIXEL_MEAN/STD (``processor.inference.load_clips`` makes them from a tracklet's frames exactly as
+evaluation does), and ``camids`` (B,) int64 (0 = ground camera; aerial sessions 1, 2, ...);
 output ``embedding`` (B, E) float32, L2-normalised. The batch dimension B is dynamic; T is fixed at
 ``--frames`` (default TEST.SEQ_LEN). ONNX uses torch's TorchScript-based exporter (opset 17); the
 TorchScript file is a trace. After writing, the file is loaded back (onnxruntime on CPU, or
 torch.jit.load) and compared with PyTorch on random clips of several batch sizes; the max |diff| is
-printed and must not exceed ``--tolerance`` (fp32), else the command fails. A checkpoint whose
-embeddings are NaN/Inf, or an output file that cannot be written, fails with a one-line message.
+logged and must not exceed ``--tolerance`` (fp32), else the command fails. A checkpoint whose
+embeddings are NaN/Inf, or an output file that cannot be written, fails with a one-line message
+(``error: ...``, as every command of the project); the log lines have the format of train.py's.
 """
 from __future__ import annotations
 
@@ -171,8 +173,8 @@ def export(model_path: str, fmt: str, out: str, frames: int | None = None, toler
         # The file reaches ``out`` only when its parity check passes.
         (export_onnx if fmt == "onnx" else export_torchscript)(graph, inputs, tmp)
         diff = parity(graph, load_runner(tmp, fmt), frames, size, extractor.num_cameras)
-        print(f"{fmt} parity vs PyTorch on batches {list(PARITY_BATCHES)}: max |diff| = {diff:.3g} "
-              f"(tolerance {tolerance:g})")
+        logger.info("%s parity vs PyTorch on batches %s: max |diff| = %.3g (tolerance %g)",
+                    fmt, list(PARITY_BATCHES), diff, tolerance)
         if not diff <= tolerance:
             raise ExportError(f"parity check failed: max |diff| {diff:.3g} > {tolerance:g}; {out} was not written")
         results["diff"] = diff
@@ -200,13 +202,14 @@ def main(argv=None) -> float:
     from model.backbone import PretrainedWeightsError
     from processor.inference import InferenceInputError
     from utils.checkpoint import CheckpointError
+    from utils.logger import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    setup_logging(None)  # the console format of train.py and evaluate_all_cases.py
     out = args.out or ("model.onnx" if args.format == "onnx" else "model.pt")
     try:
         return export(args.model_path, args.format, out, frames=args.frames, tolerance=args.tolerance)
     except (CheckpointError, ExportError, InferenceInputError, PretrainedWeightsError) as exc:
-        sys.exit(f"Error: {exc}")
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":
