@@ -236,8 +236,11 @@ def changed_keys(before: CN, after: CN, prefix: str = "") -> list[tuple[str, Any
 
 def config_from_yaml_text(text: str, opts: Iterable[str] = ()) -> CN:
     """Rebuild a config from the YAML text stored in a checkpoint (no ``_BASE_`` there)."""
+    from configs.defaults import upgrade_stored_config
+
     cfg = get_defaults()
-    data = yaml.safe_load(text) or {}
+    # A checkpoint of an earlier version keeps its behaviour: keys it predates get their old values.
+    data = upgrade_stored_config(yaml.safe_load(text) or {})
     _merge(cfg, data, "the checkpoint's stored config")
     _apply_overrides(cfg, list(opts))
     cfg.freeze()

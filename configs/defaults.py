@@ -22,6 +22,8 @@ _C.MODEL.PRETRAIN_TAG = ""
 _C.MODEL.QUICK_GELU = True
 # Patch-embedding stride in pixels; 0 means equal to the patch size (non-overlapping patches).
 _C.MODEL.STRIDE_SIZE = 0
+# Resizing of the pretrained square positional embedding to the patch grid: "bilinear" (the authors') or "bicubic".
+_C.MODEL.POS_EMBED_INTERP = "bilinear"
 # Freeze conv1, class embedding, positional embedding and ln_pre (as the paper).
 _C.MODEL.FREEZE_PATCH_EMBED = True
 # Side information embedding: add a learned camera embedding to the class token.
@@ -109,8 +111,13 @@ _C.MODEL.PRSD.AGG_LAYERS = 4
 _C.MODEL.PRSD.AGG_HEADS = 8
 # Aggregator transformer feed-forward width.
 _C.MODEL.PRSD.AGG_FFN_DIM = 4096
-# Dropout in the iterative regressor MLP and the aggregator transformer (SPIN's regressor used 0.5).
-_C.MODEL.PRSD.DROPOUT = 0.1
+# Dropout in the iterative regressor MLP (the authors' and SPIN's 0.5).
+_C.MODEL.PRSD.REGRESSOR_DROPOUT = 0.5
+# Dropout in the aggregator transformer (the authors' 0.2).
+_C.MODEL.PRSD.AGG_DROPOUT = 0.2
+# BNNeck before the per-frame-position shape classifiers, which are then bias-free; False = plain Linear
+# classifiers with bias on the framewise shapes (the authors').
+_C.MODEL.PRSD.FRAMEWISE_BNNECK = False
 # Detach the shape model's outputs (reproduces the authors' defect; off = trained end to end).
 _C.MODEL.PRSD.DETACH_OUTPUT = False
 # Detach the backbone tokens before PRSD, so the shape losses train the branch, not the CLIP encoder (as the authors).
@@ -134,6 +141,9 @@ _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
 _C.INPUT.FLIP_PROB = 0.5
 # Probability of clip-consistent random erasing (same relative box in every frame).
 _C.INPUT.ERASE_PROB = 0.5
+# Value per channel written into the erased box of the normalised clip: the authors' (0.4914, 0.4822, 0.4465),
+# the CIFAR mean used as a fill; [0, 0, 0] fills with the normalisation mean colour.
+_C.INPUT.ERASE_FILL = [0.4914, 0.4822, 0.4465]
 # Probability of a clip-consistent hue shift (the paper's VC-CJ).
 _C.INPUT.HUE_PROB = 0.5
 # Maximum hue shift (fraction of the hue circle).
@@ -197,6 +207,9 @@ _C.SOLVER.MAX_EPOCHS = 40
 _C.SOLVER.BASE_LR = 3.5e-4
 # Learning rate of the CLIP image encoder.
 _C.SOLVER.BACKBONE_LR = 5e-6
+# Which parameters are biases: "substring" ("bias" anywhere in the name, as the authors: GRU bias_ih/bias_hh
+# too) or "suffix" (names ending in "bias").
+_C.SOLVER.BIAS_NAME_MATCH = "substring"
 # LR multiplier for biases outside the CLIP encoder.
 _C.SOLVER.BIAS_LR_FACTOR = 2.0
 # LR multiplier for the CLIP encoder's biases (1.0 = the backbone LR, as the authors; 2.0 = BIAS_LR_FACTOR's choice).
@@ -302,3 +315,59 @@ _C.OUTPUT_DIR = "outputs/default"
 def get_defaults() -> CN:
     """A fresh copy of the defaults (never mutate the module-level node)."""
     return _C.clone()
+
+
+# Keys that came with the authors' module details (issue 18): the value that rebuilds a checkpoint whose
+# stored config predates the key (a stored config lacking it was trained with this behaviour).
+LEGACY_VALUES = {
+    "MODEL.POS_EMBED_INTERP": "bicubic",
+    "MODEL.MEMORY.UPDATE": "batch_mean",
+    "MODEL.MEMORY.REBUILD_BN": "running",
+    "MODEL.MEMORY.REBUILD_SIE": True,
+    "MODEL.MEMORY.REBUILD_NORMALIZE_CLIPS": True,
+    "MODEL.MEMORY.REBUILD_SAMPLING": "even",
+    "MODEL.MGTM.FRAME_SOURCE": "fused",
+    "MODEL.PRSD.FRAMEWISE_BNNECK": True,
+    "SOLVER.BIAS_NAME_MATCH": "suffix",
+    "INPUT.ERASE_FILL": [0.0, 0.0, 0.0],
+}
+# Keys replaced by others: an old stored value sets each of the new keys.
+RENAMED_KEYS = {
+    "MODEL.PRSD.DROPOUT": ("MODEL.PRSD.REGRESSOR_DROPOUT", "MODEL.PRSD.AGG_DROPOUT"),
+}
+
+
+def upgrade_stored_config(data: dict) -> dict:
+    """A checkpoint's stored config (nested dict) in today's keys: renamed keys moved, keys it predates
+    set to their :data:`LEGACY_VALUES`. Returns a new dict; ``data`` is left as it is."""
+    import copy
+
+    data = copy.deepcopy(data)
+
+    def lookup(path):
+        node = data
+        for part in path.split(".")[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                return None, False
+        leaf = path.split(".")[-1]
+        return node, isinstance(node, dict) and leaf in node
+
+    def assign(path, value):
+        node = data
+        for part in path.split(".")[:-1]:
+            node = node.setdefault(part, {})
+        node[path.split(".")[-1]] = value
+
+    for old, new_keys in RENAMED_KEYS.items():
+        node, present = lookup(old)
+        if present:
+            value = node.pop(old.split(".")[-1])
+            for key in new_keys:
+                if not lookup(key)[1]:
+                    assign(key, value)
+    if data.get("MODEL"):  # a stored config of a real run (never an empty or partial test stub)
+        for key, value in LEGACY_VALUES.items():
+            if not lookup(key)[1]:
+                assign(key, value)
+    return data

@@ -131,10 +131,13 @@ def sample_erase_box(height: int, width: int, rng: np.random.Generator) -> tuple
     return None
 
 
-def erase_clip(clip: torch.Tensor, box: tuple[int, int, int, int], value: float = 0.0) -> torch.Tensor:
-    """Erase the same box in every frame of a normalised (T,3,H,W) clip (0 = the mean colour)."""
+def erase_clip(clip: torch.Tensor, box: tuple[int, int, int, int],
+               value: float | Sequence[float] = 0.0) -> torch.Tensor:
+    """Erase the same box in every frame of a normalised (T,3,H,W) clip with ``value`` (one number, or
+    one per channel; written into the normalised tensor, so 0 is the mean colour)."""
     top, left, box_h, box_w = box
-    clip[:, :, top:top + box_h, left:left + box_w] = value
+    fill = torch.as_tensor(value, dtype=clip.dtype).reshape(-1, 1, 1)
+    clip[:, :, top:top + box_h, left:left + box_w] = fill.expand(clip.shape[1], box_h, box_w)
     return clip
 
 
@@ -152,6 +155,7 @@ class ClipTransform:
     train: bool = False
     flip_prob: float = 0.5
     erase_prob: float = 0.5
+    erase_fill: tuple[float, float, float] = (0.0, 0.0, 0.0)
     hue_prob: float = 0.5
     hue: float = 0.3
     jitter_prob: float = 0.0
@@ -174,11 +178,14 @@ class ClipTransform:
         for key in ("FLIP_PROB", "ERASE_PROB", "HUE_PROB", "JITTER_PROB", "LOWRES_PROB"):
             if not 0.0 <= float(inp[key]) <= 1.0:
                 raise ValueError(f"INPUT.{key} is a probability in [0, 1], got {inp[key]}")
+        if len(inp.ERASE_FILL) != 3:
+            raise ValueError(f"INPUT.ERASE_FILL needs one value per channel (3), got {list(inp.ERASE_FILL)}")
         if not 0.0 <= float(inp.HUE) <= 0.5:
             raise ValueError(f"INPUT.HUE must be in [0, 0.5] (fraction of the hue circle), got {inp.HUE}")
         return cls(
             size=(int(size[0]), int(size[1])), mean=tuple(inp.PIXEL_MEAN), std=tuple(inp.PIXEL_STD), train=train,
-            flip_prob=float(inp.FLIP_PROB), erase_prob=float(inp.ERASE_PROB), hue_prob=float(inp.HUE_PROB),
+            flip_prob=float(inp.FLIP_PROB), erase_prob=float(inp.ERASE_PROB),
+            erase_fill=tuple(float(v) for v in inp.ERASE_FILL), hue_prob=float(inp.HUE_PROB),
             hue=float(inp.HUE), jitter_prob=float(inp.JITTER_PROB), brightness=float(inp.BRIGHTNESS),
             contrast=float(inp.CONTRAST), saturation=float(inp.SATURATION), lowres_prob=float(inp.LOWRES_PROB),
             lowres_scale=(float(lo), float(hi)),
@@ -214,5 +221,5 @@ class ClipTransform:
             clip = hue_shift_clip(clip, hue_shift)
         tensor = to_normalized_tensor(clip, self.mean, self.std)
         if erase and box is not None:
-            tensor = erase_clip(tensor, box)
+            tensor = erase_clip(tensor, box, self.erase_fill)
         return tensor

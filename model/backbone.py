@@ -5,7 +5,8 @@ implicitly), adapted to the ReID setting:
 
 * non-square input (256x128, 252x126) and an optional overlapping patch stride: the patch grid is
   ``h = (H - p) // s + 1``, ``w = (W - p) // s + 1`` and the pretrained square positional embedding
-  is resized (bicubic, in fp32) to ``h x w`` with the class position kept;
+  is resized (bilinear as the authors, or bicubic: ``MODEL.POS_EMBED_INTERP``; in fp32) to ``h x w``
+  with the class position kept;
 * SIE: a learned camera embedding (and optionally a view embedding) added to the class token
   before the positional embedding;
 * frozen patch projection, class embedding, positional embedding and ``ln_pre`` (config key);
@@ -99,14 +100,20 @@ def patch_grid(image_size: Sequence[int], patch_size: int, stride: int) -> Tuple
     return (height - patch_size) // stride + 1, (width - patch_size) // stride + 1
 
 
+POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic")
+
+
 def resize_positional_embedding(positional: Tensor, new_grid: Sequence[int],
-                                old_grid: Optional[Sequence[int]] = None) -> Tensor:
+                                old_grid: Optional[Sequence[int]] = None, mode: str = "bilinear") -> Tensor:
     """Resize a ViT positional embedding to another patch grid, keeping the class position.
 
     positional (1 + h0*w0, D), any float dtype -> (1 + h*w, D) float32. ``old_grid`` defaults to
-    the square grid implied by the token count. Resized bicubically in fp32 (fp16 archives are
-    cast first: bicubic on fp16 loses precision and is not implemented on every device).
+    the square grid implied by the token count. ``mode`` "bilinear" (the authors') or "bicubic",
+    in fp32 (fp16 archives are cast first: interpolation on fp16 loses precision and bicubic is not
+    implemented on every device).
     """
+    if mode not in POS_EMBED_INTERPOLATIONS:
+        raise ValueError(f"MODEL.POS_EMBED_INTERP must be one of {list(POS_EMBED_INTERPOLATIONS)}, got {mode!r}")
     positional = positional.detach().float()
     if positional.dim() == 3 and positional.shape[0] == 1:  # timm layout (1, 1+L, D)
         positional = positional[0]
@@ -125,7 +132,7 @@ def resize_positional_embedding(positional: Tensor, new_grid: Sequence[int],
     if (old_h, old_w) == (new_h, new_w):
         return positional.clone()
     grid = patch_positions.reshape(1, old_h, old_w, dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(new_h, new_w), mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid, size=(new_h, new_w), mode=mode, align_corners=False)
     patch_positions = grid.permute(0, 2, 3, 1).reshape(new_h * new_w, dim)
     return torch.cat([class_position, patch_positions], dim=0)
 
@@ -448,12 +455,17 @@ class CLIPBackbone(nn.Module):
     def __init__(self, name: str = "ViT-B-16", image_size: Sequence[int] = (256, 128), stride: int = 0,
                  num_cameras: int = 0, num_views: int = 0, sie_coe: float = 1.0,
                  freeze_patch_embed: bool = True, quick_gelu: bool = True,
-                 pretrain_path: str = "", pretrain_tag: str = ""):
+                 pretrain_path: str = "", pretrain_tag: str = "", pos_embed_interp: str = "bilinear"):
         """Build with random weights, then load ``pretrain_path`` (or the open_clip ``pretrain_tag``).
 
         num_cameras / num_views: size of the SIE tables (0 = no camera / view embedding).
+        pos_embed_interp: how the pretrained square positional embedding is resized to the patch grid.
         """
         super().__init__()
+        if pos_embed_interp not in POS_EMBED_INTERPOLATIONS:
+            raise ValueError(f"MODEL.POS_EMBED_INTERP must be one of {list(POS_EMBED_INTERPOLATIONS)}, "
+                             f"got {pos_embed_interp!r}")
+        self.pos_embed_interp = pos_embed_interp
         # Resolve the weight file first so that a missing file fails before any heavy work.
         weights_path = pretrained_weights_path(name, pretrain_path, pretrain_tag)
 
@@ -527,7 +539,8 @@ class CLIPBackbone(nn.Module):
             count = positional.shape[0] - 1
             side = math.isqrt(count)
             if side * side == count and (side, side) != self.grid_size:
-                visual["positional_embedding"] = resize_positional_embedding(positional, self.grid_size, (side, side))
+                visual["positional_embedding"] = resize_positional_embedding(positional, self.grid_size, (side, side),
+                                                                                mode=self.pos_embed_interp)
                 logger.info("%s: positional embedding resized from %dx%d to %dx%d patches", source, side, side,
                             *self.grid_size)
             elif count != self.grid_size[0] * self.grid_size[1]:
@@ -556,7 +569,7 @@ class CLIPBackbone(nn.Module):
             return self.positional_embedding
         class_position, patches = self.positional_embedding[:1], self.positional_embedding[1:]
         patches = patches.reshape(1, *self.grid_size, self.width).permute(0, 3, 1, 2).float()
-        patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
+        patches = F.interpolate(patches, size=grid, mode=self.pos_embed_interp, align_corners=False)
         patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], self.width)
         return torch.cat([class_position.float(), patches], dim=0).to(self.positional_embedding.dtype)
 
@@ -598,4 +611,4 @@ def build_backbone(cfg, num_cameras: int, num_views: int = 2) -> CLIPBackbone:
         name=model.BACKBONE, image_size=tuple(cfg.INPUT.SIZE_TRAIN), stride=model.STRIDE_SIZE,
         num_cameras=num_cameras if model.SIE_CAMERA else 0, num_views=num_views if model.SIE_VIEW else 0,
         sie_coe=model.SIE_COE, freeze_patch_embed=model.FREEZE_PATCH_EMBED, quick_gelu=model.QUICK_GELU,
-        pretrain_path=model.PRETRAIN_PATH, pretrain_tag=model.PRETRAIN_TAG)
+        pretrain_path=model.PRETRAIN_PATH, pretrain_tag=model.PRETRAIN_TAG, pos_embed_interp=model.POS_EMBED_INTERP)

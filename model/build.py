@@ -130,7 +130,8 @@ def build_model(cfg, num_classes: int, num_cameras: int, num_views: int = 2) -> 
 
         prsd = build_prsd(cfg, backbone.width)
     model = SASModel(backbone, num_classes, memory=memory, mgtm=mgtm, prsd=prsd, embed_parts=mc.EMBED_PARTS,
-                     shape_positions=cfg.DATALOADER.SEQ_LEN, shape_dim=SHAPE_DIM)
+                     shape_positions=cfg.DATALOADER.SEQ_LEN, shape_dim=SHAPE_DIM,
+                     framewise_bnneck=mc.PRSD.FRAMEWISE_BNNECK)
     if mc.COMPILE:
         compile_regions(model, mc.COMPILE_MODE)
     logger.info("SASModel: backbone %s, memory %s, MGTM %s, PRSD %s, embedding %s = %d-d%s",

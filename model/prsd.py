@@ -134,7 +134,7 @@ class PRSD(nn.Module):
 
     def __init__(self, in_dim: int, feat_dim: int = 2048, hidden_dim: int = 1024, iterations: int = 3,
                  agg_layers: int = 4, agg_heads: int = 8, agg_ffn_dim: int = 4096, dropout: float = 0.0,
-                 detach_output: bool = False, detach_input: bool = True, mean_params: Optional[Mapping[str, Tensor]] = None,
+                 agg_dropout: Optional[float] = None, detach_output: bool = False, detach_input: bool = True, mean_params: Optional[Mapping[str, Tensor]] = None,
                  smpl: Optional[SMPLDecoder] = None, use_bone_lengths: bool = False):
         super().__init__()
         if use_bone_lengths and smpl is None:
@@ -149,7 +149,9 @@ class PRSD(nn.Module):
                                             dropout)
         self.smpl = smpl
         extra_dim = smpl.num_bones if use_bone_lengths else 0
-        self.aggregator = ShapeAggregator(hidden_dim, agg_layers, agg_heads, agg_ffn_dim, dropout, extra_dim)
+        # dropout: the regressor's; agg_dropout: the aggregator's (None: the same).
+        self.aggregator = ShapeAggregator(hidden_dim, agg_layers, agg_heads, agg_ffn_dim,
+                                          dropout if agg_dropout is None else agg_dropout, extra_dim)
 
     def forward(self, tokens: Tensor) -> Dict[str, Tensor]:
         """tokens (B, T, 1+L, D) -> dict(
@@ -277,7 +279,8 @@ def build_prsd(cfg, in_dim: int) -> PRSD:
     """PRSD of a config (MODEL.PRSD.*), for backbone tokens of width ``in_dim``."""
     p = cfg.MODEL.PRSD
     model = PRSD(in_dim, feat_dim=p.FEAT_DIM, hidden_dim=p.HIDDEN_DIM, iterations=p.ITERATIONS,
-                 agg_layers=p.AGG_LAYERS, agg_heads=p.AGG_HEADS, agg_ffn_dim=p.AGG_FFN_DIM, dropout=cfg.MODEL.PRSD.DROPOUT,
+                 agg_layers=p.AGG_LAYERS, agg_heads=p.AGG_HEADS, agg_ffn_dim=p.AGG_FFN_DIM, dropout=p.REGRESSOR_DROPOUT,
+                 agg_dropout=p.AGG_DROPOUT,
                  detach_output=p.DETACH_OUTPUT, detach_input=cfg.MODEL.PRSD.DETACH_INPUT, mean_params=initial_mean_params(cfg),
                  smpl=build_smpl_decoder(p.SMPL_MODEL_PATH), use_bone_lengths=p.USE_BONE_LENGTHS)
     if p.PRETRAINED:

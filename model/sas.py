@@ -29,15 +29,17 @@ def classifier(in_dim: int, num_classes: int) -> nn.Linear:
 
 
 class PositionwiseClassifier(nn.Module):
-    """One bias-free classifier per frame position, applied to all positions in one batched einsum.
+    """One linear classifier per frame position (weights N(0, 0.001²), bias 0 when ``bias``), applied to
+    all positions in one batched einsum.
 
     forward(x (B, T, d)) -> (B, T, C); T must equal the number of positions (the training clip length).
     """
 
-    def __init__(self, num_positions: int, in_dim: int, num_classes: int):
+    def __init__(self, num_positions: int, in_dim: int, num_classes: int, bias: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_positions, num_classes, in_dim))
         nn.init.normal_(self.weight, std=0.001)
+        self.bias = nn.Parameter(torch.zeros(num_positions, num_classes)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != self.weight.shape[0]:
@@ -46,7 +48,8 @@ class PositionwiseClassifier(nn.Module):
                 f"(DATALOADER.SEQ_LEN) but the training clip has {x.shape[1]}; train with clips of "
                 "DATALOADER.SEQ_LEN frames"
             )
-        return torch.einsum("btd,tcd->btc", x, self.weight.to(x.dtype))
+        logits = torch.einsum("btd,tcd->btc", x, self.weight.to(x.dtype))
+        return logits if self.bias is None else logits + self.bias.to(x.dtype)
 
 
 class SASModel(nn.Module):
@@ -65,7 +68,8 @@ class SASModel(nn.Module):
 
     def __init__(self, backbone: CLIPBackbone, num_classes: int, memory: MultiProxyMemory | None = None,
                  mgtm: MGTM | None = None, prsd: nn.Module | None = None,
-                 embed_parts=EMBED_PART_NAMES, shape_positions: int = 8, shape_dim: int = 10):
+                 embed_parts=EMBED_PART_NAMES, shape_positions: int = 8, shape_dim: int = 10,
+                 framewise_bnneck: bool = False):
         super().__init__()
         embed_parts = tuple(embed_parts)
         unknown = [p for p in embed_parts if p not in EMBED_PART_NAMES]
@@ -100,8 +104,11 @@ class SASModel(nn.Module):
         if prsd is not None:
             self.bottleneck_shape = bnneck(shape_dim)
             self.classifier_shape = classifier(shape_dim, num_classes)
-            self.bottleneck_framewise_shape = bnneck(shape_dim)
-            self.classifier_framewise_shape = PositionwiseClassifier(shape_positions, shape_dim, num_classes)
+            # The authors' per-frame shape classifiers are Linear with bias on the raw framewise shapes;
+            # framewise_bnneck puts a BNNeck before bias-free ones instead.
+            self.bottleneck_framewise_shape = bnneck(shape_dim) if framewise_bnneck else None
+            self.classifier_framewise_shape = PositionwiseClassifier(shape_positions, shape_dim, num_classes,
+                                                                     bias=not framewise_bnneck)
 
         # False inside :meth:`without_side_info`: the backbone adds no SIE embedding.
         self.use_side_info = True
@@ -186,8 +193,9 @@ class SASModel(nn.Module):
                 id_logits["shape"] = self.classifier_shape(bn_shape)
                 triplet_feats["shape"] = videowise
                 framewise = shape["framewise_shape"]   # (B, T, 10)
-                bn_framewise = self.bottleneck_framewise_shape(framewise.flatten(0, 1)).view(b, t, -1)
-                out["framewise_shape_logits"] = self.classifier_framewise_shape(bn_framewise)
+                if self.bottleneck_framewise_shape is not None:
+                    framewise = self.bottleneck_framewise_shape(framewise.flatten(0, 1)).view(b, t, -1)
+                out["framewise_shape_logits"] = self.classifier_framewise_shape(framewise)
                 out["betas"] = shape["betas"]
 
         if not self.training:

@@ -23,6 +23,7 @@ def parameter_groups(
     head_prefixes: Sequence[str] = (),
     new_backbone_names: Sequence[str] = (),
     backbone_bias_lr_factor: float = 1.0,
+    bias_name_match: str = "substring",
 ) -> list[dict]:
     """Group trainable parameters by (lr, weight decay); frozen parameters are left out.
 
@@ -31,7 +32,11 @@ def parameter_groups(
     ``weight_decay_bias`` and their LR x ``bias_lr_factor``, or x ``backbone_bias_lr_factor`` for the
     pretrained encoder's biases (1 = the backbone LR, as the authors). Parameters under
     ``head_prefixes`` x ``head_lr_factor``. Each group carries the names of its parameters for inspection.
+    ``bias_name_match``: a bias is a name holding "bias" anywhere ("substring", the authors': the GRUs'
+    ``bias_ih_l0`` / ``bias_hh_l0`` too) or ending in it ("suffix").
     """
+    if bias_name_match not in ("substring", "suffix"):
+        raise ValueError(f"SOLVER.BIAS_NAME_MATCH must be 'substring' or 'suffix', got {bias_name_match!r}")
     grouped: dict[tuple[float, float], list[tuple[str, nn.Parameter]]] = defaultdict(list)
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -40,7 +45,7 @@ def parameter_groups(
             tuple(new_backbone_names))
         lr = backbone_lr if pretrained else base_lr
         decay = weight_decay
-        if name.endswith("bias"):
+        if ("bias" in name) if bias_name_match == "substring" else name.endswith("bias"):
             lr *= backbone_bias_lr_factor if pretrained else bias_lr_factor
             decay = weight_decay_bias
         if any(name.startswith(prefix) for prefix in head_prefixes):
@@ -80,6 +85,7 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         head_prefixes=head_lr_prefixes(solver.HEAD_LR_CLASSIFIERS),
         new_backbone_names=NEW_PARAMETER_NAMES,
         backbone_bias_lr_factor=solver.BACKBONE_BIAS_LR_FACTOR,
+        bias_name_match=solver.BIAS_NAME_MATCH,
     )
     if not groups:
         raise ValueError("The model has no trainable parameters; check the MODEL.* freeze options")

@@ -59,12 +59,13 @@ def openai_archive(tiny_clip, tmp_path_factory):
     return path
 
 
-def _oracle_resize(positional, new_grid):
-    """Independent resize: timm's resampler (no antialias, as the backbone), in fp32."""
+def _oracle_resize(positional, new_grid, interpolation="bilinear"):
+    """Independent resize: timm's resampler (no antialias, as the backbone), in fp32; bilinear is the
+    authors' choice and the default (MODEL.POS_EMBED_INTERP)."""
     from timm.layers import resample_abs_pos_embed
 
     return resample_abs_pos_embed(positional.float()[None], list(new_grid), num_prefix_tokens=1,
-                                  interpolation="bicubic", antialias=False)[0]
+                                  interpolation=interpolation, antialias=False)[0]
 
 
 def test_patch_grid_formula():
@@ -164,6 +165,19 @@ def test_resize_keeps_class_position_and_identity():
     assert torch.equal(resized[0], positional[0].float())
     torch.testing.assert_close(resized, _oracle_resize(positional, (16, 8)), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(resize_positional_embedding(positional, (14, 14)), positional.float())
+    bicubic = resize_positional_embedding(positional, (16, 8), mode="bicubic")
+    torch.testing.assert_close(bicubic, _oracle_resize(positional, (16, 8), "bicubic"), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(bicubic, resized, atol=1e-3)
+
+
+def test_pos_embed_interp_key_reaches_the_backbone():
+    from configs import get_defaults
+    from model.backbone import build_backbone
+
+    cfg = get_defaults()
+    assert cfg.MODEL.POS_EMBED_INTERP == "bilinear"
+    cfg.merge_from_list(["MODEL.BACKBONE", "tiny-vit-16", "MODEL.POS_EMBED_INTERP", "bicubic"])
+    assert build_backbone(cfg, num_cameras=3).pos_embed_interp == "bicubic"
 
 
 def test_stride_sie_and_freezing():

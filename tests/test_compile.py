@@ -18,7 +18,7 @@ from processor.trainer import NonFiniteLossError, Trainer
 from tests.test_sas_model import NUM_CAMERAS, NUM_CLASSES
 from tests.test_sas_model import TINY as SAS_TINY
 
-TINY = SAS_TINY + ["MODEL.PRSD.DROPOUT", "0.0"]   # compiled vs eager: no dropout noise
+TINY = SAS_TINY + ["MODEL.PRSD.REGRESSOR_DROPOUT", "0.0", "MODEL.PRSD.AGG_DROPOUT", "0.0"]   # compiled vs eager: no dropout noise
 
 
 def tiny(*opts):

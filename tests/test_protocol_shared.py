@@ -18,9 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("module,names", [
     (metrics, ("AP_MODES", "JUNK_RULES", "good_and_junk", "split_tracklet_name")),
     (submission, ("CASE_BY_NAME", "CASE_FOLDERS", "CASE_NAMES", "CASE_PARTS", "EXPECTED_LAYOUT", "csv_unsafe_reason",
-                  "good_and_junk", "is_ascii_int", "natural_sort_key", "split_tracklet_name")),
+                  "good_and_junk", "is_ascii_int", "split_tracklet_name", "submission_row_key")),
     (scanner, ("CASE_FOLDERS", "CASE_NAMES", "CASE_VIEWS", "EXPECTED_LAYOUT", "FRAME_EXTENSIONS", "TRAIN_FOLDER",
-               "natural_sort_key")),
+               "natural_sort_key", "submission_row_key")),
 ])
 def test_scorer_checker_and_scanner_use_the_protocol_objects(module, names):
     for name in names:

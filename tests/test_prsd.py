@@ -301,7 +301,7 @@ def spin_loop(regressor, features):
 
 def test_fused_regressor_equals_spin_loop_outputs_and_gradients():
     torch.manual_seed(0)
-    regressor = build_prsd(small_cfg("MODEL.PRSD.DROPOUT", "0.0"), in_dim=16).regressor.train()
+    regressor = build_prsd(small_cfg("MODEL.PRSD.REGRESSOR_DROPOUT", "0.0", "MODEL.PRSD.AGG_DROPOUT", "0.0"), in_dim=16).regressor.train()
     for decoder in (regressor.decpose, regressor.decshape, regressor.deccam):  # updates large enough to matter
         torch.nn.init.normal_(decoder.weight, std=0.2)
     features = torch.randn(12, regressor.fc1.in_features - 157, requires_grad=True)
@@ -322,7 +322,7 @@ def test_fused_regressor_under_bf16_autocast_stays_close_to_spin_loop():
     """Under autocast the feature and parameter halves of fc1 round to bf16 separately (SPIN's single
     fc1 rounds once): the difference stays at bf16 rounding level; the parameters stay fp32."""
     torch.manual_seed(0)
-    regressor = build_prsd(small_cfg("MODEL.PRSD.DROPOUT", "0.0"), in_dim=16).regressor.train()
+    regressor = build_prsd(small_cfg("MODEL.PRSD.REGRESSOR_DROPOUT", "0.0", "MODEL.PRSD.AGG_DROPOUT", "0.0"), in_dim=16).regressor.train()
     features = torch.randn(12, regressor.fc1.in_features - 157)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fused = regressor(features.to(torch.bfloat16))

@@ -70,12 +70,14 @@ def test_train_outputs_follow_the_contract_and_the_loss_backpropagates():
 def test_bnnecks_classifiers_and_head_prefixes():
     _, model = tiny_model()
     norms = [m for n, m in model.named_modules() if n.startswith("bottleneck_")]
-    assert len(norms) == 6 and all(not m.bias.requires_grad for m in norms)
+    # cls, proj, tp, frame, shape; the framewise shape classifiers have none (MODEL.PRSD.FRAMEWISE_BNNECK False)
+    assert len(norms) == 5 and all(not m.bias.requires_grad for m in norms)
     names = [n for n, _ in model.named_parameters()]
     # every classifier SOLVER.HEAD_LR_CLASSIFIERS may name exists in the full model
     for prefix in head_lr_prefixes(HEAD_CLASSIFIER_NAMES):
         assert any(n.startswith(prefix) for n in names), prefix
-    assert not any(n.startswith("classifier_") and n.endswith("bias") for n in names)
+    # bias-free classifiers behind BNNecks; the framewise shape ones have a bias as the authors'
+    assert [n for n in names if n.startswith("classifier_") and n.endswith("bias")] == ["classifier_framewise_shape.bias"]
     assert model.classifier_appearance.weight.std() < 0.002
     assert "memory.proxies" in model.state_dict()
 

@@ -74,12 +74,13 @@ def test_written_csv_has_the_exact_format_and_passes_check(tmp_path, data_root):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
-def test_query_order_is_pid_then_natural_tracklet_name(tmp_path):
+def test_query_order_is_pid_then_tracklet_name_as_a_string(tmp_path):
+    """The organisers' baseline order (PID as an int, then the name as a plain string), not natural order."""
     for pid, name in [(12, "0012_1"), (3, "0003_10"), (3, "0003_2"), (12, "0012_0")]:
         os.makedirs(tmp_path / CASE_FOLDERS[2] / "query" / f"{pid:04d}" / name)
     os.makedirs(tmp_path / CASE_FOLDERS[2] / "gallery")
     queries, gallery = scan_case_folders(str(tmp_path))[2]
-    assert queries == ["0003_2", "0003_10", "0012_0", "0012_1"] and gallery == []
+    assert queries == ["0003_10", "0003_2", "0012_0", "0012_1"] and gallery == []
 
 
 def _rewrite(path, mutate):

@@ -59,6 +59,14 @@ def natural_sort_key(name: str) -> tuple:
     return tuple(int(part) if is_ascii_int(part) else part for part in _NATURAL_SPLIT_RE.split(name))
 
 
+def submission_row_key(pid: int, tracklet_name: str) -> tuple[int, str]:
+    """Order of the query rows within a case of the submission CSV: PID as an integer, then the tracklet
+    folder name as a plain string (``0024_5453`` before ``0024_987``), as the challenge organisers'
+    baseline writes them (its comment calls the order critical: rows are matched by ``row_id``) and
+    as the authors' loader sorts them. Not the natural order used for frame files."""
+    return int(pid), str(tracklet_name)
+
+
 def split_tracklet_name(name: str) -> tuple[int, int]:
     """``"{pid}_{tid}"`` -> (pid, tid) as integers, as the released scorer reads a tracklet name.
 

@@ -7,7 +7,7 @@ Format (one row per query tracklet)::
 
 ``row_id`` runs 1..N across the cases, which come in the order 1, 2, 3 with the exact names of
 ``utils.protocol.CASE_NAMES``; within a case, queries are sorted by (PID folder as an int,
-tracklet name in natural order), the order of ``CaseSplit.query``; ``ranked_gallery_tracklets``
+tracklet name as a plain string: ``utils.protocol.submission_row_key``), the order of ``CaseSplit.query``; ``ranked_gallery_tracklets``
 is the whole gallery of that case, tracklet folder names separated by single spaces, best first.
 
 Command line::
@@ -38,7 +38,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from utils.protocol import (CASE_BY_NAME, CASE_FOLDERS, CASE_NAMES, CASE_PARTS, EXPECTED_LAYOUT, csv_unsafe_reason,
-                            good_and_junk, is_ascii_int, natural_sort_key, split_tracklet_name)
+                            good_and_junk, is_ascii_int, split_tracklet_name, submission_row_key)
 from utils.fileio import WriteFailure, atomic_write, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def scan_case_folders(root: str) -> dict[int, tuple[list[str], list[str]]]:
                     raise ValueError(f"PID folder {pid_dir!r} is not an integer. {EXPECTED_LAYOUT}")
                 entries += [(int(pid_folder), name) for name in os.listdir(pid_dir)
                             if not name.startswith(".") and os.path.isdir(os.path.join(pid_dir, name))]
-            entries.sort(key=lambda e: (e[0], natural_sort_key(e[1])))
+            entries.sort(key=lambda e: submission_row_key(*e))
             parts.append([name for _, name in entries])
         cases[case] = (parts[0], parts[1])
     return cases
