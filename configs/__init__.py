@@ -207,6 +207,38 @@ def load_config(config_file: str | None = None, opts: Iterable[str] = (), freeze
     return cfg
 
 
+def file_keys(config_file: str) -> list[str]:
+    """The dotted keys ``config_file`` sets itself or through its ``_BASE_`` chain (not the defaults
+    beneath them), sorted: what a file changes when it is laid over another config."""
+    def walk(data: dict, prefix: str) -> list[str]:
+        keys = []
+        for key, value in data.items():
+            if isinstance(value, dict):
+                keys += walk(value, f"{prefix}{key}.")
+            else:
+                keys.append(f"{prefix}{key}")
+        return keys
+
+    return sorted(walk(_read_yaml_with_bases(resolve_config_path(config_file)), ""))
+
+
+def get_key(cfg: CN, key: str) -> Any:
+    """The value of a dotted ``key`` of ``cfg``."""
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def set_key(cfg: CN, key: str, value: Any) -> None:
+    """Set a dotted ``key`` of an unfrozen ``cfg``."""
+    section, _, name = key.rpartition(".")
+    node = cfg
+    for part in filter(None, section.split(".")):
+        node = node[part]
+    node[name] = value
+
+
 # The initial pretrained weight files: a train.py checkpoint holds every weight, so a config rebuilt
 # from one never reads them again.
 PRETRAINED_KEYS = ("MODEL.PRETRAIN_PATH", "MODEL.PRETRAIN_TAG", "MODEL.PRSD.PRETRAINED")

@@ -99,6 +99,9 @@ _C.MODEL.PRSD.SMPL_MODEL_PATH = ""
 _C.MODEL.PRSD.SMPL_MEAN_PARAMS = ""
 # Pretrained regressor checkpoint (SPIN "model" or VIBE/TSM "gen_state_dict"); empty = random init.
 _C.MODEL.PRSD.PRETRAINED = ""
+# Read MODEL.PRSD.PRETRAINED and MODEL.PRSD.SMPL_MEAN_PARAMS (the paper configs name the authors' TSM and SPIN
+# files); False starts the shape branch from random weights and the built-in means (CPU runs, tiny.yml).
+_C.MODEL.PRSD.LOAD_PRETRAINED = True
 # Width of the per-frame feature fed to the temporal encoder.
 _C.MODEL.PRSD.FEAT_DIM = 2048
 # Hidden width of the temporal encoder GRU and of the regressor MLP.

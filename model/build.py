@@ -32,9 +32,10 @@ def check_weight_files(cfg) -> None:
         from model.prsd import check_regressor_file
         from model.smpl import check_mean_params_file, check_smpl_model_file
 
+        pretrained = mc.PRSD.LOAD_PRETRAINED  # False: the two pretrained files are not read
         for path, check in ((mc.PRSD.SMPL_MODEL_PATH, check_smpl_model_file),
-                            (mc.PRSD.SMPL_MEAN_PARAMS, check_mean_params_file),
-                            (mc.PRSD.PRETRAINED, check_regressor_file)):
+                            (mc.PRSD.SMPL_MEAN_PARAMS if pretrained else "", check_mean_params_file),
+                            (mc.PRSD.PRETRAINED if pretrained else "", check_regressor_file)):
             if path:
                 check(path)
 

@@ -209,7 +209,8 @@ def check_regressor_file(path: str) -> None:
         raise PretrainedWeightsError(
             f"MODEL.PRSD.PRETRAINED={path!r} does not exist. Get a SPIN checkpoint (key 'model'; SPIN's "
             "http://visiondata.cis.upenn.edu/spin/model_checkpoint.pt) or a VIBE/TSM one (key 'gen_state_dict') "
-            f"and put it at {os.path.abspath(path)}, or leave the key empty for random init.")
+            f"and put it at {os.path.abspath(path)}; or leave the key empty, or set MODEL.PRSD.LOAD_PRETRAINED False, "
+            "to start the shape branch from random weights.")
 
 
 def load_pretrained_regressor(model: PRSD, path: str) -> Dict[str, list]:
@@ -260,7 +261,7 @@ def initial_mean_params(cfg) -> Dict[str, Tensor]:
     the built-in pose and camera with betas = LOSS.SHAPE_PRIOR_MEAN ("prior", as SPIN-style regressors
     start from the mean shape) or zeros ("zero"), per MODEL.PRSD.INIT_BETAS."""
     p = cfg.MODEL.PRSD
-    if p.SMPL_MEAN_PARAMS:
+    if p.SMPL_MEAN_PARAMS and p.LOAD_PRETRAINED:
         return load_mean_params(p.SMPL_MEAN_PARAMS)
     mode = str(p.INIT_BETAS)
     if mode not in INIT_BETAS_MODES:
@@ -283,6 +284,6 @@ def build_prsd(cfg, in_dim: int) -> PRSD:
                  agg_dropout=p.AGG_DROPOUT,
                  detach_output=p.DETACH_OUTPUT, detach_input=cfg.MODEL.PRSD.DETACH_INPUT, mean_params=initial_mean_params(cfg),
                  smpl=build_smpl_decoder(p.SMPL_MODEL_PATH), use_bone_lengths=p.USE_BONE_LENGTHS)
-    if p.PRETRAINED:
+    if p.PRETRAINED and p.LOAD_PRETRAINED:
         load_pretrained_regressor(model, p.PRETRAINED)
     return model

@@ -69,7 +69,8 @@ def check_mean_params_file(path: str) -> None:
         raise PretrainedWeightsError(
             f"MODEL.PRSD.SMPL_MEAN_PARAMS={path!r} does not exist. Get SPIN's smpl_mean_params.npz (keys pose, "
             "shape, cam; in http://visiondata.cis.upenn.edu/spin/data.tar.gz, fetched by SPIN's fetch_data.sh) "
-            f"and put it at {os.path.abspath(path)}, or leave the key empty for the built-in means.")
+            f"and put it at {os.path.abspath(path)}; or leave the key empty, or set MODEL.PRSD.LOAD_PRETRAINED False, "
+            "for the built-in means.")
 
 
 def check_smpl_model_file(path: str) -> None:

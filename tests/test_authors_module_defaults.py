@@ -113,3 +113,20 @@ def test_checkpoint_configs_written_before_the_keys_keep_their_behaviour():
     assert (cfg.MODEL.PRSD.REGRESSOR_DROPOUT, cfg.MODEL.PRSD.AGG_DROPOUT) == (0.1, 0.1)
     # A config of today is read back unchanged.
     assert config_from_yaml_text(get_defaults().dump()) == get_defaults()
+
+
+def test_paper_configs_name_the_pretrained_shape_files_and_one_key_runs_without(tmp_path):
+    import os
+
+    from model.backbone import PretrainedWeightsError
+    from model.build import check_weight_files
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("sas_vit_l14.yml", "sas_vit_b16.yml"):
+        cfg = load_config(os.path.join(root, "configs", name), ["MODEL.PRETRAIN_PATH", ""])
+        assert cfg.MODEL.PRSD.PRETRAINED.endswith("tsm_model_wo.pth.tar")
+        assert cfg.MODEL.PRSD.SMPL_MEAN_PARAMS.endswith("smpl_mean_params.npz")
+        with pytest.raises(PretrainedWeightsError, match="MODEL.PRSD.(PRETRAINED|SMPL_MEAN_PARAMS).*LOAD_PRETRAINED"):
+            check_weight_files(cfg)
+        check_weight_files(load_config(os.path.join(root, "configs", name),
+                                       ["MODEL.PRETRAIN_PATH", "", "MODEL.PRSD.LOAD_PRETRAINED", "False"]))

@@ -19,6 +19,7 @@ TINY = [
     "MODEL.MGTM.SPATIAL_TOKENS", "4", "MODEL.MGTM.HEADS", "4",
     "MODEL.PRSD.FEAT_DIM", "32", "MODEL.PRSD.HIDDEN_DIM", "32", "MODEL.PRSD.ITERATIONS", "2",
     "MODEL.PRSD.AGG_LAYERS", "1", "MODEL.PRSD.AGG_HEADS", "2", "MODEL.PRSD.AGG_FFN_DIM", "64",
+    "MODEL.PRSD.LOAD_PRETRAINED", "False",
 ]
 NUM_CLASSES, NUM_CAMERAS = 6, 3
 
@@ -148,8 +149,18 @@ def test_forward_has_no_python_loop_over_the_batch(mode):
     assert counts[0] == counts[1]
 
 
-ABLATIONS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                          "configs", "ablations", "*.yml")))
+ALL_ABLATIONS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                              "configs", "ablations", "*.yml")))
+ABLATIONS = ALL_ABLATIONS[:5]   # Table 3 (cumulative rows); 06_tsm is Table 4's TSM row
+
+
+def test_table4_tsm_row_is_the_full_model_without_the_prior():
+    tsm, prsd = load_config(ALL_ABLATIONS[5]), load_config(ABLATIONS[-1])
+    assert os.path.basename(ALL_ABLATIONS[5]) == "06_tsm.yml" and len(ALL_ABLATIONS) == 6
+    assert tsm.LOSS.SHAPE_PRIOR_WEIGHT == 0.0 < prsd.LOSS.SHAPE_PRIOR_WEIGHT
+    from configs import changed_keys
+
+    assert {k for k, _, _ in changed_keys(prsd, tsm)} == {"LOSS.SHAPE_PRIOR_WEIGHT", "OUTPUT_DIR"}
 
 
 def test_ablation_table_is_cumulative_and_each_row_builds():
