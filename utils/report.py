@@ -10,6 +10,11 @@ Bins are half-open [low, high) intervals of a tracklet field; the defaults follo
 capture grid (heights 5.8-120 m, horizontal distances 0-120 m, pitches 30/60/90 degrees).
 A query whose field is None goes to an "unknown" bin (shown only when it has queries).
 
+Clothes (when the dataset says which outfit each tracklet shows, e.g. the synthetic generator's
+``tracklet_outfits``): a query "changed clothes" when every true match wears another outfit than the
+query, "same clothes" when every one wears the query's, "mixed" otherwise; the pooled figure over all
+cases (aerial and ground queries) is :func:`clothes_changed_summary`.
+
 Clothing session: the "true matches" of a query are the gallery tracklets with its pid and
 another tracklet name. The query is
   * "same session" when every true match with a known session has the query's session,
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +41,7 @@ DEFAULT_BINS: dict[str, tuple[str, tuple[float, ...], str]] = {
     "aerial_distance": ("aerial_distance", (0.0, 25.0, 50.0, 100.0, math.inf), "m"),
 }
 SESSION_GROUPS = ("same session", "different session", "mixed", "unknown")
+CLOTHES_GROUPS = ("same clothes", "clothes changed", "mixed", "unknown")
 
 
 def _mean_or_none(values: np.ndarray) -> float | None:
@@ -72,12 +78,64 @@ def session_groups(queries: Sequence, gallery: Sequence) -> list[str]:
     return groups
 
 
+def clothes_groups(query_names: Sequence[str], gallery_names: Sequence[str],
+                   outfits: Mapping[str, str] | None) -> list[str]:
+    """Clothes group (one of CLOTHES_GROUPS) of every query, from tracklet folder names ``{pid}_{tid}``
+    and ``outfits`` {tracklet name: outfit key}. True matches: gallery names of the query's pid other
+    than the query's own name; a tracklet missing from ``outfits`` counts as unknown."""
+    from utils.protocol import split_tracklet_name
+
+    by_pid: dict[int, list[str]] = {}
+    for name in gallery_names:
+        by_pid.setdefault(split_tracklet_name(name)[0], []).append(name)
+    groups = []
+    for name in query_names:
+        own = (outfits or {}).get(name)
+        matches = [(outfits or {}).get(g) for g in by_pid.get(split_tracklet_name(name)[0], []) if g != name]
+        if own is None or not matches or any(m is None for m in matches):
+            groups.append("unknown")
+        elif all(m != own for m in matches):
+            groups.append("clothes changed")
+        elif all(m == own for m in matches):
+            groups.append("same clothes")
+        else:
+            groups.append("mixed")
+    return groups
+
+
+def clothes_changed_summary(results: Mapping, outfits: Mapping[str, str] | None) -> dict | None:
+    """mAP (%) and R1 (%) pooled over the queries of all scored cases whose true matches all wear another
+    outfit (see :func:`clothes_groups`), and the same for "same clothes"; None without outfit labels.
+
+    results: {case: CaseResult} with ``query_names``, ``gallery_names`` and ``metrics`` (per-query
+    ``AP``, nan for a query without a true match, and ``R1_hit``), as ``processor.inference.evaluate_cases``.
+    -> {"clothes changed": {"count", "mAP", "R1"}, "same clothes": {...}}
+    """
+    if not outfits:
+        return None
+    pooled: dict[str, tuple[list, list]] = {g: ([], []) for g in ("clothes changed", "same clothes")}
+    for result in results.values():
+        if result.metrics is None:
+            continue
+        groups = clothes_groups(result.query_names, result.gallery_names, outfits)
+        for group, ap, hit in zip(groups, np.asarray(result.metrics["AP"], np.float64),
+                                  np.asarray(result.metrics["R1_hit"], bool)):
+            if group in pooled and not np.isnan(ap):
+                pooled[group][0].append(ap)
+                pooled[group][1].append(hit)
+    return {group: {"count": len(aps), "mAP": 100.0 * float(np.mean(aps)) if aps else None,
+                    "R1": 100.0 * float(np.mean(hits)) if hits else None}
+            for group, (aps, hits) in pooled.items()}
+
+
 def condition_report(ap, r1_hit, queries: Sequence, gallery: Sequence,
-                     bins: dict[str, tuple[str, Sequence[float], str]] | None = None) -> dict:
+                     bins: dict[str, tuple[str, Sequence[float], str]] | None = None,
+                     outfits: Mapping[str, str] | None = None) -> dict:
     """Per-condition mAP / R1 (fractions) of the aerial queries that have a true match.
 
     ap (Q,) float with nan for queries without a true match; r1_hit (Q,) bool; queries (Q,) and
-    gallery Tracklet records; bins {condition: (field, edges, unit)} (default DEFAULT_BINS).
+    gallery Tracklet records; bins {condition: (field, edges, unit)} (default DEFAULT_BINS); outfits
+    {tracklet name: outfit key} or None: with it a "clothes" condition (see :func:`clothes_groups`).
     -> {"num_queries", "num_aerial", "num_evaluated", "overall": {count, mAP, R1},
         "conditions": {name: {"field", "unit", "bins": [{label, low, high, count, mAP, R1}, ...]}},
         "session_definition": str}
@@ -111,6 +169,13 @@ def condition_report(ap, r1_hit, queries: Sequence, gallery: Sequence,
     conditions["session"] = {"field": "session", "unit": "", "bins": [
         {"label": group, "low": None, "high": None, **summary(used & (groups == group))}
         for group in SESSION_GROUPS if group != "unknown" or (used & (groups == "unknown")).any()]}
+    if not any(b["count"] for b in conditions["session"]["bins"] if b["label"] != "unknown"):
+        del conditions["session"]   # no session known for any query (case 1: ground gallery): nothing to show
+    if outfits:
+        clothes = np.array(clothes_groups([q.name for q in queries], [g.name for g in gallery], outfits), dtype=object)
+        conditions["clothes"] = {"field": "clothes", "unit": "", "bins": [
+            {"label": group, "low": None, "high": None, **summary(used & (clothes == group))}
+            for group in CLOTHES_GROUPS if group != "unknown" or (used & (clothes == "unknown")).any()]}
     return {
         "num_queries": len(queries),
         "num_aerial": int(aerial.sum()),
@@ -172,10 +237,10 @@ def plot_condition_report(report: dict, out_dir: str, filename: str = "per_condi
 
 def write_condition_report(out_dir: str, ap, r1_hit, queries: Sequence, gallery: Sequence,
                            name: str = "per_condition", title: str = "",
-                           bins: dict | None = None) -> tuple[dict, str, str]:
+                           bins: dict | None = None, outfits: Mapping[str, str] | None = None) -> tuple[dict, str, str]:
     """condition_report + format_condition_report + plot (``out_dir/<name>.png``).
     Returns (report dict, text table, PNG path)."""
-    report = condition_report(ap, r1_hit, queries, gallery, bins)
+    report = condition_report(ap, r1_hit, queries, gallery, bins, outfits)
     table = format_condition_report(report, title)
     png = plot_condition_report(report, out_dir, f"{name}.png", title)
     return report, table, png
