@@ -3,8 +3,9 @@
 
 Under ``torchrun --nproc_per_node=N train.py ...`` it trains with DDP (NCCL on GPUs, gloo on CPU).
 A fresh run refuses an OUTPUT_DIR that holds another run: continue it with ``--resume auto``, pick
-another OUTPUT_DIR, or ``--overwrite`` (deletes that run's files first). Ctrl-C / SIGTERM stop at
-the next step boundary and print the command that resumes.
+another OUTPUT_DIR, or ``--overwrite`` (deletes that run's files first). A run holds OUTPUT_DIR/run.lock
+while it runs: a second process into the same OUTPUT_DIR refuses at once, naming the first. Ctrl-C,
+SIGTERM or SIGUSR1 stop at the next step boundary and print the command that resumes (exit status 130).
 """
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import shlex
 import sys
 
 from configs import load_config
-from tools.cli import INTERRUPTED_EXIT_CODE, make_parser, parse_command_line, run_main
+from tools.cli import make_parser, parse_command_line, run_main
 from utils.checkpoint import write_text_atomic
+from utils.distributed import cleanup_distributed, configure_cpu_threads, get_rank, init_distributed
 from utils.fileio import ensure_folder
-from utils.distributed import cleanup_distributed, get_rank, init_distributed
 from utils.logger import quiet_console, setup_logging
+from utils.runlock import RunLock
+from utils.signals import stop_at_step_boundaries
 
 logger = logging.getLogger("train")
 
@@ -59,7 +62,28 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts, overlays=args.overlay)
     output_dir = cfg.OUTPUT_DIR
-    from processor.trainer import Trainer, TrainingInterrupted, check_run_folder, clear_run_files
+    from datasets.build import check_data_root
+    from model.build import check_weight_files
+
+    # Checks that need no files written first: a failed start leaves no config.yaml or log.txt.
+    check_weight_files(cfg)
+    check_data_root(cfg)
+    lock = None
+    if int(os.environ.get("RANK", "0")) == 0:   # one run per OUTPUT_DIR, held until this run ends
+        lock = RunLock(output_dir, what="OUTPUT_DIR",
+                       elsewhere="train into another folder (OUTPUT_DIR other/folder)").acquire()
+    try:
+        with stop_at_step_boundaries():
+            return _train(args, argv, cfg, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args, argv, cfg, lock) -> dict:
+    output_dir = cfg.OUTPUT_DIR
+    from processor.trainer import Trainer, check_run_folder, clear_run_files
+    from utils.checkpoint import find_resume_checkpoint, load_checkpoint
 
     stale = check_run_folder(output_dir, args.resume, args.overwrite)  # before anything is written
     device = init_distributed(cfg.MODEL.DEVICE)
@@ -72,39 +96,51 @@ def main(argv=None) -> dict:
         setup_logging(output_dir, get_rank())
         if not args.verbose:
             quiet_console(os.path.join(output_dir, "log.txt"))
+        if lock is not None and lock.taken_over:
+            logger.warning("%s", lock.taken_over)
         if stale:
             logger.info("Deleted %d files/folders of %s in %s first", len(stale),
                         "the previous run (--overwrite)" if args.overwrite else "a start that failed before training",
                         output_dir)
+        threads = configure_cpu_threads(cfg) if device.type == "cpu" else ""
         config_path = os.path.join(output_dir, "config.yaml")
         if get_rank() == 0:
             ensure_folder(output_dir)
             write_text_atomic(config_path, cfg.dump())
         sources = " + ".join([args.config_file or "(defaults)"] + args.overlay)
-        logger.info("Config %s%s -> resolved config in %s%s; device %s", sources,
+        logger.info("Config %s%s -> resolved config in %s%s; device %s%s", sources,
                     f" + {len(args.opts) // 2} overrides" if args.opts else "", config_path,
-                    "" if args.verbose else " (--verbose prints it)", device)
+                    "" if args.verbose else " (--verbose prints it)", device, f" ({threads})" if threads else "")
         if args.verbose:
             logger.info("Resolved config:\n%s", cfg.dump())
-        trainer = Trainer(cfg, device, output_dir, config_file=sources, resume_hint=resume_command(argv))
+        found = None
         if args.resume:
-            trainer.resume(args.resume)
+            found = find_resume_checkpoint(output_dir) if args.resume == "auto" else (args.resume,
+                                                                                      load_checkpoint(args.resume))
+        complete = found is not None and int(found[1]["epoch"]) >= cfg.SOLVER.MAX_EPOCHS
+        if complete:
+            logger.info("Training was complete: %s holds epoch %d of %d (SOLVER.MAX_EPOCHS); %s", found[0],
+                        int(found[1]["epoch"]), cfg.SOLVER.MAX_EPOCHS,
+                        "running the final evaluation only" if cfg.TEST.EVAL_AFTER_TRAINING
+                        else "nothing left to do (TEST.EVAL_AFTER_TRAINING False)")
+        # A finished run's log already holds the dataset table: not again.
+        trainer = Trainer(cfg, device, output_dir, config_file=sources, resume_hint=resume_command(argv),
+                          dataset_table=not complete)
         try:
+            if args.resume:
+                trainer.resume(args.resume, found=found)
             report = trainer.fit()
-        except TrainingInterrupted as exc:
+            if report.get("val_mAP_before") is not None and report.get("val_mAP_after") is not None:
+                logger.info("Validation mAP-3 before training %.2f -> after training %.2f",
+                            report["val_mAP_before"], report["val_mAP_after"])
+            chosen = trainer.use_final_weights()
+            report["final_weights"] = chosen
+            report["final_val"] = trainer.final_val_summary
+            report["training_was_complete"] = complete
+            if cfg.TEST.EVAL_AFTER_TRAINING:
+                report["test"] = trainer.evaluate_test(chosen)
+        finally:
             trainer.close()
-            if get_rank() == 0:
-                print(str(exc), file=sys.stderr, flush=True)
-            raise SystemExit(INTERRUPTED_EXIT_CODE) from None
-        if report.get("val_mAP_before") is not None and report.get("val_mAP_after") is not None:
-            logger.info("Validation mAP-3 before training %.2f -> after training %.2f",
-                        report["val_mAP_before"], report["val_mAP_after"])
-        chosen = trainer.use_final_weights()
-        report["final_weights"] = chosen
-        report["final_val"] = trainer.final_val_summary
-        if cfg.TEST.EVAL_AFTER_TRAINING:
-            report["test"] = trainer.evaluate_test(chosen)
-        trainer.close()
         return report
     finally:
         cleanup_distributed()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
 from typing import Sequence
 
 import cv2
@@ -26,6 +25,8 @@ from datasets.sampling import SAMPLING_MODES
 from datasets.synthetic import SyntheticConfig, generate_dataset
 from datasets.transforms import ClipTransform
 from datasets.video import InferenceClipDataset, TrainClipDataset
+from utils import signals
+from utils.signals import ignore_in_worker
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,22 @@ def nearest_existing_folder(path: str) -> str:
     return folder
 
 
+def check_data_root(cfg) -> None:
+    """DatasetLayoutError when ``DATASETS.ROOT_DIR`` does not exist and will not be generated
+    (``DATASETS.SYNTHETIC_IF_MISSING`` off). Cheap: the command lines call it before they write or
+    build anything."""
+    data = cfg.DATASETS
+    root = data.ROOT_DIR
+    if not os.path.isdir(root) and not data.SYNTHETIC_IF_MISSING:
+        from datasets.detreidx import DatasetLayoutError
+
+        raise DatasetLayoutError(
+            f"Dataset root {os.path.abspath(root)} does not exist (nearest existing folder: "
+            f"{nearest_existing_folder(root)}). Set DATASETS.ROOT_DIR to the DetReIDXV1 folder (holding train/ "
+            f"and case*/); to get synthetic data there, run `python -m datasets.synthetic --root {root}`."
+        )
+
+
 def build_dataset(cfg, cases=None, camera_index=None) -> DetReIDX:
     """The dataset named by ``DATASETS.NAMES`` at ``DATASETS.ROOT_DIR``.
 
@@ -53,14 +70,7 @@ def build_dataset(cfg, cases=None, camera_index=None) -> DetReIDX:
     """
     data = cfg.DATASETS
     root = data.ROOT_DIR
-    if not os.path.isdir(root) and not data.SYNTHETIC_IF_MISSING:
-        from datasets.detreidx import DatasetLayoutError
-
-        raise DatasetLayoutError(
-            f"Dataset root {os.path.abspath(root)} does not exist (nearest existing folder: "
-            f"{nearest_existing_folder(root)}). Set DATASETS.ROOT_DIR to the DetReIDXV1 folder (holding train/ "
-            f"and case*/); to get synthetic data there, run `python -m datasets.synthetic --root {root}`."
-        )
+    check_data_root(cfg)
     if not os.path.isdir(root):
         logger.info("%s does not exist: generating the synthetic XFD dataset there (DATASETS.SYNTHETIC_IF_MISSING)", root)
         config = SyntheticConfig(num_ids=int(data.SYNTHETIC_IDS), num_test_ids=int(data.SYNTHETIC_TEST_IDS),
@@ -80,17 +90,51 @@ def build_dataset(cfg, cases=None, camera_index=None) -> DetReIDX:
 
 
 def seed_worker(worker_id: int) -> None:
-    """Loader worker start-up: seed the global RNGs from the loader's seeded generator (deterministic).
+    """Loader worker start-up: leave stop signals to the main process, and seed the global RNGs from
+    the loader's seeded generator (deterministic).
 
     (Clip randomness itself comes from the per-sample seeds of the batch sampler; this covers any
     library code that draws from the global generators.)
     """
-    # Ctrl-C is the main process's to handle (stop at a step boundary); a worker killed by it would
-    # also print its own traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, SIGTERM and SIGUSR1 are the main process's to handle (stop at a step boundary): a
+    # scheduler signals the whole process group, and a worker killed by it would end the run with the
+    # DataLoader's "worker killed by signal" traceback.
+    ignore_in_worker()
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+class SignalSafeLoader(DataLoader):
+    """A DataLoader whose workers are forked with the stop signals blocked (they ignore them before
+    unblocking: see ``utils.signals``), and which, with ``check_stop``, is a step boundary: asking it
+    for the next batch after a stop signal raises ``utils.signals.RunInterrupted`` (``stop_where``
+    goes into the message). Inference loaders check; the training loop checks the flag itself (under
+    DDP every rank must stop at the same step)."""
+
+    def __init__(self, *args, check_stop: bool = False, stop_where: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.check_stop = check_stop
+        self.stop_where = stop_where
+
+    def _get_iterator(self):
+        with signals.blocked():   # the workers fork here
+            return super()._get_iterator()
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        if not self.check_stop:
+            return iterator
+        return self._checked(iterator)
+
+    def _checked(self, iterator):
+        while True:
+            signals.check_stop(self.stop_where)
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            yield batch
 
 
 def _loader_kwargs(cfg, seed: int) -> dict:
@@ -133,7 +177,7 @@ def build_train_loader(cfg, dataset: DetReIDX, rank: int = 0, world_size: int = 
         [t.label for t in dataset.train], int(cfg.SOLVER.IMS_PER_BATCH), int(cfg.DATALOADER.NUM_INSTANCE),
         seed=int(cfg.SOLVER.SEED), rank=rank, world_size=world_size,
     )
-    return DataLoader(clips, batch_sampler=sampler, **_loader_kwargs(cfg, int(cfg.SOLVER.SEED) + rank))
+    return SignalSafeLoader(clips, batch_sampler=sampler, **_loader_kwargs(cfg, int(cfg.SOLVER.SEED) + rank))
 
 
 def build_inference_loader(cfg, tracklets: Sequence[Tracklet]) -> DataLoader:
@@ -154,4 +198,7 @@ def build_inference_loader(cfg, tracklets: Sequence[Tracklet]) -> DataLoader:
     kwargs = _loader_kwargs(cfg, int(cfg.SOLVER.SEED))
     # Inference loaders are built per case; persistent workers would outlive their use.
     kwargs["persistent_workers"] = False
-    return DataLoader(clips, batch_size=int(cfg.TEST.IMS_PER_BATCH), shuffle=False, drop_last=False, **kwargs)
+    # A step boundary: a stop signal (utils.signals) stops evaluation, validation and the memory
+    # rebuild before the next batch.
+    return SignalSafeLoader(clips, batch_size=int(cfg.TEST.IMS_PER_BATCH), shuffle=False, drop_last=False,
+                            check_stop=True, **kwargs)

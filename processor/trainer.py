@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import logging
@@ -9,17 +10,17 @@ import math
 import os
 import random
 import shutil
-import signal
 import time
 from collections import defaultdict
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from configs import ConfigError
 from datasets.build import build_dataset, build_train_loader
+from datasets.video import CorruptFrameError, read_frame
 from loss.build import build_loss
 from model.build import begin_compiled_step, build_model, check_weight_files
 from processor.evaluation import run_case_evaluation, to_json
@@ -37,7 +38,9 @@ from utils.checkpoint import (
     set_rng_state,
 )
 from utils.fileio import remove_stale_temp_files
-from utils.logger import MetricsWriter
+from utils.logger import DETAIL_LOGGERS, MetricsWriter, progress_bar, quieter
+from utils import signals
+from utils.signals import RunInterrupted
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +57,8 @@ class RunFolderError(RuntimeError):
     """A fresh run would write into an OUTPUT_DIR that holds another run; the message says what to do."""
 
 
-class TrainingInterrupted(Exception):
-    """Ctrl-C / SIGTERM stopped training at a step boundary; the message says how to resume."""
+class TrainingInterrupted(RunInterrupted):
+    """Ctrl-C / SIGTERM / SIGUSR1 stopped training at a step boundary; the message says how to resume."""
 
 
 # ------------------------------------------------------------------ run folders
@@ -122,13 +125,107 @@ def check_training_settings(cfg) -> None:
             "Set SOLVER.ACCUM_STEPS 1 or MODEL.COMPILE_MODE default.")
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's message without the traceback a loader worker's copy of it carries."""
+    text = str(exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):   # a worker's error: "Caught X in DataLoader worker ...\nTraceback...\nX: msg"
+        if line.startswith(type(exc).__name__ + ": "):
+            return line[len(type(exc).__name__) + 2:]
+    return lines[0] if lines else type(exc).__name__
+
+
+def unreadable_tracklets(tracklets) -> list[str]:
+    """Folders of the ``tracklets`` of which no frame decodes (one decode per readable tracklet)."""
+    bad = []
+    for tracklet in tracklets:
+        for path in tracklet.frames:
+            try:
+                read_frame(path)
+            except CorruptFrameError:
+                continue
+            break
+        else:
+            bad.append(tracklet.folder)
+    return sorted(bad)
+
+
+def _count_unique(cases) -> int:
+    """Distinct tracklets over the cases (those used by two cases are encoded once)."""
+    return len({(t.pid, t.name, t.frames) for split in (cases or {}).values()
+                for t in (*split.query, *split.gallery)})
+
+
+def _human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def _clock_text(seconds: float) -> str:
+    seconds = int(round(max(seconds, 0)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class RunClock:
+    """Elapsed time of a training run and an estimate of the time left for all of it: the epochs left
+    (mean epoch time so far), their validations (the last validation's time) and the final test
+    evaluation (the last validation's time per tracklet, times the test tracklets)."""
+
+    def __init__(self, max_epochs: int, is_eval_epoch, final_tracklets: int = 0, clock=time.perf_counter):
+        self.max_epochs = max_epochs
+        self.is_eval_epoch = is_eval_epoch
+        self.final_tracklets = final_tracklets
+        self.clock = clock
+        self.start = clock()
+        self.epoch_seconds: list[float] = []
+        self.validation_seconds: float | None = None
+        self.seconds_per_tracklet: float | None = None
+
+    def epoch_done(self, seconds: float) -> None:
+        self.epoch_seconds.append(seconds)
+
+    def validation_done(self, seconds: float, tracklets: int) -> None:
+        self.validation_seconds = seconds
+        if tracklets:
+            self.seconds_per_tracklet = seconds / tracklets
+
+    def seconds_left(self, epoch: int) -> tuple[float, list[str]]:
+        """(estimated seconds left after ``epoch``'s training, parts that could not be estimated yet)."""
+        unknown = []
+        left = 0.0
+        if self.epoch_seconds:
+            left += sum(self.epoch_seconds) / len(self.epoch_seconds) * (self.max_epochs - epoch)
+        validations = sum(1 for e in range(epoch, self.max_epochs + 1) if self.is_eval_epoch(e))
+        if validations:
+            if self.validation_seconds is None:
+                unknown.append("validation")
+            else:
+                left += validations * self.validation_seconds
+        if self.final_tracklets:
+            if self.seconds_per_tracklet is None:
+                unknown.append("the final evaluation")
+            else:
+                left += self.final_tracklets * self.seconds_per_tracklet
+        return left, unknown
+
+    def describe(self, epoch: int) -> str:
+        """'elapsed 0:01:10, about 0:07:30 left' (+ what is not estimated yet)."""
+        left, unknown = self.seconds_left(epoch)
+        text = f"elapsed {_clock_text(self.clock() - self.start)}, about {_clock_text(left)} left"
+        return text + (f" + {' and '.join(unknown)}" if unknown else "")
+
+
 class Trainer:
     """Owns the model, loss, optimizer, schedule and loaders of one training run.
 
     Build with :meth:`from_config`; run with :meth:`fit`. Rank 0 alone logs and writes files.
     """
 
-    def __init__(self, cfg, device: torch.device, output_dir: str, config_file: str = "", resume_hint: str = ""):
+    def __init__(self, cfg, device: torch.device, output_dir: str, config_file: str = "", resume_hint: str = "",
+                 dataset_table: bool = True):
         self.cfg = cfg
         self.config_file = config_file  # stored in checkpoints: evaluation says what a model was trained with
         self.resume_hint = resume_hint  # the command that continues this run, printed when it is interrupted
@@ -141,7 +238,8 @@ class Trainer:
         check_weight_files(cfg)  # a missing weight file fails now, not after the dataset scan
         check_training_settings(cfg)
         seed_everything(cfg.SOLVER.SEED)
-        self.dataset = build_dataset(cfg)  # logs its statistics table
+        with quieter(DETAIL_LOGGERS, enabled=not dataset_table):
+            self.dataset = build_dataset(cfg)  # logs its statistics table (dataset_table False: not again)
         self.num_classes = self.dataset.num_train_pids
         self.num_cameras = self.dataset.num_cameras
         self.train_loader = build_train_loader(cfg, self.dataset, rank=self.rank, world_size=self.world_size)
@@ -174,7 +272,9 @@ class Trainer:
         self.best_epoch = None
         self.last_val_summary = self.best_val_summary = self.final_val_summary = None  # rank 0 only
         self.weights_label = "the last weights"  # what the model holds when test evaluation runs
-        self.stop_signal: int | None = None
+        self.validation_pending: int | None = None   # an epoch whose validation an interrupt cut short
+        self.clock = RunClock(cfg.SOLVER.MAX_EPOCHS, self._is_eval_epoch,
+                              _count_unique(self.dataset.cases) if cfg.TEST.EVAL_AFTER_TRAINING else 0)
         self.writer = MetricsWriter(output_dir, enabled=self.is_main)
 
     # ------------------------------------------------------------------ checkpoints
@@ -197,24 +297,29 @@ class Trainer:
                      "config_file": self.config_file},
         }
 
-    def save(self, epoch: int) -> None:
+    def save(self, epoch: int, validation_pending: bool = False) -> None:
+        """checkpoint_last.pth, and checkpoint_epoch<N>.pth every SOLVER.CHECKPOINT_PERIOD epochs (rank 0).
+        ``validation_pending``: the epoch's validation was interrupted; a resumed run validates it first."""
         if not self.is_main:
             return
         state = self.state_dict(epoch)
+        if validation_pending:
+            state["validation_pending"] = True
         save_checkpoint(state, os.path.join(self.output_dir, LAST_NAME))
         if epoch % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 or epoch == self.cfg.SOLVER.MAX_EPOCHS:
             save_checkpoint(state, os.path.join(self.output_dir, f"checkpoint_epoch{epoch}.pth"))
 
-    def resume(self, resume: str) -> bool:
-        """Restore from ``resume`` ("auto" = newest loadable checkpoint in OUTPUT_DIR, or a path)."""
+    def resume(self, resume: str, found: tuple[str, dict] | None = None) -> bool:
+        """Restore from ``resume`` ("auto" = newest loadable checkpoint in OUTPUT_DIR, or a path);
+        ``found``: the (path, state) already loaded for it (or None for auto with nothing found)."""
         if resume == "auto":
-            found = find_resume_checkpoint(self.output_dir)
+            found = found or find_resume_checkpoint(self.output_dir)
             if found is None:
                 logger.info("No checkpoint in %s: starting from scratch", self.output_dir)
                 return False
             path, state = found
         else:
-            path, state = resume, load_checkpoint(resume)
+            path, state = found or (resume, load_checkpoint(resume))
         load_model_state(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -226,36 +331,52 @@ class Trainer:
         if state.get("best_val_summary"):
             self.best_val_summary = json.loads(state["best_val_summary"])
         set_rng_state(state["rng"])
+        if state.get("validation_pending"):
+            self.validation_pending = int(state["epoch"])
         logger.info("Resumed from %s (epoch %d done)", path, state["epoch"])
         return True
 
     # ------------------------------------------------------------------ memory
     @torch.no_grad()
     def rebuild_memory(self) -> None:
-        """Proxies <- class centroids of the whole training set (eval mode, no grad).
+        """Proxies <- class centroids of the whole training set (no grad; MODEL.MEMORY.REBUILD_*).
 
-        Every training tracklet is encoded from DATALOADER.SEQ_LEN evenly spaced frames (deterministic),
-        whatever TEST.SAMPLING / TEST.SEQ_LEN say (as the authors): the proxies describe training-length
-        clips, and dense test sampling would encode every training frame each epoch. Each rank encodes
-        its share of the training tracklets; features are gathered to all ranks. Logs the time it took.
+        Every training tracklet is encoded from DATALOADER.SEQ_LEN frames chosen by
+        MODEL.MEMORY.REBUILD_SAMPLING (deterministic), whatever TEST.SAMPLING / TEST.SEQ_LEN say: the
+        proxies describe training-length clips. The defaults follow the authors: clips encoded without
+        SIE (REBUILD_SIE False), the BNNecks standardising with the statistics of the clips themselves
+        (REBUILD_BN "batch": as a BatchNorm in train mode, here over the whole training set at once,
+        without touching the running statistics; at epoch 1 the running statistics are still their
+        initial values, which would leave the proxies unstandardised while the training features are
+        batch-standardised), and the class mean taken over the BN features without normalising each
+        clip first (REBUILD_NORMALIZE_CLIPS False). Each rank encodes its share of the training
+        tracklets; features are gathered to all ranks. Logs the time it took.
         """
         memory = self.model.memory
         if memory is None:
             return
         start = time.perf_counter()
+        mem_cfg = self.cfg.MODEL.MEMORY
         rebuild_cfg = self.cfg.clone()
         rebuild_cfg.defrost()
-        rebuild_cfg.TEST.SAMPLING = "even"
+        rebuild_cfg.TEST.SAMPLING = str(mem_cfg.REBUILD_SAMPLING)
         rebuild_cfg.TEST.SEQ_LEN = int(self.cfg.DATALOADER.SEQ_LEN)
         rebuild_cfg.freeze()
         share = self.dataset.train[self.rank :: self.world_size]
-        feats = encode_tracklets(self.model, rebuild_cfg, share, self.device, outputs=("memory_feat",), desc="memory")
+        side_info = contextlib.nullcontext() if mem_cfg.REBUILD_SIE else self.model.without_side_info()
+        with side_info:
+            feats = encode_tracklets(self.model, rebuild_cfg, share, self.device, outputs=("appearance",),
+                                     desc="memory")
         labels = torch.tensor([t.label for t in share], dtype=torch.long)
-        feats = dist_utils.all_gather_tensor(feats["memory_feat"].to(self.device))
+        appearance = dist_utils.all_gather_tensor(feats["appearance"].to(self.device))
         labels = dist_utils.all_gather_tensor(labels.to(self.device))
+        feats = self.model.appearance_bnneck(appearance, batch_statistics=mem_cfg.REBUILD_BN == "batch")
+        if mem_cfg.REBUILD_NORMALIZE_CLIPS:
+            feats = F.normalize(feats, dim=1)
         memory.rebuild(feats, labels)
-        logger.debug("Memory rebuilt from %d training tracklets (%d evenly spaced frames each) in %.1fs",
-                    len(self.dataset.train), rebuild_cfg.TEST.SEQ_LEN, time.perf_counter() - start)
+        logger.debug("Memory rebuilt from %d training tracklets (%d frames each, %s sampling) in %.1fs",
+                     len(self.dataset.train), rebuild_cfg.TEST.SEQ_LEN, rebuild_cfg.TEST.SAMPLING,
+                     time.perf_counter() - start)
 
     # ------------------------------------------------------------------ validation
     def validate(self, tag: str) -> float | None:
@@ -264,12 +385,14 @@ class Trainer:
             return None
         value = None
         if self.is_main:
+            start = time.perf_counter()
             summary = run_case_evaluation(
                 self.cfg, self.model, self.dataset.val, self.device, self.output_dir, condition_report=False,
                 verbose=False,
             )
             value = summary.get("mAP-3")
             self.last_val_summary = summary
+            self.clock.validation_done(time.perf_counter() - start, summary.get("num_unique_tracklets", 0))
             per_case = " ".join(f"{c}:{e['mAP']:.1f}" for c, e in sorted(summary["cases"].items()) if "mAP" in e)
             logger.info("val (%s): mAP-3 %.2f R1 %.2f (per case mAP %s)", tag,
                         value if value is not None else float("nan"), summary.get("mean_R1", float("nan")), per_case)
@@ -334,7 +457,10 @@ class Trainer:
         seed_everything(epoch_seed(cfg.SOLVER.SEED, epoch, self.rank))
         self.train_loader.batch_sampler.set_epoch(epoch)
         if self.model.memory is not None and (epoch - 1) % cfg.MODEL.MEMORY.REBUILD_PERIOD == 0:
-            self.rebuild_memory()
+            try:
+                self.rebuild_memory()
+            except RunInterrupted:   # its loader is a step boundary
+                raise TrainingInterrupted(self._interrupt_message(epoch, 0, during="the memory rebuild")) from None
         self.step_model.train()
         accum = max(1, cfg.SOLVER.ACCUM_STEPS)
         meters: dict[str, list[float]] = defaultdict(list)
@@ -344,7 +470,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         epoch_start, epoch_clips = time.perf_counter(), 0
-        progress = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=not self.is_main)
+        progress = progress_bar(self.train_loader, desc=f"epoch {epoch}", enabled=self.is_main)
         pending: list[torch.Tensor] = []  # per-step [loss, terms..., acc] on the device, until a log step
         pending_names: list[str] = []
         for step, batch in enumerate(self._interruptible(progress, epoch), start=1):
@@ -450,28 +576,10 @@ class Trainer:
         self.writer.write("train", self.global_step, epoch, scalars)
 
     # ------------------------------------------------------------------ interrupts
-    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
-        """First Ctrl-C / SIGTERM: stop at the next step boundary; a second one stops at once."""
-        self.stop_signal = signum
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
-        if self.is_main:
-            logger.warning("%s: stopping at the next step boundary (press Ctrl-C again to stop at once)",
-                           signal.Signals(signum).name)
-
-    @contextlib.contextmanager
-    def _signal_handlers(self):
-        """Ctrl-C / SIGTERM set a flag that the step loop reads (main thread only: signals go there)."""
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    @property
+    def stop_signal(self) -> int | None:
+        """The stop signal received (utils.signals), or None."""
+        return signals.stop_signal()
 
     def _stop_requested(self) -> bool:
         if self.world_size == 1:  # a plain flag: no device sync per step
@@ -482,7 +590,7 @@ class Trainer:
         return bool(flag.item())
 
     def _interruptible(self, batches, epoch: int):
-        """The loader's batches; a loader worker killed by the same Ctrl-C counts as the interrupt."""
+        """The loader's batches; a loader worker killed by the same signal counts as the interrupt."""
         iterator = iter(batches)
         step = 0
         while True:
@@ -497,50 +605,89 @@ class Trainer:
             step += 1
             yield batch
 
-    def _interrupt_message(self, epoch: int, step: int) -> str:
+    def _resume_text(self) -> str:
+        return self.resume_hint or "train.py ... --resume auto"
+
+    def _interrupt_message(self, epoch: int, step: int, during: str = "") -> str:
         """One line: where training stopped, which checkpoint is kept, the command that continues it."""
         last = os.path.join(self.output_dir, LAST_NAME)
-        where = f"Interrupted at epoch {epoch}, step {step}"
+        where = f"Interrupted at epoch {epoch}, " + (f"during {during}" if during else f"step {step}")
         if epoch > self.start_epoch or os.path.isfile(last):
             kept = f"{last} (epoch {epoch - 1}) is kept"
-            return f"{where}: {kept}; resume with: {self.resume_hint or 'train.py ... --resume auto'}"
+            return f"{where}: {kept}; resume with: {self._resume_text()}"
+        if not self._trained_anything():
+            return f"{where}, before the first training step: nothing to resume; run the same command again"
         return f"{where}, before the first checkpoint: nothing to resume; start again with --overwrite"
+
+    def _trained_anything(self) -> bool:
+        """Whether this folder's metrics log has a record (then it counts as a run: see check_run_folder)."""
+        path = os.path.join(self.output_dir, "metrics.jsonl")
+        return os.path.isfile(path) and os.path.getsize(path) > 0
 
     def fit(self) -> dict:
         """Train from ``start_epoch`` to SOLVER.MAX_EPOCHS; returns validation mAPs before/after.
 
-        Ctrl-C / SIGTERM stop training at the next step boundary with TrainingInterrupted; the
-        checkpoint of the last finished epoch is kept (a half epoch is not saved: resuming from one
-        would not give the weights of a straight run).
+        Ctrl-C, SIGTERM or SIGUSR1 (utils.signals) stop training at the next step boundary with
+        TrainingInterrupted: in a training step, the memory rebuild or validation. The checkpoint of
+        the last finished epoch is kept (a half epoch is not saved: resuming from one would not give
+        the weights of a straight run); an epoch whose validation was interrupted is saved, and its
+        validation runs first when the run is resumed.
         """
-        with self._signal_handlers():
+        with signals.stop_at_step_boundaries():
             return self._fit()
+
+    def _validate_epoch(self, epoch: int, report: dict) -> None:
+        """Validation after ``epoch``; on an interrupt the epoch is saved (validation pending) first."""
+        try:
+            value = self.validate(f"epoch {epoch}")
+        except RunInterrupted:
+            self.save(epoch, validation_pending=True)
+            last = os.path.join(self.output_dir, LAST_NAME)
+            raise TrainingInterrupted(
+                f"Interrupted at epoch {epoch}, during its validation: {last} (epoch {epoch}, validation pending) "
+                f"is kept; resume with: {self._resume_text()}") from None
+        if value is not None:
+            self.writer.write("val", self.global_step, epoch, {"mAP": value})
+            report["val_mAP_after"] = value
+            if value > self.best_map:
+                self.best_map, self.best_epoch = value, epoch
+                self.best_val_summary = self.last_val_summary
+                logger.info("new best (epoch %d, val mAP-3 %.2f): %s", epoch, value, BEST_NAME)
+                if self.is_main:
+                    save_checkpoint(self.state_dict(epoch), os.path.join(self.output_dir, BEST_NAME))
+
+    def _is_eval_epoch(self, epoch: int) -> bool:
+        period = self.cfg.SOLVER.EVAL_PERIOD
+        return period > 0 and (epoch % period == 0 or epoch == self.cfg.SOLVER.MAX_EPOCHS)
 
     def _fit(self) -> dict:
         cfg = self.cfg
         report: dict = {}
-        eval_period = cfg.SOLVER.EVAL_PERIOD
-        if self.start_epoch == 1 and eval_period > 0:
-            report["val_mAP_before"] = self.validate("before training")
+        self.check_free_space()
+        if self.validation_pending is not None:   # resumed from an epoch whose validation was interrupted
+            epoch, self.validation_pending = self.validation_pending, None
+            logger.info("Validating epoch %d first (its validation was interrupted)", epoch)
+            self._validate_epoch(epoch, report)
+            self.save(epoch)
+            dist_utils.barrier()
+        if self.start_epoch == 1 and cfg.SOLVER.EVAL_PERIOD > 0:
+            try:
+                report["val_mAP_before"] = self.validate("before training")
+            except RunInterrupted:
+                raise TrainingInterrupted(self._interrupt_message(1, 0, during="the validation before training")) \
+                    from None
         for epoch in range(self.start_epoch, cfg.SOLVER.MAX_EPOCHS + 1):
             if self._stop_requested():
                 raise TrainingInterrupted(self._interrupt_message(epoch, 0))
             start = time.perf_counter()
             means = self.train_epoch(epoch)
-            logger.info("epoch %d done in %.1f s (of %d): %s | %s | %.1f clips/s", epoch, time.perf_counter() - start,
-                        cfg.SOLVER.MAX_EPOCHS, self._format_terms(means), self.epoch_lr_text, self.last_clips_per_s)
+            self.clock.epoch_done(time.perf_counter() - start)
+            logger.info("epoch %d done in %.1f s (of %d): %s | %s | %.1f clips/s | %s", epoch,
+                        time.perf_counter() - start, cfg.SOLVER.MAX_EPOCHS, self._format_terms(means),
+                        self.epoch_lr_text, self.last_clips_per_s, self.clock.describe(epoch))
             self.writer.write("epoch", self.global_step, epoch, means)
-            if eval_period > 0 and (epoch % eval_period == 0 or epoch == cfg.SOLVER.MAX_EPOCHS):
-                value = self.validate(f"epoch {epoch}")
-                if value is not None:
-                    self.writer.write("val", self.global_step, epoch, {"mAP": value})
-                    report["val_mAP_after"] = value
-                    if value > self.best_map:
-                        self.best_map, self.best_epoch = value, epoch
-                        self.best_val_summary = self.last_val_summary
-                        logger.info("new best (epoch %d, val mAP-3 %.2f): %s", epoch, value, BEST_NAME)
-                        if self.is_main:
-                            save_checkpoint(self.state_dict(epoch), os.path.join(self.output_dir, BEST_NAME))
+            if self._is_eval_epoch(epoch):
+                self._validate_epoch(epoch, report)
             self.save(epoch)
             dist_utils.barrier()
         report["best_val_mAP"] = self.best_map if self.best_map >= 0 else None
@@ -583,16 +730,116 @@ class Trainer:
 
     def evaluate_test(self, chosen: dict | None = None) -> dict | None:
         """After training: the test cases on disk, with the submission CSV (rank 0), scored with the
-        weights the model holds (see :meth:`use_final_weights`, whose dict ``chosen`` goes to the JSON)."""
+        weights the model holds (see :meth:`use_final_weights`, whose dict ``chosen`` goes to the JSON).
+
+        A bad test frame does not cost the trained run: an unreadable frame is replaced by the nearest
+        readable frame of its tracklet (a warning in log.txt names it, as DATASETS.SKIP_CORRUPT_FRAMES
+        does), and a tracklet without one readable frame is left out of the CSV and the metrics, named
+        in log.txt and in ``test_results.json`` (``left_out_tracklets``). A stop signal raises
+        TrainingInterrupted (training is complete; ``--resume auto`` runs this evaluation only).
+        """
         if not self.dataset.cases or not self.is_main:
             return None
         cases = {c: s for c, s in self.dataset.cases.items() if c in self.cfg.TEST.CASES}
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.DATASETS.SKIP_CORRUPT_FRAMES = True
+        cfg.freeze()
+        extra = dict(chosen or {})
+        try:
+            try:
+                return self._evaluate_cases(cfg, cases, extra)
+            except CorruptFrameError as exc:   # a tracklet without one readable frame
+                logger.error("Final evaluation: %s", _first_line(exc))
+                left_out = unreadable_tracklets({t.folder: t for split in cases.values()
+                                                 for t in (*split.query, *split.gallery)}.values())
+                if not left_out:
+                    raise
+                logger.warning(
+                    "Final evaluation: leaving out %d tracklet(s) without one readable frame: %s. submission.csv "
+                    "lacks them; fix or remove their frames, then run evaluate_all_cases.py --model_path %s",
+                    len(left_out), ", ".join(left_out), extra.get("checkpoint", self.output_dir))
+                extra["left_out_tracklets"] = left_out
+                cases = {c: dataclasses.replace(split, query=[t for t in split.query if t.folder not in left_out],
+                                                gallery=[t for t in split.gallery if t.folder not in left_out])
+                         for c, split in cases.items()}
+                return self._evaluate_cases(cfg, cases, extra)
+        except RunInterrupted:
+            last = os.path.join(self.output_dir, LAST_NAME)
+            raise TrainingInterrupted(
+                f"Interrupted during the final evaluation: training is complete ({last} holds epoch "
+                f"{self.cfg.SOLVER.MAX_EPOCHS}); no submission.csv was written. Evaluate with: "
+                f"{self._resume_text()} (runs the final evaluation only)") from None
+
+    def _evaluate_cases(self, cfg, cases: dict, extra: dict) -> dict:
         return run_case_evaluation(
-            self.cfg, self.model, cases, self.device, self.output_dir,
+            cfg, self.model, cases, self.device, self.output_dir,
             csv_path=os.path.join(self.output_dir, "submission.csv"),
             json_path=os.path.join(self.output_dir, "test_results.json"),
-            extra=chosen, title=f"Test results ({self.weights_label})",
+            extra=extra, title=f"Test results ({self.weights_label})",
         )
+
+    # ------------------------------------------------------------------ disk space
+    def checkpoint_bytes(self) -> int:
+        """About the size of one checkpoint: the model's tensors, plus the optimizer's state (measured when
+        it exists, else two moments per trained parameter for Adam-like optimizers, one for momentum)."""
+        model_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        state = self.optimizer.state
+        if state:
+            optim_bytes = sum(v.numel() * v.element_size() for s in state.values() for v in s.values()
+                              if torch.is_tensor(v))
+        else:
+            defaults = self.optimizer.defaults
+            moments = 2 if "betas" in defaults else (1 if defaults.get("momentum", 0) else 0)
+            trained = sum(p.numel() * p.element_size() for g in self.optimizer.param_groups for p in g["params"]
+                          if p.requires_grad)
+            optim_bytes = moments * trained
+        return model_bytes + optim_bytes
+
+    def planned_checkpoints(self) -> list[tuple[int, str]]:
+        """(epoch, path) of each checkpoint file this run still creates (files it only rewrites take no
+        new space), in the order they appear."""
+        cfg = self.cfg
+        planned, seen = [], set()
+        best = os.path.join(self.output_dir, BEST_NAME)
+        for epoch in range(self.start_epoch, cfg.SOLVER.MAX_EPOCHS + 1):
+            names = []
+            if self.dataset.val and self._is_eval_epoch(epoch):
+                names.append(best)
+            names.append(os.path.join(self.output_dir, LAST_NAME))
+            if epoch % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or epoch == cfg.SOLVER.MAX_EPOCHS:
+                names.append(os.path.join(self.output_dir, f"checkpoint_epoch{epoch}.pth"))
+            for path in names:
+                if path not in seen and not os.path.exists(path):
+                    planned.append((epoch, path))
+                seen.add(path)
+        return planned
+
+    def check_free_space(self) -> bool:
+        """Before the first epoch (rank 0): warn when the disk under OUTPUT_DIR cannot hold the checkpoints
+        this run will write (plus the temporary copy of one write). Returns True when it warned."""
+        if not self.is_main:
+            return False
+        planned = self.planned_checkpoints()
+        if not planned:
+            return False
+        size = self.checkpoint_bytes()
+        try:
+            free = shutil.disk_usage(self.output_dir).free
+        except OSError:
+            return False
+        need = (len(planned) + 1) * size   # + one temporary file while a checkpoint is written
+        if free >= need:
+            return False
+        fits = max(0, free // max(size, 1) - 1)
+        full_at = planned[min(int(fits), len(planned) - 1)][0]
+        logger.warning(
+            "Low disk space: %s has %s free, but this run writes %d more checkpoint files of about %s each "
+            "(%s with the temporary copy of a write); the disk may fill up at about epoch %d. Free some "
+            "space, point OUTPUT_DIR at a larger disk, or raise SOLVER.CHECKPOINT_PERIOD (now %d).",
+            self.output_dir, _human_bytes(free), len(planned), _human_bytes(size), _human_bytes(need), full_at,
+            self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        return True
 
     def close(self) -> None:
         self.writer.close()

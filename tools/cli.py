@@ -1,8 +1,15 @@
 """What every command line of the project shares: ``--flags`` anywhere among ``KEY VALUE`` overrides,
-and errors that already explain themselves printed as one message instead of a traceback."""
+errors that already explain themselves printed as one ``error: ...`` line instead of a traceback, and
+a run stopped by a signal ending with its one line and exit status 130.
+
+Errors and interrupt lines also go to the run's log file(s) when logging writes to one, so
+``log.txt`` says how a run ended.
+"""
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -14,8 +21,10 @@ EXPLAINED_ERRORS = (
     ("model.backbone", "PretrainedWeightsError"), ("utils.checkpoint", "CheckpointError"),
     ("processor.trainer", "NonFiniteLossError"), ("processor.trainer", "RunFolderError"),
     ("utils.fileio", "WriteFailure"), ("utils.metrics", "NonFiniteFeaturesError"),
+    ("utils.runlock", "RunLockError"),
 )
-# Exit status of a run stopped by Ctrl-C / SIGTERM (128 + SIGINT, as shells report it).
+ERROR_PREFIX = "error: "
+# Exit status of a run stopped by Ctrl-C / SIGTERM / SIGUSR1 (128 + SIGINT, as shells report it).
 INTERRUPTED_EXIT_CODE = 130
 
 
@@ -57,12 +66,41 @@ def is_explained_error(exc: BaseException) -> bool:
     return isinstance(exc, tuple(c for c in classes if c is not None))
 
 
+def fail(message: str) -> None:
+    """Stop a command line with its one ``error: ...`` line (exit status 1), also in the log file."""
+    from utils.logger import log_to_files
+
+    log_to_files(logging.ERROR, ERROR_PREFIX + message)
+    sys.exit(ERROR_PREFIX + message)
+
+
+def _stop(message: str) -> None:
+    """A run stopped by a signal: its line on stderr (rank 0) and in the log file, exit status 130."""
+    from utils.logger import log_to_files
+
+    log_to_files(logging.WARNING, message)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)
+    raise SystemExit(INTERRUPTED_EXIT_CODE)
+
+
 def run_main(main: Callable[[], object]) -> None:
-    """Run a command line's ``main``: explained errors exit non-zero with their message alone."""
+    """Run a command line's ``main``: explained errors exit 1 with their message alone (``error: ...``);
+    a run interrupted by a signal (utils.signals.RunInterrupted, Ctrl-C) exits 130 with its one line."""
+    from utils.signals import RunInterrupted
+
     try:
         main()
+    except RunInterrupted as exc:
+        _stop(str(exc))
+    except KeyboardInterrupt as exc:   # a second signal, or Ctrl-C where no step loop runs
+        _stop(f"Stopped at once ({exc or 'Ctrl-C'}); files are written atomically, so those written are whole")
     except Exception as exc:  # noqa: BLE001 - anything unexplained is re-raised with its traceback
         if not is_explained_error(exc):
+            from utils.logger import log_to_files
+
+            import traceback
+
+            log_to_files(logging.ERROR, ERROR_PREFIX + "".join(traceback.format_exception(exc)).rstrip())
             raise
-        prefix = "Config error" if type(exc).__name__ == "ConfigError" else "error"
-        sys.exit(f"{prefix}: {exc}")
+        fail(str(exc))

@@ -151,11 +151,22 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
                 "(possibly code). Only checkpoints written by this project can be loaded."
             ) from exc
         raise CheckpointError(f"Cannot read checkpoint {path} (truncated or not a checkpoint): "
-                              f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}") from exc
+                              f"{type(exc).__name__}: {_torch_reason(text)}") from exc
     if not verified:
         logger.warning("Checkpoint %s has no checksum (written by an older version): loaded without an "
                        "integrity check", path)
     return state
+
+
+def _torch_reason(text: str) -> str:
+    """The cause in a torch.load error, without torch's advice to re-run with ``weights_only=False``
+    (which would run any code in the file: this project never loads that way)."""
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+        text = text.split("Check the documentation of torch.load", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if "weights_only" not in line and "Weights only load failed" not in line]
+    return lines[0] if lines else "not a file torch.load can read"
 
 
 def load_train_checkpoint(path: str) -> dict:

@@ -99,3 +99,30 @@ def broadcast_object(obj):
     holder = [obj]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+# ------------------------------------------------------------------ CPU threads
+CPU_THREADS_ENV = "SAS_CPU_THREADS"
+
+
+def configure_cpu_threads(cfg) -> str:
+    """Intra-op threads for a run on the CPU; returns a short description for the log.
+
+    ``SAS_CPU_THREADS``: ``all`` keeps torch's default (one per core), a number sets that many,
+    unset or ``auto`` applies the project's policy (see the README, Training).
+    """
+    import torch
+
+    choice = os.environ.get(CPU_THREADS_ENV, "auto").strip().lower()
+    if choice == "all":
+        return f"{torch.get_num_threads()} intra-op threads (torch default, {CPU_THREADS_ENV}=all)"
+    if choice not in ("", "auto"):
+        try:
+            threads = int(choice)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise ValueError(f"{CPU_THREADS_ENV}={choice!r}: expected auto, all or a thread count >= 1")
+        torch.set_num_threads(threads)
+        return f"{threads} intra-op threads ({CPU_THREADS_ENV}={threads})"
+    return f"{torch.get_num_threads()} intra-op threads (auto)"

@@ -1,20 +1,31 @@
-"""Logging setup (console + text file on rank 0) and a metrics writer (JSON lines + TensorBoard).
+"""Logging setup (console + text file on rank 0), a metrics writer (JSON lines + TensorBoard) and the
+progress bars.
 
-A log or metrics file that cannot be written (disk full, read-only, no permission) stops the run
-with ``utils.fileio.WriteFailure`` (one line naming the file), not with logging's traceback per
-message on stderr.
+Every command line logs in one format (LOG_FORMAT: ``HH:MM:SS name LEVEL: message``):
+``setup_logging`` for those with a log file, ``setup_console_logging`` for the others. A log or
+metrics file that cannot be written (disk full, read-only, no permission) stops the run with
+``utils.fileio.WriteFailure`` (one line naming the file), not with logging's traceback per message
+on stderr.
+
+Progress bars (``progress_bar``): ``SAS_PROGRESS=1`` shows them, ``SAS_PROGRESS=0`` hides them;
+unset, they show only when stderr is a terminal, so redirected logs (``> run.log 2>&1``, batch jobs)
+get no bar updates.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from utils.fileio import WriteFailure, ensure_folder
 
 ROOT_LOGGER = ""
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+LOG_DATE_FORMAT = "%H:%M:%S"
+PROGRESS_ENV = "SAS_PROGRESS"
 
 
 class FailingFileHandler(logging.FileHandler):
@@ -49,7 +60,7 @@ def setup_logging(output_dir: str | None, rank: int = 0, filename: str = "log.tx
             logger.removeHandler(handler)
             handler.close()
     logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    fmt = logging.Formatter(LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(fmt)
     console._sas_handler = True  # type: ignore[attr-defined]
@@ -132,3 +143,62 @@ def quiet_console(log_path: str) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setFormatter(_ConsoleDetailFormatter(handler.formatter or logging.Formatter(), log_path))
+
+
+@contextlib.contextmanager
+def quieter(names: Iterable[str], level: int = logging.WARNING, enabled: bool = True):
+    """Within the block, the loggers ``names`` log only at ``level`` and above (e.g. no dataset table)."""
+    if not enabled:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in names]
+    previous = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, previous):
+            lg.setLevel(old)
+
+
+def setup_console_logging(level: int = logging.INFO) -> logging.Logger:
+    """Console logging in the project's format, for command lines without a log file (search, export)."""
+    logger = setup_logging(None, 0)
+    logger.setLevel(level)
+    return logger
+
+
+def log_to_files(level: int, message: str, name: str = "tools.cli") -> None:
+    """Write one record to the log files only (the console shows it another way: an error line)."""
+    root = logging.getLogger(ROOT_LOGGER)
+    record = logging.getLogger(name).makeRecord(name, level, "", 0, message, None, None)
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            try:
+                handler.handle(record)
+            except WriteFailure:
+                pass
+
+
+def progress_enabled(stream=None) -> bool:
+    """Whether progress bars show: SAS_PROGRESS 1/0, else only when ``stream`` (stderr) is a terminal."""
+    choice = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if choice in ("1", "on", "true", "yes"):
+        return True
+    if choice in ("0", "off", "false", "no"):
+        return False
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def progress_bar(iterable, desc: str = "", enabled: bool = True, **kwargs):
+    """A tqdm bar over ``iterable`` (left off the screen when done), shown when ``enabled`` (rank 0)
+    and :func:`progress_enabled`."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, leave=kwargs.pop("leave", False),
+                disable=not (enabled and progress_enabled()), **kwargs)
