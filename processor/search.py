@@ -8,10 +8,15 @@ A tracklet is any folder that directly holds frame files (.jpg/.jpeg/.png); ``--
 frame names are needed) or a glob of folders. Tracklets are named by their path relative to that
 folder. Writes a CSV with one row per (query, rank): ``query,rank,gallery_tracklet,distance``
 (cosine distance 1 - cos, or as TEST.DISTANCE of the checkpoint says), best match first.
-Embeddings are cached in an .npz keyed on the tracklet folder, its frame names, sizes and mtimes,
-the camera id and the checkpoint (path, size, mtime, test settings): a second search over the same
-tracklets re-encodes nothing. The CSV is written first; a cache that cannot be written is only a
-warning. A results file or a checkpoint producing NaN/Inf embeddings is an error, printed as one line.
+Embeddings are cached in an .npz keyed on the tracklet folder, its frame names, sizes, mtimes and
+inode change times, the camera id and the checkpoint (path, inode, size, mtime, inode change time, test
+settings): a second search over the same tracklets re-encodes nothing, and a frame or checkpoint
+rewritten in place with its mtime restored is noticed (tools can restore an mtime, never a ctime).
+Every reused row is checked (float32, the model's width, finite, unit length, its checksum) and
+anything else is re-encoded, with a warning. The CSV is written first; a cache that cannot be written
+is only a warning. A results file or a checkpoint producing NaN/Inf embeddings is an error, printed as
+one line. Hidden files and folders (``.*``, e.g. macOS ``._frame.jpg``) are skipped; symbolic links
+are followed, and one that loops or points nowhere, or a folder that cannot be read, is an error.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import io
 import logging
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -48,9 +54,52 @@ class FoundTracklet:
     frames: tuple[str, ...]    # frame paths, naturally sorted
 
 
-def _holds_frames(folder: str) -> bool:
-    with os.scandir(folder) as entries:
-        return any(e.is_file() and e.name.lower().endswith(FRAME_EXTENSIONS) for e in entries)
+def _is_frame_name(name: str) -> bool:
+    return name.lower().endswith(FRAME_EXTENSIONS) and not name.startswith(".")
+
+
+def _scan_folder(folder: str, what: str, spec: str) -> tuple[bool, list[str]]:
+    """(holds visible frame files, visible subfolders) of ``folder``; a folder that cannot be read or a
+    symbolic link that loops or points nowhere is an InferenceInputError naming it."""
+    holds_frames, subfolders = False, []
+    try:
+        with os.scandir(folder) as entries:
+            entries = list(entries)
+    except OSError as exc:
+        raise InferenceInputError(f"Folder {folder} (under {what} {spec}) cannot be read ({exc.strerror or exc}). "
+                                  f"Fix its permissions or leave it out.") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir():
+                subfolders.append(entry.path)
+                continue
+            if entry.is_file():
+                holds_frames = holds_frames or _is_frame_name(entry.name)
+                continue
+        except OSError:
+            pass
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            raise InferenceInputError(f"{entry.path} (under {what} {spec}) is a symbolic link that loops or points "
+                                      f"nowhere. Fix or remove the link.")
+    return holds_frames, subfolders
+
+
+def _walk(root: str, what: str, spec: str):
+    """(folder, holds frames, has subfolders) for ``root`` and every visible folder below it, following
+    symbolic links; a link back to a folder that contains it is an error (the walk would never end)."""
+    stack = [(root, (os.path.realpath(root),))]
+    while stack:
+        folder, ancestors = stack.pop()
+        holds_frames, subfolders = _scan_folder(folder, what, spec)
+        yield folder, holds_frames, bool(subfolders)
+        for sub in sorted(subfolders, key=natural_sort_key, reverse=True):
+            real = os.path.realpath(sub)
+            if real in ancestors:
+                raise InferenceInputError(f"Folder {sub} (under {what} {spec}) is a symbolic link to {real}, which "
+                                          f"contains it: the search would loop. Remove the link.")
+            stack.append((sub, ancestors + (real,)))
 
 
 def _glob_base(spec: str) -> str:
@@ -80,13 +129,13 @@ def find_tracklets(spec: str, what: str) -> list[FoundTracklet]:
         roots, base = [spec], spec
     found: dict[str, FoundTracklet] = {}
     for root in roots:
-        for folder, subfolders, _ in os.walk(root):
-            subfolders[:] = sorted((d for d in subfolders if not d.startswith(".")), key=natural_sort_key)
-            if _holds_frames(folder):
+        for folder, holds_frames, has_subfolders in _walk(root, what, spec):
+            if holds_frames:
                 rel = os.path.relpath(folder, base)
                 name = os.path.basename(os.path.abspath(folder)) if rel == "." else rel
-                found[os.path.abspath(folder)] = FoundTracklet(name, folder, list_frames(folder))
-            elif not subfolders and folder != root:
+                frames = tuple(f for f in list_frames(folder) if _is_frame_name(os.path.basename(f)))
+                found[os.path.abspath(folder)] = FoundTracklet(name, folder, frames)
+            elif not has_subfolders and folder != root:
                 raise InferenceInputError(
                     f"Folder {folder} (under {what} {spec}) holds no frames ({'/'.join(FRAME_EXTENSIONS)} files) "
                     "and no tracklet folders. Copy its frames there or remove it."
@@ -97,30 +146,53 @@ def find_tracklets(spec: str, what: str) -> list[FoundTracklet]:
 
 
 # ----------------------------------------------------------------------------- feature cache
+CACHE_VERSION = 2           # 2: per-row checksums, inode change times in the keys
+ROW_DIGEST_BYTES = 16
+UNIT_NORM_TOLERANCE = 1e-2  # embeddings are L2-normalised; bf16/fp16 autocast leaves them within ~1e-3 of 1
+
+
+def _file_identity(path: str) -> list[int]:
+    """What identifies a file's content without reading it: inode, size, mtime and inode change time.
+    Rewriting it in place (even with the mtime set back) or replacing it changes the ctime or the inode."""
+    stat = os.stat(path)
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
 def model_cache_key(model_path: str, cfg) -> str:
-    """Identifies the checkpoint file and every setting that changes an embedding."""
-    stat = os.stat(model_path)
-    parts = [os.path.abspath(model_path), stat.st_size, stat.st_mtime_ns, cfg.TEST.SEQ_LEN, cfg.TEST.SAMPLING,
+    """Identifies the checkpoint file (path, inode, size, mtime, ctime) and every setting that changes an embedding."""
+    parts = [os.path.abspath(model_path), *_file_identity(model_path), cfg.TEST.SEQ_LEN, cfg.TEST.SAMPLING,
              cfg.SOLVER.AMP, str(cfg.MODEL.DEVICE), list(cfg.INPUT.SIZE_TEST)]
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def tracklet_cache_key(tracklet: FoundTracklet, camid: int) -> str:
-    """Folder, frame names, sizes and mtimes, camera id: any change to a frame gives a new key."""
+    """Folder, camera id, and each frame's name, inode, size, mtime and ctime: any change to a frame gives a new key."""
     parts = [os.path.abspath(tracklet.folder), int(camid)]
     for frame in tracklet.frames:
-        stat = os.stat(frame)
-        parts.append((os.path.basename(frame), stat.st_size, stat.st_mtime_ns))
+        parts.append((os.path.basename(frame), *_file_identity(frame)))
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
+def _row_digest(model_key: str, key: str, row: np.ndarray) -> bytes:
+    digest = hashlib.sha256(f"{model_key}\0{key}\0{row.dtype.str}\0{row.shape}\0".encode())
+    digest.update(np.ascontiguousarray(row).tobytes())
+    return digest.digest()[:ROW_DIGEST_BYTES]
+
+
 class FeatureCache:
-    """Embeddings by tracklet key, stored in one .npz (model_key, keys (N,), features (N, E) float32)."""
+    """Embeddings by tracklet key, stored in one .npz (version, model_key, keys (N,), features (N, E) float32,
+    digests (N, 16) uint8: a checksum of each row with its key and the model key).
+
+    A row is reused only when it passes :meth:`check` (float32, the model's width, finite, unit length, its
+    checksum); the reasons rows were refused are counted in ``refused``.
+    """
 
     def __init__(self, path: str | None, model_key: str):
         self.path = path
         self.model_key = model_key
         self.features: dict[str, np.ndarray] = {}
+        self.digests: dict[str, bytes] = {}
+        self.refused: Counter = Counter()
         self.changed = False
         if path and os.path.isfile(path):
             self._load(path)
@@ -128,31 +200,68 @@ class FeatureCache:
     def _load(self, path: str) -> None:
         try:
             with np.load(path, allow_pickle=False) as data:
+                version = int(data["version"]) if "version" in data.files else 1
+                if version != CACHE_VERSION:
+                    logger.info("Feature cache %s has format %d, not %d: re-encoding", path, version, CACHE_VERSION)
+                    return
                 if str(data["model_key"]) != self.model_key:
                     logger.info("Feature cache %s belongs to another checkpoint or setting: re-encoding", path)
                     return
-                self.features = dict(zip((str(k) for k in data["keys"]), data["features"].astype(np.float32)))
+                keys, features, digests = data["keys"], data["features"], data["digests"]
+            if features.ndim != 2 or keys.shape != (len(features),) or digests.shape != (len(features), ROW_DIGEST_BYTES):
+                raise ValueError(f"arrays of shapes keys {keys.shape}, features {features.shape}, digests {digests.shape}")
+            self.features = {str(k): row for k, row in zip(keys, features)}     # dtype as stored: check() sees it
+            self.digests = {str(k): bytes(d.astype(np.uint8)) for k, d in zip(keys, digests)}
         except Exception as exc:  # noqa: BLE001 - a damaged cache is only a lost speed-up
             logger.warning("Ignoring unreadable feature cache %s (%s: %s); it will be rewritten",
                            path, type(exc).__name__, exc)
-            self.features = {}
+            self.features, self.digests = {}, {}
 
-    def get(self, key: str) -> np.ndarray | None:
-        return self.features.get(key)
+    def check(self, key: str, row: np.ndarray, dim: int) -> str | None:
+        """Why a cached row cannot be reused for an embedding of width ``dim``, or None."""
+        if row.dtype != np.float32:
+            return f"dtype {row.dtype}"
+        if row.shape != (dim,):
+            return f"width {row.shape[-1] if row.ndim else 0}, not {dim}"
+        if not np.isfinite(row).all():
+            return "non-finite values"
+        if abs(float(np.linalg.norm(row.astype(np.float64))) - 1.0) > UNIT_NORM_TOLERANCE:
+            return "not unit length"
+        if self.digests.get(key) != _row_digest(self.model_key, key, row):
+            return "checksum mismatch"
+        return None
+
+    def get(self, key: str, dim: int) -> np.ndarray | None:
+        """The cached row of ``key`` when it passes :meth:`check` for width ``dim``, else None."""
+        row = self.features.get(key)
+        if row is None:
+            return None
+        problem = self.check(key, row, dim)
+        if problem is not None:
+            self.refused[problem] += 1
+            return None
+        return row
 
     def put(self, key: str, feature: np.ndarray) -> None:
+        feature = np.asarray(feature, dtype=np.float32)
         self.features[key] = feature
+        self.digests[key] = _row_digest(self.model_key, key, feature)
         self.changed = True
 
-    def save(self) -> None:
-        if not self.path or not self.changed:
+    def save(self, dim: int | None = None) -> None:
+        """Write every row that passes :meth:`check` (of width ``dim``; default: the newest row's width)."""
+        if not self.path or not self.changed or not self.features:
             return
-        keys = sorted(self.features)
-        features = np.stack([self.features[k] for k in keys]).astype(np.float32)
+        if dim is None:
+            dim = next(reversed(self.features.values())).shape[-1]
+        keys = sorted(k for k, row in self.features.items() if self.check(k, row, dim) is None)
+        features = np.stack([self.features[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+        digests = np.array([np.frombuffer(self.digests[k], np.uint8) for k in keys], np.uint8).reshape(-1, ROW_DIGEST_BYTES)
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
-                np.savez(f, model_key=np.array(self.model_key), keys=np.array(keys), features=features)
+                np.savez(f, version=np.array(CACHE_VERSION), model_key=np.array(self.model_key), keys=np.array(keys),
+                         features=features, digests=digests)
 
         atomic_write(self.path, write)
         self.changed = False
@@ -160,18 +269,23 @@ class FeatureCache:
 
 def embed_cached(extractor: FeatureExtractor, tracklets: Sequence[FoundTracklet], camid: int,
                  cache: FeatureCache, desc: str) -> np.ndarray:
-    """(N,) tracklets -> (N, E) float32 L2-normalised embeddings; only cache misses are encoded."""
+    """(N,) tracklets -> (N, E) float32 L2-normalised embeddings; only cache misses and cached rows that fail
+    their check are encoded."""
     keys = [tracklet_cache_key(t, camid) for t in tracklets]
-    # A non-finite cached row (written by an older version) is re-encoded, never ranked.
-    missing = [i for i, key in enumerate(keys)
-               if cache.get(key) is None or not np.isfinite(cache.get(key)).all()]
+    dim = extractor.embedding_dim
+    cache.refused.clear()
+    missing = [i for i, key in enumerate(keys) if cache.get(key, dim) is None]
+    if cache.refused:
+        logger.warning("%s: %d cached embeddings failed their check (%s) and are re-encoded; the cache %s is "
+                       "rewritten", desc, sum(cache.refused.values()),
+                       ", ".join(f"{n} {why}" for why, n in sorted(cache.refused.items())), cache.path)
     logger.info("%s: %d tracklets, %d cached, %d to encode", desc, len(keys), len(keys) - len(missing), len(missing))
     if missing:
         records = [plain_tracklet(tracklets[i].frames, camid, tracklets[i].name) for i in missing]
         features = extractor.embed_tracklets(records, desc=desc).numpy()  # NonFiniteFeaturesError: nothing cached
         for i, feature in zip(missing, features):
             cache.put(keys[i], feature)
-    return np.stack([cache.get(key) for key in keys]).astype(np.float32)
+    return np.stack([cache.features[key] for key in keys]).astype(np.float32)   # each row checked or just encoded
 
 
 # ----------------------------------------------------------------------------- search
@@ -210,13 +324,14 @@ def write_results_csv(path: str, result: SearchResult) -> None:
 
 
 def write_ranklists(out_dir: str, result: SearchResult, count: int) -> list[str]:
-    """Rank-list pictures of ``count`` queries (no identities known: no entry is marked a true match)."""
+    """Rank-list pictures of ``count`` queries with each result's distance. No identities are known, so
+    every result is framed in the neutral "unlabelled" colour (none is claimed right or wrong)."""
     from utils.visualize import visualize_ranklists
 
     queries = [plain_tracklet(t.frames, GROUND_CAMERA, t.name.replace(os.sep, "_")) for t in result.queries]
     gallery = [plain_tracklet(t.frames, GROUND_CAMERA, t.name.replace(os.sep, "_")) for t in result.gallery]
-    return visualize_ranklists(out_dir, queries, gallery, result.ranking, q_pids=np.arange(len(queries)),
-                               g_pids=-1 - np.arange(len(gallery)), num_queries=count, topk=result.ranking.shape[1])
+    return visualize_ranklists(out_dir, queries, gallery, result.ranking, q_pids=None, g_pids=None,
+                               num_queries=count, topk=result.ranking.shape[1], distances=result.distances)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
