@@ -76,10 +76,12 @@ def test_ablate_trains_each_config_and_writes_table_csv_and_plot(tmp_path):
     opts = tiny_opts(data_root, "unused", epochs=1, **{"SOLVER.EVAL_PERIOD": "1", "INPUT.SIZE_TRAIN": "[64,32]"})[:-2]
     configs = [os.path.join(ROOT, "configs", "ablations", n) for n in ("01_baseline.yml", "04_mgtm.yml")]
     rows = ablate.main([*configs, "--overlay", "tiny.yml", "--output_dir", str(tmp_path / "abl"), *opts])
-    assert [r["row"] for r in rows] == ["baseline", "+ MGTM"] and [r["paper mAP-3"] for r in rows] == [30.79, 32.78]
-    assert all(0 <= r["val mAP-3"] <= 100 and 0 <= r["val R1"] <= 100 for r in rows)
+    # labels name every module a row has on (rows 02-03 are skipped here)
+    assert [r["row"] for r in rows] == ["baseline", "baseline + memory + VC-CJ + MGTM"]
+    assert [r["paper mAP-3"] for r in rows] == [30.79, 32.78]
+    assert all(0 <= r["val mAP-3"][0] <= 100 and 0 <= r["val R1"][0] <= 100 for r in rows)
     table = (tmp_path / "abl" / "ablation.md").read_text()
-    assert "| baseline |" in table and "30.79" in table
-    assert (tmp_path / "abl" / "ablation.csv").read_text().splitlines()[0] == ",".join(ablate.COLUMNS)
+    assert "| baseline |" in table and "30.79" in table and "epochs: 1" in table
+    assert (tmp_path / "abl" / "ablation.csv").read_text().splitlines()[0] == ",".join(ablate.RUN_COLUMNS)
     assert (tmp_path / "abl" / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     assert os.path.isfile(tmp_path / "abl" / "01_baseline" / "checkpoint_best.pth")

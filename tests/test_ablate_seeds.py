@@ -1,0 +1,51 @@
+"""tools.ablate with several seeds (issue 18): every config trains once per seed, the table gives
+mean ± std per row, the CSV one line per run; the R1 column is the validation R1, the weights column
+names the checkpoint each run used, and --test adds the test mAP-3 of those weights (issue 20)."""
+import csv
+import math
+import os
+
+import pytest
+
+from tools import ablate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_seeds_parse_as_a_count_or_a_list():
+    assert ablate.parse_seeds("3") == [0, 1, 2] and ablate.parse_seeds("0,7") == [0, 7]
+    assert ablate.parse_seeds(None) is None
+    for bad in ("0,0", "x", "0"):
+        with pytest.raises(ValueError, match="--seeds"):
+            ablate.parse_seeds(bad)
+
+
+def test_mean_and_sample_std():
+    assert ablate.mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0))
+    assert ablate.mean_std([5.0, None]) == (5.0, None) and ablate.mean_std([]) == (None, None)
+
+
+def test_two_seeds_train_twice_and_the_table_gives_mean_and_std(tmp_path, monkeypatch):
+    from tests.training_utils import tiny_opts
+
+    data_root = str(tmp_path / "data")
+    opts = tiny_opts(data_root, "unused", epochs=1, **{"SOLVER.EVAL_PERIOD": "1", "INPUT.SIZE_TRAIN": "[64,32]"})[:-2]
+    config = os.path.join(ROOT, "configs", "ablations", "01_baseline.yml")
+    out = tmp_path / "abl"
+    rows = ablate.main([config, "--overlay", "tiny.yml", "--seeds", "3,5", "--test", "--output_dir", str(out), *opts])
+    assert len(rows) == 1 and rows[0]["seeds"] == [3, 5]
+    with open(out / "ablation.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    assert [int(r["seed"]) for r in runs] == [3, 5]
+    for seed, run in zip((3, 5), runs):
+        folder = out / "01_baseline" / f"seed{seed}"
+        assert (folder / "checkpoint_best.pth").is_file() and (folder / "submission.csv").is_file()
+        import json
+
+        results = json.loads((folder / "test_results.json").read_text())
+        assert float(run["test mAP-3"]) == pytest.approx(results["mAP-3"])
+        assert run["weights"].startswith(os.path.basename(results["checkpoint"]))   # the checkpoint the run used
+    values = [float(r["val R1"]) for r in runs]
+    assert rows[0]["val R1"] == ablate.mean_std(values)
+    table = (out / "ablation.md").read_text()
+    assert "seeds: 3, 5" in table and "--seeds 3,5" in table and "±" in table
