@@ -33,7 +33,7 @@ def test_a_stray_option_is_an_unknown_option(stray, capsys):
 
 
 def test_synthetic_data_only_at_the_config_files_own_root():
-    assert load_config(DEMO).DATASETS.SYNTHETIC_IF_MISSING  # the demo's data/synthetic_xfd
+    assert load_config(DEMO).DATASETS.SYNTHETIC_IF_MISSING  # the demo's data/synthetic_xfd_v2
     typed = load_config(DEMO, ["DATASETS.ROOT_DIR", "data/synthtic_xfd"])
     assert not typed.DATASETS.SYNTHETIC_IF_MISSING
     asked = load_config(DEMO, ["DATASETS.ROOT_DIR", "data/x", "DATASETS.SYNTHETIC_IF_MISSING", "True"])
