@@ -241,7 +241,7 @@ def set_key(cfg: CN, key: str, value: Any) -> None:
 
 # The initial pretrained weight files: a train.py checkpoint holds every weight, so a config rebuilt
 # from one never reads them again.
-PRETRAINED_KEYS = ("MODEL.PRETRAIN_PATH", "MODEL.PRETRAIN_TAG", "MODEL.PRSD.PRETRAINED")
+PRETRAINED_KEYS = ("MODEL.PRETRAIN_PATH", "MODEL.PRETRAIN_TAG", "MODEL.PRSD.PRETRAINED", "MODEL.PRSD.SMPL_MEAN_PARAMS")
 
 
 def clear_keys(cfg: CN, keys: Iterable[str]) -> None:

@@ -63,7 +63,7 @@ from datasets.registry import register_dataset
 from utils.fileio import atomic_write
 from utils.protocol import (  # noqa: F401  (re-exported: the protocol lives in utils.protocol)
     CASE_FOLDERS, CASE_NAMES, CASE_PARTS, CASE_VIEWS, EXPECTED_LAYOUT, FRAME_EXTENSIONS, JUNK_RULES,
-    TRAIN_FOLDER, csv_unsafe_reason, is_ascii_int, natural_sort_key, split_tracklet_name,
+    TRAIN_FOLDER, csv_unsafe_reason, is_ascii_int, natural_sort_key, split_tracklet_name, submission_row_key,
 )
 
 logger = logging.getLogger(__name__)
@@ -469,7 +469,8 @@ class CaseSplit:
 
 
 def _sort_tracklets(tracklets: Iterable[Tracklet]) -> list[Tracklet]:
-    return sorted(tracklets, key=lambda t: (t.pid, natural_sort_key(t.name)))
+    """In submission row order (PID as an integer, then the name as a plain string)."""
+    return sorted(tracklets, key=lambda t: submission_row_key(t.pid, t.name))
 
 
 def _make_case(case: int, query: list[Tracklet], gallery: list[Tracklet]) -> CaseSplit:

@@ -16,23 +16,39 @@ OUTFITS = {"0001_1": "1/A", "0001_2": "1/B", "0001_3": "1/B", "0002_4": "2/A", "
 def test_clothes_groups_follow_the_true_matches():
     queries = ["0001_1", "0002_4", "0003_6", "0001_2", "0009_9"]
     gallery = ["0001_2", "0001_3", "0002_5", "0003_7", "0003_8", "0001_1"]
-    # 0001_1: matches 0001_2/3 both B -> changed; 0002_4: 0002_5 same; 0003_6: B and A -> mixed;
-    # 0001_2: matches 0001_3 (B, same) and 0001_1 (A) -> mixed; 0009_9: no outfit -> unknown
-    assert clothes_groups(queries, gallery, OUTFITS) == ["clothes changed", "same clothes", "mixed", "mixed",
-                                                         "unknown"]
+    # 0001_1 (A): matches B, B -> changed; 0002_4: 0002_5 same outfit -> same; 0003_6 (A): B and A -> changed
+    # (one match in another outfit); 0001_2 (B): 0001_3 B and 0001_1 A -> changed; 0009_9: no label -> unknown
+    assert clothes_groups(queries, gallery, OUTFITS) == ["clothes changed", "same clothes", "clothes changed",
+                                                         "clothes changed", "unknown"]
     assert clothes_groups(queries, gallery, None) == ["unknown"] * 5
 
 
-def test_clothes_changed_summary_pools_the_cases_and_skips_queries_without_a_match():
-    case1 = SimpleNamespace(query_names=["0001_1", "0002_4"], gallery_names=["0001_2", "0002_5"],
-                            metrics={"AP": np.array([0.5, 1.0]), "R1_hit": np.array([False, True])})
-    case3 = SimpleNamespace(query_names=["0001_3", "0003_6"], gallery_names=["0001_1", "0003_8"],
-                            metrics={"AP": np.array([0.25, np.nan]), "R1_hit": np.array([False, False])})
-    unscored = SimpleNamespace(query_names=["0001_1"], gallery_names=["0001_2"], metrics=None)
-    summary = clothes_changed_summary({1: case1, 3: case3, 2: unscored}, OUTFITS)
-    assert summary["clothes changed"] == {"count": 2, "mAP": pytest.approx(37.5), "R1": 0.0}
-    assert summary["same clothes"] == {"count": 1, "mAP": 100.0, "R1": 100.0}   # 0003_6: AP nan, left out
-    assert clothes_changed_summary({1: case1}, None) is None
+def cc_average_precision(ranked_names, query, outfits):
+    """Oracle from the CC-ReID rule (standard AP): same pid in another outfit = good; same pid in the
+    query's outfit (the query itself included) = junk, skipped; others = wrong."""
+    pid = query.split("_")[0]
+    kept = [n for n in ranked_names if not (n.split("_")[0] == pid and outfits[n] == outfits[query])]
+    good = [i for i, n in enumerate(kept) if n.split("_")[0] == pid]
+    if not good:
+        return None
+    return sum((k + 1) / (rank + 1) for k, rank in enumerate(good)) / len(good)
+
+
+def test_clothes_changing_protocol_makes_same_outfit_matches_junk():
+    gallery = ["0001_2", "0001_3", "0002_5", "0003_7", "0003_8", "0001_1"]
+    queries = ["0001_1", "0003_6", "0002_4"]
+    ranking = np.array([[0, 5, 2, 1, 3, 4],     # 0001_1 (A): 0001_2 B first -> good; 0001_1 itself junk
+                        [4, 2, 3, 0, 1, 5],     # 0003_6 (A): 0003_8 (A) junk, 0002_5 wrong, 0003_7 (B) good
+                        [2, 0, 1, 3, 4, 5]])    # 0002_4: only same-outfit matches -> left out
+    case = SimpleNamespace(query_names=queries, gallery_names=gallery, ranking=ranking,
+                           metrics={"AP": np.array([0.1, 0.2, 0.3]), "R1_hit": np.zeros(3, bool)})
+    summary = clothes_changed_summary({1: case, 2: SimpleNamespace(metrics=None)}, OUTFITS, ap_mode="standard")
+    expected = [cc_average_precision([gallery[g] for g in row], q, OUTFITS) for q, row in zip(queries, ranking)]
+    assert expected[2] is None
+    assert summary["clothes changed"]["count"] == 2
+    assert summary["clothes changed"]["mAP"] == pytest.approx(100 * (expected[0] + expected[1]) / 2)
+    assert summary["clothes changed"]["R1"] == pytest.approx(50.0)    # 0001_1 right at rank 1, 0003_6 not
+    assert clothes_changed_summary({1: case}, None) is None
 
 
 def track(pid, name, view, session):

@@ -41,7 +41,7 @@ def score(cfg, cases, features, index, device, outfits) -> dict:
 
     results = evaluate_cases(cfg, cases, features, index, device)
     summary = summarize(results, cfg.TEST.JUNK_RULE, cfg.TEST.AP_MODE)
-    clothes = clothes_changed_summary(results, outfits) or {}
+    clothes = clothes_changed_summary(results, outfits, cfg.TEST.AP_MODE) or {}
     return {"mAP-3": summary.get("mAP-3"), "R1": summary.get("mean_R1"),
             "clothes changed mAP": (clothes.get("clothes changed") or {}).get("mAP")}
 

@@ -11,9 +11,10 @@ capture grid (heights 5.8-120 m, horizontal distances 0-120 m, pitches 30/60/90 
 A query whose field is None goes to an "unknown" bin (shown only when it has queries).
 
 Clothes (when the dataset says which outfit each tracklet shows, e.g. the synthetic generator's
-``tracklet_outfits``): a query "changed clothes" when every true match wears another outfit than the
-query, "same clothes" when every one wears the query's, "mixed" otherwise; the pooled figure over all
-cases (aerial and ground queries) is :func:`clothes_changed_summary`.
+``tracklet_outfits``): a query is "clothes changed" when at least one true match wears another outfit,
+"same clothes" when all wear the query's (the panel shows the usual AP of each group). The pooled
+figure over all cases (aerial and ground queries), :func:`clothes_changed_summary`, scores the
+clothes-changed queries as CC-ReID benchmarks do: same-outfit matches are junk.
 
 Clothing session: the "true matches" of a query are the gallery tracklets with its pid and
 another tracklet name. The query is
@@ -41,7 +42,7 @@ DEFAULT_BINS: dict[str, tuple[str, tuple[float, ...], str]] = {
     "aerial_distance": ("aerial_distance", (0.0, 25.0, 50.0, 100.0, math.inf), "m"),
 }
 SESSION_GROUPS = ("same session", "different session", "mixed", "unknown")
-CLOTHES_GROUPS = ("same clothes", "clothes changed", "mixed", "unknown")
+CLOTHES_GROUPS = ("same clothes", "clothes changed", "unknown")
 
 
 def _mean_or_none(values: np.ndarray) -> float | None:
@@ -81,8 +82,9 @@ def session_groups(queries: Sequence, gallery: Sequence) -> list[str]:
 def clothes_groups(query_names: Sequence[str], gallery_names: Sequence[str],
                    outfits: Mapping[str, str] | None) -> list[str]:
     """Clothes group (one of CLOTHES_GROUPS) of every query, from tracklet folder names ``{pid}_{tid}``
-    and ``outfits`` {tracklet name: outfit key}. True matches: gallery names of the query's pid other
-    than the query's own name; a tracklet missing from ``outfits`` counts as unknown."""
+    and ``outfits`` {tracklet name: outfit key}: "clothes changed" when at least one true match (a gallery
+    tracklet of the query's pid other than the query itself) wears another outfit than the query, "same
+    clothes" when every one wears the query's; "unknown" without outfit labels or true matches."""
     from utils.protocol import split_tracklet_name
 
     by_pid: dict[int, list[str]] = {}
@@ -94,38 +96,51 @@ def clothes_groups(query_names: Sequence[str], gallery_names: Sequence[str],
         matches = [(outfits or {}).get(g) for g in by_pid.get(split_tracklet_name(name)[0], []) if g != name]
         if own is None or not matches or any(m is None for m in matches):
             groups.append("unknown")
-        elif all(m != own for m in matches):
+        elif any(m != own for m in matches):
             groups.append("clothes changed")
-        elif all(m == own for m in matches):
-            groups.append("same clothes")
         else:
-            groups.append("mixed")
+            groups.append("same clothes")
     return groups
 
 
-def clothes_changed_summary(results: Mapping, outfits: Mapping[str, str] | None) -> dict | None:
-    """mAP (%) and R1 (%) pooled over the queries of all scored cases whose true matches all wear another
-    outfit (see :func:`clothes_groups`), and the same for "same clothes"; None without outfit labels.
+def clothes_changed_summary(results: Mapping, outfits: Mapping[str, str] | None, ap_mode: str = "trapezoid") -> dict | None:
+    """The clothes-changing protocol of CC-ReID benchmarks, pooled over the scored cases: a true match
+    wearing the query's outfit is junk (left out of the ranking), so a query is scored on finding its
+    identity in another outfit; queries without such a match are left out. None without outfit labels.
 
-    results: {case: CaseResult} with ``query_names``, ``gallery_names`` and ``metrics`` (per-query
-    ``AP``, nan for a query without a true match, and ``R1_hit``), as ``processor.inference.evaluate_cases``.
-    -> {"clothes changed": {"count", "mAP", "R1"}, "same clothes": {...}}
+    results: {case: CaseResult} with ``query_names``, ``gallery_names``, ``ranking`` (Q, G) gallery
+    indices best first and ``metrics`` (None for a case without ground truth), as
+    ``processor.inference.evaluate_cases``. -> {"clothes changed": {"count", "mAP", "R1"}} (percent).
     """
     if not outfits:
         return None
-    pooled: dict[str, tuple[list, list]] = {g: ([], []) for g in ("clothes changed", "same clothes")}
+    from utils.metrics import evaluate_ranking
+    from utils.protocol import split_tracklet_name
+
+    codes: dict[str, int] = {}
+    aps, hits = [], []
     for result in results.values():
-        if result.metrics is None:
+        if result.metrics is None or not len(result.query_names):
             continue
-        groups = clothes_groups(result.query_names, result.gallery_names, outfits)
-        for group, ap, hit in zip(groups, np.asarray(result.metrics["AP"], np.float64),
-                                  np.asarray(result.metrics["R1_hit"], bool)):
-            if group in pooled and not np.isnan(ap):
-                pooled[group][0].append(ap)
-                pooled[group][1].append(hit)
-    return {group: {"count": len(aps), "mAP": 100.0 * float(np.mean(aps)) if aps else None,
-                    "R1": 100.0 * float(np.mean(hits)) if hits else None}
-            for group, (aps, hits) in pooled.items()}
+        queries, gallery = list(result.query_names), list(result.gallery_names)
+        # Outfit keys as "camera" ids: the camera junk rule (same pid, same id = junk) is then exactly
+        # "same identity in the same outfit"; an unlabelled tracklet gets an id of its own.
+        def outfit_ids(names, start):
+            return [codes.setdefault(outfits[n], len(codes)) if n in outfits else -(start + i + 1)
+                    for i, n in enumerate(names)]
+        q_ids, g_ids = outfit_ids(queries, 0), outfit_ids(gallery, len(queries))
+        ranking = np.asarray(result.ranking)
+        rank_of = np.empty(ranking.shape, dtype=np.float64)   # distance = rank: the case's own order
+        np.put_along_axis(rank_of, ranking, np.arange(ranking.shape[1], dtype=np.float64)[None, :], axis=1)
+        metrics = evaluate_ranking(rank_of, [split_tracklet_name(n)[0] for n in queries],
+                                   [split_tracklet_name(n)[0] for n in gallery], q_ids, g_ids,
+                                   junk_rule="camera", ap_mode=ap_mode)
+        labelled = np.array([n in outfits for n in queries])
+        valid = labelled & ~np.isnan(metrics["AP"])
+        aps += list(metrics["AP"][valid])
+        hits += list(np.asarray(metrics["R1_hit"])[valid])
+    return {"clothes changed": {"count": len(aps), "mAP": 100.0 * float(np.mean(aps)) if aps else None,
+                                "R1": 100.0 * float(np.mean(hits)) if hits else None}}
 
 
 def condition_report(ap, r1_hit, queries: Sequence, gallery: Sequence,
