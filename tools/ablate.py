@@ -5,7 +5,8 @@
 ...`` trains each config with DDP).
 
 Each config trains into ``OUTPUT_DIR/<config stem>`` (``.../<stem>/seed<S>`` with several seeds; the KEY
-VALUE overrides apply to every run) and is scored on its validation split (``DATASETS.VAL_IDS`` > 0)
+VALUE overrides apply to every run; ``--resume`` continues interrupted runs and re-reads finished ones, so
+an ablation can be split over several processes and tabulated at the end) and is scored on its validation split (``DATASETS.VAL_IDS`` > 0)
 with the weights ``TEST.FINAL_WEIGHTS`` picks; ``--test`` also evaluates the test cases with those
 weights (a figure to report, never to select on). ``--seeds 3`` trains every config with
 ``SOLVER.SEED`` 0, 1, 2 (``--seeds 0,7`` names them); one seed, the default, keeps the config's seed.
@@ -83,12 +84,16 @@ def parse_args(argv=None):
                         help="also evaluate the test cases with the chosen weights and report test mAP-3")
     parser.add_argument("--output_dir", default="outputs/ablate", help="runs, table and plot go here")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier runs in the output folders")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue interrupted runs and reuse finished ones (train.py --resume auto for every run)")
     args = parse_command_line(parser, argv)
     configs = []
     while args.opts and args.opts[0].lower().endswith(CONFIG_SUFFIXES):
         configs.append(args.opts.pop(0))
     if not configs:
         parser.error("name at least one config file (e.g. configs/ablations/01_baseline.yml) before any KEY VALUE")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the runs in --output_dir and --overwrite replaces them: choose one")
     if "SOLVER.SEED" in args.opts[0::2] and args.seeds is not None:
         parser.error("give the seeds either with --seeds or with SOLVER.SEED, not both")
     try:
@@ -138,7 +143,7 @@ def train_one(config: str, args, seed: int | None = None) -> dict:
 
     out = run_output_dir(args, config, seed)
     argv = ["--config_file", config, *[w for o in args.overlay for w in ("--overlay", o)],
-            *(["--overwrite"] if args.overwrite else []), *args.opts,
+            *(["--overwrite"] if args.overwrite else []), *(["--resume", "auto"] if args.resume else []), *args.opts,
             *(["SOLVER.SEED", str(seed)] if seed is not None else []),
             "OUTPUT_DIR", out, "TEST.EVAL_AFTER_TRAINING", str(bool(args.test))]
     report = train.main(argv)

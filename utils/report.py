@@ -26,6 +26,7 @@ another tracklet name. The query is
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Mapping, Sequence
@@ -132,9 +133,15 @@ def clothes_changed_summary(results: Mapping, outfits: Mapping[str, str] | None,
         ranking = np.asarray(result.ranking)
         rank_of = np.empty(ranking.shape, dtype=np.float64)   # distance = rank: the case's own order
         np.put_along_axis(rank_of, ranking, np.arange(ranking.shape[1], dtype=np.float64)[None, :], axis=1)
-        metrics = evaluate_ranking(rank_of, [split_tracklet_name(n)[0] for n in queries],
-                                   [split_tracklet_name(n)[0] for n in gallery], q_ids, g_ids,
-                                   junk_rule="camera", ap_mode=ap_mode)
+        metrics_logger = logging.getLogger("utils.metrics")
+        level = metrics_logger.level
+        metrics_logger.setLevel(logging.WARNING)   # queries without a match in another outfit are expected here
+        try:
+            metrics = evaluate_ranking(rank_of, [split_tracklet_name(n)[0] for n in queries],
+                                       [split_tracklet_name(n)[0] for n in gallery], q_ids, g_ids,
+                                       junk_rule="camera", ap_mode=ap_mode)
+        finally:
+            metrics_logger.setLevel(level)
         labelled = np.array([n in outfits for n in queries])
         valid = labelled & ~np.isnan(metrics["AP"])
         aps += list(metrics["AP"][valid])
