@@ -49,3 +49,24 @@ def test_two_seeds_train_twice_and_the_table_gives_mean_and_std(tmp_path, monkey
     assert rows[0]["val R1"] == ablate.mean_std(values)
     table = (out / "ablation.md").read_text()
     assert "seeds: 3, 5" in table and "--seeds 3,5" in table and "±" in table
+
+
+def test_resume_continues_every_run_and_refuses_overwrite(tmp_path, monkeypatch):
+    import train
+
+    seen = []
+
+    def fake_main(argv):
+        seen.append(argv)
+        return {}
+
+    monkeypatch.setattr(train, "main", fake_main)
+    config = os.path.join(ROOT, "configs", "ablations", "01_baseline.yml")
+    args = ablate.parse_args([config, "--resume", "--seeds", "2", "--output_dir", str(tmp_path)])
+    for seed in args.seed_list:
+        ablate.train_one(config, args, seed)
+    assert [a[a.index("--resume") + 1] for a in seen] == ["auto", "auto"]
+    assert [a[a.index("OUTPUT_DIR") + 1] for a in seen] == [str(tmp_path / "01_baseline" / f"seed{s}") for s in (0, 1)]
+    assert [a[a.index("SOLVER.SEED") + 1] for a in seen] == ["0", "1"]
+    with pytest.raises(SystemExit):
+        ablate.parse_args([config, "--resume", "--overwrite"])
