@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import weakref
 from typing import Sequence
 
 import cv2
@@ -119,7 +120,17 @@ class SignalSafeLoader(DataLoader):
 
     def _get_iterator(self):
         with signals.blocked():   # the workers fork here
-            return super()._get_iterator()
+            iterator = super()._get_iterator()
+        if getattr(iterator, "_workers", None):
+            _LIVE_ITERATORS.add(iterator)
+        return iterator
+
+    def shutdown_workers(self) -> None:
+        """Stop this loader's persistent workers now (they would otherwise live until garbage collection)."""
+        iterator = getattr(self, "_iterator", None)
+        self._iterator = None
+        if iterator is not None:
+            _shutdown(iterator)
 
     def __iter__(self):
         iterator = super().__iter__()
@@ -129,12 +140,33 @@ class SignalSafeLoader(DataLoader):
 
     def _checked(self, iterator):
         while True:
-            signals.check_stop(self.stop_where)
+            if signals.stop_requested():
+                _shutdown(iterator)   # the workers end with the loop, not when the traceback is freed
+                signals.check_stop(self.stop_where)
             try:
                 batch = next(iterator)
             except StopIteration:
                 return
             yield batch
+
+
+# Iterators with live worker processes: shut down before a command line exits on an error or an
+# interrupt. Otherwise the workers outlive the run until interpreter exit, where multiprocessing
+# terminates them and the DataLoader reports "worker killed by signal" with a traceback.
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _shutdown(iterator) -> None:
+    stop = getattr(iterator, "_shutdown_workers", None)
+    if stop is not None:
+        stop()
+    _LIVE_ITERATORS.discard(iterator)
+
+
+def shutdown_loader_workers() -> None:
+    """Stop the worker processes of every loader built here that still has them (see _LIVE_ITERATORS)."""
+    for iterator in list(_LIVE_ITERATORS):
+        _shutdown(iterator)
 
 
 def _loader_kwargs(cfg, seed: int) -> dict:

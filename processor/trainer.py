@@ -842,5 +842,9 @@ class Trainer:
         return True
 
     def close(self) -> None:
+        """Close the metrics writer and stop the training loader's persistent workers."""
+        shutdown = getattr(self.train_loader, "shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
         self.writer.close()
 

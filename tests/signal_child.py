@@ -4,7 +4,8 @@ loop phases announced, so a test can signal it in a chosen phase (tests/test_sig
 The main process writes the current phase into PHASE_FILE: ``train<epoch>`` (training steps),
 ``rebuild<epoch>`` (the memory rebuild), ``validation <tag>`` and ``final`` (the test evaluation).
 Loader workers (training and inference) read it for every clip; in phase TARGET they create MARKER
-and slow down (0.3 s a clip), so the test finds the run there, and still there, when it signals.
+and slow down (0.3 s a clip; while MARKER.hold exists they wait), so the test finds the run there,
+and still there, when it signals.
 Nothing else changes: the real train.py, loaders, workers and signal handling run.
 """
 import os
@@ -45,6 +46,8 @@ def in_target() -> bool:
         return False
     open(MARKER, "a").close()
     time.sleep(0.3)
+    while os.path.exists(MARKER + ".hold"):   # the test holds the run here until it removes this file
+        time.sleep(0.05)
     return True
 
 

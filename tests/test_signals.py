@@ -32,6 +32,20 @@ def data_root(tmp_path_factory):
     return root
 
 
+_started = []
+
+
+@pytest.fixture(autouse=True)
+def no_run_left_behind():
+    """A failed test kills the process group of any run it started."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def run_opts(data_root, out, **extra):
     """Two epochs, validation every epoch, test evaluation at the end, two loader workers."""
     return tiny_opts(data_root, out, epochs=2, **{"DATALOADER.NUM_WORKERS": "2", "SOLVER.EVAL_PERIOD": "1",
@@ -39,12 +53,16 @@ def run_opts(data_root, out, **extra):
                                                   **extra})
 
 
-def start_in_phase(tmp_path, target, opts):
-    """Start train.py (own process group) and wait until its loader workers are in phase ``target``."""
+def start_in_phase(tmp_path, target, opts, hold=False):
+    """Start train.py (own process group) and wait until its loader workers are in phase ``target``
+    (with ``hold``, they stay there until ``release(tmp_path)``)."""
     phase_file, marker = str(tmp_path / "phase"), str(tmp_path / "marker")
+    if hold:
+        open(marker + ".hold", "w").close()
     proc = subprocess.Popen([sys.executable, CHILD, phase_file, target, marker, "--config_file", DEMO, *opts],
                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    _started.append(proc)
     deadline = time.time() + 300
     while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
@@ -55,11 +73,22 @@ def start_in_phase(tmp_path, target, opts):
     return proc
 
 
+def release(tmp_path):
+    os.remove(str(tmp_path / "marker") + ".hold")
+
+
 def signal_group(proc, signum):
     """What timeout, scancel and a job's time limit do: the signal to every process of the group."""
     os.killpg(proc.pid, signum)
-    stdout, stderr = proc.communicate(timeout=180)
-    return stdout, stderr
+    return communicate(proc)
+
+
+def communicate(proc):
+    try:
+        return proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:   # a failed test leaves no run behind
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def assert_stopped(proc, stdout, stderr, out, *needles):
@@ -78,7 +107,7 @@ def assert_stopped(proc, stdout, stderr, out, *needles):
 
 def test_sigterm_to_the_group_in_training_steps_and_the_run_lock(data_root, tmp_path):
     out = str(tmp_path / "run")
-    proc = start_in_phase(tmp_path, "train2", run_opts(data_root, out))
+    proc = start_in_phase(tmp_path, "train2", run_opts(data_root, out), hold=True)
     # A second real process into the same OUTPUT_DIR refuses at once, naming the first; the first's
     # files stay as they are.
     log = os.path.join(out, "log.txt")
@@ -91,13 +120,15 @@ def test_sigterm_to_the_group_in_training_steps_and_the_run_lock(data_root, tmp_
     message = [line for line in text.splitlines() if line.startswith("error: ")]
     assert len(message) == 1, text[-3000:]
     for needle in (f"OUTPUT_DIR {out} is in use by another run", f"pid {proc.pid}", f"host {socket.gethostname()}",
-                   "started 20", "signal_child.py", "--config_file", f"kill {proc.pid}", "another folder"):
+                   "started 20", "command: python train.py --config_file", f"kill {proc.pid}", "another folder"):
         assert needle in message[0], message[0]
     assert open(os.path.join(out, "config.yaml"), "rb").read() == config
     assert open(log).read().startswith(log_start), "the second process changed the first's log"
     assert proc.poll() is None, "the first run must go on"
 
-    stdout, stderr = signal_group(proc, signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
+    release(tmp_path)
+    stdout, stderr = communicate(proc)
     assert_stopped(proc, stdout, stderr, out, "Interrupted at epoch 2, step", "epoch 1) is kept",
                    "resume with: python train.py --config_file", "--resume auto")
     import torch
@@ -189,16 +220,17 @@ def test_inference_loader_is_a_step_boundary_and_its_workers_ignore_stop_signals
         next(batches)
         workers = [w.pid for w in batches.gi_frame.f_locals["iterator"]._workers]
         assert len(workers) == 2
-        for pid in workers:   # as a process-group signal would: the workers get it too
-            os.kill(pid, signal.SIGTERM)
+        for pid in workers:   # as a process-group signal from a scheduler would (sent by another process)
+            for name in ("TERM", "USR1", "INT"):
+                subprocess.run(["kill", f"-{name}", str(pid)], check=True)
+        time.sleep(0.5)
+        for pid in workers:
+            assert _alive(pid), "a loader worker died from a stop signal"
+        next(batches)   # the workers still deliver
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.01)
         with pytest.raises(signals.RunInterrupted):
             next(batches)
-        time.sleep(0.2)
-        for pid in workers:
-            assert _alive(pid), "a loader worker died from SIGTERM"
-        del batches
 
 
 def _alive(pid):
@@ -207,3 +239,37 @@ def _alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+EXIT_WITH_LIVE_WORKERS = """
+import os, signal, sys
+from datasets.build import SignalSafeLoader, seed_worker
+loader = SignalSafeLoader(list(range(100)), batch_size=2, num_workers=2, worker_init_fn=seed_worker,
+                          persistent_workers=True)
+batches = iter(loader)
+next(batches)
+print(" ".join(str(w.pid) for w in batches._workers), flush=True)
+sys.stdin.readline()
+print("exiting", flush=True)
+"""
+
+
+def test_workers_end_on_their_parents_sigterm_so_exit_does_not_hang():
+    """Workers drop a SIGTERM from anyone but their parent; the parent's own SIGTERM (how the DataLoader
+    and multiprocessing's exit handler stop workers) still ends them, so a process that exits with live
+    persistent workers does not hang."""
+    proc = subprocess.Popen([sys.executable, "-c", EXIT_WITH_LIVE_WORKERS], cwd=ROOT, env=ENV, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        workers = [int(pid) for pid in proc.stdout.readline().split()]
+        for pid in workers:
+            subprocess.run(["kill", "-TERM", str(pid)], check=True)
+        time.sleep(0.5)
+        assert all(_alive(pid) for pid in workers)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "exiting"
+        assert proc.wait(timeout=60) == 0, "the exit hung on workers that ignore their parent's SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

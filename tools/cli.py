@@ -84,6 +84,13 @@ def _stop(message: str) -> None:
     raise SystemExit(INTERRUPTED_EXIT_CODE)
 
 
+def _stop_loader_workers() -> None:
+    """End the loader workers of a run that ends on an exception (datasets.build.shutdown_loader_workers)."""
+    build = sys.modules.get("datasets.build")
+    if build is not None and hasattr(build, "shutdown_loader_workers"):
+        build.shutdown_loader_workers()
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run a command line's ``main``: explained errors exit 1 with their message alone (``error: ...``);
     a run interrupted by a signal (utils.signals.RunInterrupted, Ctrl-C) exits 130 with its one line."""
@@ -92,10 +99,13 @@ def run_main(main: Callable[[], object]) -> None:
     try:
         main()
     except RunInterrupted as exc:
+        _stop_loader_workers()
         _stop(str(exc))
     except KeyboardInterrupt as exc:   # a second signal, or Ctrl-C where no step loop runs
+        _stop_loader_workers()
         _stop(f"Stopped at once ({exc or 'Ctrl-C'}); files are written atomically, so those written are whole")
     except Exception as exc:  # noqa: BLE001 - anything unexplained is re-raised with its traceback
+        _stop_loader_workers()
         if not is_explained_error(exc):
             from utils.logger import log_to_files
 

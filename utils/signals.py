@@ -7,17 +7,21 @@ it at their step boundaries (a training step, a batch of an inference loader: se
 what is kept. A second signal stops at once (:class:`StoppedAtOnce`, a KeyboardInterrupt, so that
 atomic writes still remove their temporary files on the way out).
 
-Loader workers ignore these signals (:func:`ignore_in_worker`): a scheduler signals the whole process
-group, and a worker killed by it would end the run with the DataLoader's "worker killed by signal"
-traceback. Signals are blocked while workers are forked (:func:`blocked`), so none arrives in a worker
-before it ignores them; the main process receives them when they are unblocked.
+Loader workers leave these signals to the main process (:func:`ignore_in_worker`): a scheduler signals
+the whole process group, and a worker killed by it would end the run with the DataLoader's "worker
+killed by signal" traceback. (A SIGTERM from the worker's own parent still ends it: that is how the
+DataLoader and multiprocessing shut workers down.) Signals are blocked while workers are forked
+(:func:`blocked`), so none arrives in a worker before it has set this up; the main process receives
+them when they are unblocked.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +118,30 @@ def blocked(signals=STOP_SIGNALS):
 
 
 def ignore_in_worker() -> None:
-    """In a loader worker: leave STOP_SIGNALS to the main process. Ignoring a signal drops one that is
-    pending, so a signal that came while the worker was forked is not acted on here."""
+    """In a loader worker (main thread, at start-up): leave STOP_SIGNALS to the main process.
+
+    SIGINT and SIGUSR1 are ignored (ignoring a signal drops one that is pending, so one that came
+    while the worker was forked is not acted on here). SIGTERM stays blocked and a thread waits for
+    it: one sent by the worker's parent ends the worker as before (the DataLoader's and
+    multiprocessing's shutdown terminate workers with SIGTERM; a worker that ignored it would hang
+    its parent's exit), one from anyone else (a process-group signal from ``timeout`` or a
+    scheduler) is dropped: the main process stops the run at its next step boundary.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})   # before anything can deliver it
     for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.signal(s, signal.SIG_IGN if s != signal.SIGTERM else signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [s for s in STOP_SIGNALS if s != signal.SIGTERM])
+    threading.Thread(target=_terminate_on_parents_sigterm, args=(os.getppid(),), name="sigterm-from-parent",
+                     daemon=True).start()
+
+
+def _terminate_on_parents_sigterm(parent: int) -> None:
+    """Wait for SIGTERM (blocked in every thread of the worker); die by it when ``parent`` sent it or
+    the parent is gone, else drop it."""
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent or os.getppid() != parent:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})   # SIG_DFL: terminate, as asked
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            os._exit(128 + signal.SIGTERM)
