@@ -15,12 +15,12 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from processor.packages import check_packages
 
-# The public API's entry: another installed `datasets` (Hugging Face) would otherwise end in an obscure
-# "No module named 'datasets.build'" on the next line; this says what shadows what and how to fix it.
+# The public API's entry: another installed `datasets` (Hugging Face) would otherwise be imported on the
+# next line in place of the project's, mixed with its submodules or ending in an obscure
+# "No module named 'datasets.build'"; this says what shadows what and how to fix it.
 check_packages()
 
 from datasets.build import build_inference_loader  # noqa: E402
@@ -28,6 +28,7 @@ from datasets.detreidx import CASE_NAMES, CaseSplit, Tracklet  # noqa: E402
 from datasets.sampling import SAMPLING_MODES  # noqa: E402
 from model.build import begin_compiled_step, compile_flag  # noqa: E402
 from utils.distributed import is_main_process  # noqa: E402
+from utils.logger import progress_bar  # noqa: E402
 from utils.metrics import check_finite_features, compute_distance, evaluate_ranking, rank_gallery  # noqa: E402
 from utils.protocol import FRAME_EXTENSIONS, natural_sort_key  # noqa: E402
 from utils.reranking import k_reciprocal_rerank  # noqa: E402
@@ -113,7 +114,7 @@ def encode_tracklets(
     model.eval()
     sums: dict[str, torch.Tensor] = {}
     counts = torch.zeros(len(tracklets), dtype=torch.float32)
-    progress = tqdm(loader, desc=desc, leave=False, disable=not is_main_process())
+    progress = progress_bar(loader, desc=desc, enabled=is_main_process())  # SAS_PROGRESS; a terminal only
     for batch in progress:
         indices = batch["indices"]
         result = forward_clips(model, batch["frames"], batch["camids"], batch["views"], device, amp_dtype, outputs,
