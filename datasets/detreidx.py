@@ -781,10 +781,12 @@ def _checked_frame_names(names: FrameNames, folder: str) -> FrameNames:
     return names
 
 
-def _load_scan_cache(path: str, key: str, root: str, dirs: Sequence[_TrackletDir] = ()) -> list[_RawTracklet] | None:
+def _load_scan_cache(path: str, key: str, root: str, dirs: Sequence[_TrackletDir] = (),
+                     unknown_as_ground: bool = False) -> list[_RawTracklet] | None:
     """The cached records when the file exists, its key matches and its records are exactly the tracklet
-    folders ``dirs`` walked at this start (so a hand-edited path such as ``../../etc`` is refused), else None
-    (any damage or mismatch: a rescan, with a warning naming the file)."""
+    folders ``dirs`` walked at this start (so a hand-edited path such as ``../../etc`` is refused), each with
+    what its first frame name says (re-read: one parse per tracklet), else None (any damage or mismatch: a
+    rescan, with a warning naming the file)."""
     if not os.path.isfile(path):
         return None
     walked = {d.path: d for d in dirs}
@@ -819,7 +821,16 @@ def _load_scan_cache(path: str, key: str, root: str, dirs: Sequence[_TrackletDir
                     chunk = chunk.astype(np.int32)
                 names = FrameNames(frames[1], frames[2], frames[3], np.array(chunk))
             names = _checked_frame_names(names, folder)
-            raw.append(_RawTracklet(FramePaths(folder, names), pid, name, part, FrameNameInfo(*info), view))
+            if not len(names):
+                raise _CacheMismatch(f"it lists no frames for {rel!r}")
+            info = FrameNameInfo(*info)
+            try:
+                read = parse_frame_name(os.path.join(folder, names[0]), unknown_as_ground)
+            except ValueError as exc:
+                raise _CacheMismatch(f"its frame name for {rel!r} cannot be read ({exc})") from None
+            if read != info:
+                raise _CacheMismatch(f"it says {info} of {rel!r}, whose first frame name says {read}")
+            raw.append(_RawTracklet(FramePaths(folder, names), pid, name, part, info, view))
         return raw
     except _CacheMismatch as exc:
         logger.warning("Refusing the scan cache %s: %s. Scanning the folders (the cache is rewritten; delete the "
@@ -1099,7 +1110,7 @@ class DetReIDX:
             key = _cache_key(self.root, dirs, self.unknown_names_as_ground)
             cache_file = _cache_path(self.scan_cache_dir, self.root)
             _SCAN_CACHE_FILES[self.root] = cache_file
-            raw = _load_scan_cache(cache_file, key, self.root, dirs)
+            raw = _load_scan_cache(cache_file, key, self.root, dirs, self.unknown_names_as_ground)
             self._from_cache = raw is not None
         if raw is None:
             raw = []

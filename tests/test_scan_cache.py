@@ -125,6 +125,10 @@ def test_the_key_changes_with_a_tracklet_folder_moved_to_another_pid(root, tmp_p
     (lambda meta: meta["tracklets"][0].__setitem__(5, ["joined", "../../../../etc/passwd"]), "not a plain"),
     (lambda meta: meta["tracklets"][0].__setitem__(5, ["range", "../x_", ".jpg", 0, 1, 3, 1]), "not a plain"),
     (lambda meta: meta["tracklets"][0].__setitem__(4, "sideways"), "view"),
+    (lambda meta: meta["tracklets"][0][6].__setitem__(4, 1e197), "whose first frame name says"),
+    (lambda meta: meta["tracklets"][0][6].__setitem__(3, "S7"), "whose first frame name says"),
+    (lambda meta: meta["tracklets"][0].__setitem__(5, ["joined", "frame_0001.jpg"]), "cannot be read"),
+    (lambda meta: meta["tracklets"][0].__setitem__(5, ["range", "x_", ".jpg", 0, 0, 0, 1]), "no frames"),
 ])
 def test_hand_edited_records_are_refused_with_a_warning_naming_the_cache(root, tmp_path, caplog, edit, said):
     cache = str(tmp_path / "cache")
