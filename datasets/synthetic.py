@@ -8,7 +8,7 @@ What it draws, and why it is learnable the way the real data is:
   torso depth, limb thickness) and a skin/hair colour, plus one outfit per outdoor session (colours,
   a pattern, shorts or trousers, shoes, optional bag and hat). A share of the identities
   (``--clothes-change``) wear a different outfit in session S2: colour identifies a person within a
-  session, body build across sessions.
+  session, body build (and, in version 2, gait) across sessions.
 * People are 3-D stick-and-box figures walking with a gait cycle, rendered with an orthographic
   camera: ground cameras look almost horizontally (large crops, camid 0); drones use the 18
   capture points of DetReIDX. Vertical extents shrink with cos(pitch) and the tops of head,
@@ -28,17 +28,47 @@ What it draws, and why it is learnable the way the real data is:
 * Deterministic: the same arguments give the same bytes (per-identity and per-tracklet seeds,
   fixed JPEG encoder settings, no time stamps). The dataset is written to a temporary sibling
   folder and renamed into place, so an interrupted run never leaves half a dataset at ``root``.
+
+Nuisances of aerial-ground video (generator version 2, the default; ``--no-nuisances`` /
+``SyntheticConfig(nuisances=False)`` writes version 1's world, frame for frame the bytes of the
+generator before versions existed). Each models a property of real footage, none a model's trick:
+
+* **Camera colour response** (``camera_response``): a ground camera and a drone's camera in each
+  session (camids 0/1/2) render the same clothes differently: their own white balance (R, B gains
+  within +-8 %), colour rotation (hue: one camera within 2 degrees of each of -16, 0, +16, assigned
+  by the seed, so two cameras differ by 12-36 degrees), saturation (x0.75-1.2), exposure (x0.85-1.15)
+  and tone curve (gamma 0.85-1.2), plus a small auto white balance / exposure drift per tracklet
+  (+-2 degrees, +-3 % R/B, +-8 % exposure). Real sensors, ISPs and lighting of the two sessions differ
+  (DetReIDX's drones vs ground cameras); colours stay consistent within one camera.
+* **Identity-specific gait** (``Gait``, ``tracklet_gait``): cadence (8-14 frames per gait cycle), leg
+  swing (18-36 degrees), arm swing (0.3-1.2 x the leg swing), vertical bob and knee bend are drawn per
+  identity and vary only a little per tracklet (+-3 % pace, +-5 % swing): gait is a biometric that
+  survives a change of clothes, as in real walking-person footage.
+* **Frame quality that comes and goes** (``plan_frame_quality``): short events (1-4 frames) of
+  occlusion (a pole, a barrier or parked object in front of the legs, another pedestrian passing in
+  front), motion blur (drone vibration, a camera pan, a fast step) and a truncated detector box
+  (part of the body cut off, as detectors and trackers do at frame borders and under occlusion);
+  about a quarter of the frames, the rate varying by tracklet (busier scenes); the first frame of a
+  tracklet is clean (a tracker starts on a confident detection). Degradations draw nothing from the
+  tracklet's random stream, so the clean frames are the frames of the undegraded tracklet.
+* **Clothes changes reported**: the info file ``synthetic_xfd.json`` maps every tracklet folder to the
+  outfit it shows (``"tracklet_outfits": {"0004_17": "0004/S2"}``; an identity who keeps its clothes has
+  one key for both sessions; a ground tracklet gets the outfit it shows), read back with
+  ``load_tracklet_outfits(root)``: a query whose true matches all show another outfit is a
+  clothes-changed query. The info file also records ``generator_version`` (2, or 1 without nuisances).
+  Both versions write the mapping.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from typing import Sequence
 
 import cv2
@@ -49,6 +79,9 @@ from datasets.detreidx import CAPTURE_POINTS, CASE_FOLDERS, TRAIN_FOLDER, split_
 logger = logging.getLogger(__name__)
 
 INFO_FILE = "synthetic_xfd.json"
+# Version of the synthetic world written into the info file: 2 = with the nuisances described above;
+# ``SyntheticConfig(nuisances=False)`` writes version 1 (the frames of the generator before versions existed).
+GENERATOR_VERSION = 2
 SESSION_DATES = {"S1": (23, 10, 2024), "S2": (24, 10, 2024)}
 # Named clothing colours (RGB); the palette index is the soft-biometric code in frame names.
 PALETTE = np.array([
@@ -80,6 +113,11 @@ class SyntheticConfig:
     jpeg_quality: int = 90
     first_pid: int = 1                # PID of the first training identity
     session_style: str = "int"        # frame-name form, see SESSION_STYLES
+    nuisances: bool = True            # camera colour response, identity gait, frame quality (False: version 1's world)
+
+    @property
+    def generator_version(self) -> int:
+        return GENERATOR_VERSION if self.nuisances else 1
 
     def validate(self) -> None:
         checks = [
@@ -133,6 +171,31 @@ class Outfit:
 
 
 @dataclass(frozen=True)
+class Gait:
+    """How a person walks: a biometric, the same in both sessions (clothes do not change it)."""
+
+    stride_frames: float      # frames per gait cycle (two steps): the cadence
+    leg_swing_deg: float      # hip swing amplitude (stride length)
+    arm_ratio: float          # arm swing amplitude / leg swing amplitude
+    bob: float                # vertical bob amplitude / stature
+    knee_bend: float          # knee flexion (radians) at full back swing
+
+
+# Version 1's walk: the same swing, arms, bob and knee for everybody (its cadence was drawn per tracklet).
+CLASSIC_GAIT = Gait(stride_frames=11.0, leg_swing_deg=28.0, arm_ratio=0.8, bob=0.012, knee_bend=0.7)
+
+
+def draw_gait(pid: int, seed: int) -> Gait:
+    """One identity's gait, from its own seed (stream 7; independent of the other identities)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7, pid]))
+    return Gait(
+        stride_frames=float(rng.uniform(8.0, 14.0)), leg_swing_deg=float(rng.uniform(18.0, 36.0)),
+        arm_ratio=float(rng.uniform(0.3, 1.2)), bob=float(rng.uniform(0.006, 0.022)),
+        knee_bend=float(rng.uniform(0.4, 1.0)),
+    )
+
+
+@dataclass(frozen=True)
 class Identity:
     pid: int
     build: BodyBuild
@@ -142,10 +205,16 @@ class Identity:
     beard: bool
     glasses: bool
     outfits: dict[str, Outfit]
+    gait: Gait = CLASSIC_GAIT  # rendered only with SyntheticConfig.nuisances
 
     @property
     def changes_clothes(self) -> bool:
         return self.outfits["S1"] != self.outfits["S2"]
+
+    def outfit_key(self, session: str) -> str:
+        """Names the outfit worn in ``session`` ("S1"/"S2"): ``"0004/S1"``; one key for both sessions
+        when the identity keeps its clothes."""
+        return f"{self.pid:04d}/{session if self.changes_clothes else 'S1'}"
 
 
 def _random_outfit(rng: np.random.Generator) -> Outfit:
@@ -184,7 +253,78 @@ def make_identity(pid: int, seed: int, clothes_change: float) -> Identity:
         pid=pid, build=build, skin=tuple(SKIN_TONES[rng.integers(len(SKIN_TONES))]),
         hair=int(rng.integers(len(HAIR_COLOURS))), long_hair=bool(rng.random() < 0.35),
         beard=bool(gender == "M" and rng.random() < 0.3), glasses=bool(rng.random() < 0.25),
-        outfits={"S1": first, "S2": second},
+        outfits={"S1": first, "S2": second}, gait=draw_gait(pid, seed),
+    )
+
+
+# ----------------------------------------------------------------------------- camera colour response
+# Hue rotation of the three cameras (ground, drone S1, drone S2) before a small per-camera offset: a
+# seeded permutation gives each camera one slot, so any two cameras differ by 12-36 degrees of hue.
+CAMERA_HUE_SLOTS_DEG = (-16.0, 0.0, 16.0)
+NUM_CAMERAS = 3   # camid 0 ground, 1 drone session S1, 2 drone session S2
+
+
+@dataclass(frozen=True)
+class CameraResponse:
+    """A camera's colour pipeline: white balance, colour rotation, saturation, exposure, tone curve."""
+
+    hue_deg: float                             # rotation about the grey axis (~ HSV hue shift)
+    saturation: float                          # chroma gain about the luma of each pixel
+    wb_gains: tuple[float, float, float]       # per-channel (R, G, B) white-balance gains
+    exposure: float                            # linear gain before the tone curve
+    gamma: float                               # out = 255 * (in / 255) ** gamma
+
+    def matrix(self) -> np.ndarray:
+        """The 3x3 linear part (white balance, then hue rotation, then saturation), for column RGB vectors."""
+        theta = math.radians(self.hue_deg)
+        c, s = math.cos(theta), math.sin(theta)
+        k, r = (1.0 - c) / 3.0, s / math.sqrt(3.0)
+        # Rodrigues rotation about (1, 1, 1)/sqrt(3): positive angles turn red towards green (HSV hue up).
+        hue = np.array([[c + k, k - r, k + r], [k + r, c + k, k - r], [k - r, k + r, c + k]])
+        luma = np.tile(np.array([0.299, 0.587, 0.114]), (3, 1))
+        saturation = self.saturation * np.eye(3) + (1.0 - self.saturation) * luma
+        return saturation @ hue @ np.diag(self.wb_gains)
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """(H,W,3) float32 RGB in 0..255 -> the camera's rendering of it (float32, 0..255).
+
+        The tone curve is read from a table in steps of 1/16 grey level (exact to ~0.2 levels, 3x
+        faster than a power per pixel)."""
+        linear = cv2.transform(np.ascontiguousarray(rgb, dtype=np.float32), _camera_matrix(self))
+        steps = np.clip(linear * _TONE_STEPS + 0.5, 0.0, 255.0 * _TONE_STEPS).astype(np.int32)
+        return _tone_table(self.gamma)[steps]
+
+
+_TONE_STEPS = 16   # tone-curve table entries per grey level
+
+
+@functools.lru_cache(maxsize=64)
+def _camera_matrix(response: CameraResponse) -> np.ndarray:
+    return (response.matrix() * response.exposure).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _tone_table(gamma: float) -> np.ndarray:
+    levels = np.arange(255 * _TONE_STEPS + 1, dtype=np.float64) / (255.0 * _TONE_STEPS)
+    return (255.0 * np.power(levels, gamma)).astype(np.float32)
+
+
+def camera_response(config: SyntheticConfig, camid: int) -> CameraResponse | None:
+    """Camera ``camid``'s colour response for this dataset seed (None when ``config.nuisances`` is off).
+
+    Fixed per camera (streams 5), so an identity's colours stay consistent within one camera.
+    """
+    if not config.nuisances:
+        return None
+    if not 0 <= camid < NUM_CAMERAS:
+        raise ValueError(f"camid must be in [0, {NUM_CAMERAS}), got {camid}")
+    slot = int(np.random.default_rng(np.random.SeedSequence([config.seed, 5])).permutation(NUM_CAMERAS)[camid])
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 5, camid]))
+    return CameraResponse(
+        hue_deg=CAMERA_HUE_SLOTS_DEG[slot] + float(rng.uniform(-2.0, 2.0)),
+        saturation=float(rng.uniform(0.75, 1.2)),
+        wb_gains=(float(np.exp(rng.uniform(-0.08, 0.08))), 1.0, float(np.exp(rng.uniform(-0.08, 0.08)))),
+        exposure=float(rng.uniform(0.85, 1.15)), gamma=float(rng.uniform(0.85, 1.2)),
     )
 
 
@@ -201,6 +341,7 @@ class View:
     blur_sigma: float                     # optical blur std in apparent pixels
     light: tuple[float, float, float]     # per-channel illumination gain
     session: str
+    camera: CameraResponse | None = None  # colour response of the camera (None: version 1, none)
 
 
 def apparent_px_per_metre(aerial_distance: float) -> float:
@@ -251,8 +392,8 @@ def _rot_z(yaw_rad: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def pose_figure(identity: Identity, outfit: Outfit, view: View, phase: float) -> _Figure:
-    """Build the walking figure at gait phase ``phase`` (radians) as projected primitives."""
+def pose_figure(identity: Identity, outfit: Outfit, view: View, phase: float, gait: Gait = CLASSIC_GAIT) -> _Figure:
+    """Build the walking figure at gait phase ``phase`` (radians), walking with ``gait``, as projected primitives."""
     b = identity.build
     fig = _Figure(view.pitch_deg)
     rot = _rot_z(math.radians(view.yaw_deg))
@@ -260,8 +401,8 @@ def pose_figure(identity: Identity, outfit: Outfit, view: View, phase: float) ->
     def world(x, y, z):
         return rot @ np.array([x, y, z], dtype=np.float64)
 
-    swing = math.radians(28.0) * math.sin(phase)
-    bob = 0.012 * b.stature * abs(math.cos(phase))
+    swing = math.radians(gait.leg_swing_deg) * math.sin(phase)
+    bob = gait.bob * b.stature * abs(math.cos(phase))
     hip_z = b.leg_fraction * b.stature + bob
     shoulder_z = b.stature - 2.0 * b.head_radius - 0.04 * b.stature + bob
     head_z = b.stature - b.head_radius + bob
@@ -274,7 +415,7 @@ def pose_figure(identity: Identity, outfit: Outfit, view: View, phase: float) ->
     # Legs: thigh + shin; the knee bends while the leg swings back.
     thigh = shin = hip_z / 2.0
     for side, angle in ((-1, swing), (1, -swing)):
-        bend = max(0.0, -math.sin(phase * side)) * 0.7
+        bend = max(0.0, -math.sin(phase * side)) * gait.knee_bend
         hip = world(side * b.hip_width / 4.0, 0.0, hip_z)
         knee = hip + rot @ np.array([0.0, thigh * math.sin(angle), -thigh * math.cos(angle)])
         ankle = knee + rot @ np.array([0.0, shin * math.sin(angle - bend), -shin * math.cos(angle - bend)])
@@ -296,7 +437,7 @@ def pose_figure(identity: Identity, outfit: Outfit, view: View, phase: float) ->
 
     # Arms swing against the legs.
     arm_r = b.limb_radius
-    for side, angle in ((-1, -swing * 0.8), (1, swing * 0.8)):
+    for side, angle in ((-1, -swing * gait.arm_ratio), (1, swing * gait.arm_ratio)):
         shoulder = world(side * (b.shoulder_width / 2.0 + arm_r * 0.6), 0.0, shoulder_z - arm_r)
         elbow = shoulder + rot @ np.array([side * 0.02, 0.18 * b.stature * math.sin(angle), -0.18 * b.stature * math.cos(angle)])
         wrist = elbow + rot @ np.array([0.0, 0.16 * b.stature * math.sin(angle + 0.3), -0.16 * b.stature * math.cos(angle + 0.3)])
@@ -401,10 +542,86 @@ def make_background(rng: np.random.Generator, height: int, width: int, aerial: b
     return background
 
 
+# ----------------------------------------------------------------------------- frame quality
+DEGRADATION_KINDS = ("occlusion", "motion_blur", "truncation")
+OCCLUDERS = ("pole", "barrier", "pedestrian")
+TRUNCATED_SIDES = ("bottom", "top", "left", "right")
+
+
+@dataclass(frozen=True)
+class FrameDegradation:
+    """What spoils one frame. Positions and sizes are fractions of the crop, so they suit any crop size.
+
+    occlusion: ``shape`` in OCCLUDERS, centred at ``position`` (fraction of the width; a barrier covers
+    the full width), ``extent`` = its width (pole, pedestrian) or height (barrier), in ``colour``.
+    motion_blur: a line kernel ``extent`` x the crop's longer side long, at ``angle_deg``.
+    truncation: the detector box loses ``extent`` of its height/width on side ``shape`` (TRUNCATED_SIDES).
+    """
+
+    kind: str
+    shape: str = ""
+    position: float = 0.5
+    extent: float = 0.0
+    angle_deg: float = 0.0
+    colour: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def _draw_occluder(canvas: np.ndarray, d: FrameDegradation) -> None:
+    """Paint an object between the camera and the person onto ``canvas`` (H,W,3 float32, in place)."""
+    height, width = canvas.shape[:2]
+    colour = tuple(float(c) for c in d.colour)
+    centre = d.position * width
+    if d.shape == "pole":
+        half = max(d.extent * width / 2.0, 1.0)
+        x0, x1 = int(round(centre - half)), int(round(centre + half))
+        canvas[:, max(x0, 0):max(x1, 1)] = colour
+    elif d.shape == "barrier":
+        top = int(round((1.0 - d.extent) * height))
+        canvas[top:] = colour
+        canvas[top:top + max(height // 40, 1)] = tuple(min(255.0, c * 1.25 + 10.0) for c in colour)  # lit top edge
+    else:  # a pedestrian passing in front: a body and a head, the body cut by the crop's bottom
+        half = max(d.extent * width / 2.0, 2.0)
+        body_top = 0.3 * height
+        axes = (int(round(half)), int(round(height - body_top)))
+        cv2.ellipse(canvas, (int(round(centre)), height), axes, 0.0, 180.0, 360.0, colour, -1, cv2.LINE_AA)
+        cv2.circle(canvas, (int(round(centre)), int(round(body_top - 0.5 * half))), max(int(round(0.55 * half)), 1),
+                   (60.0, 45.0, 35.0), -1, cv2.LINE_AA)
+
+
+def _motion_blur(canvas: np.ndarray, d: FrameDegradation) -> np.ndarray:
+    """Blur along a line: the camera (or the person) moved during the exposure."""
+    length = max(d.extent * max(canvas.shape[:2]), 2.0)
+    size = int(math.ceil(length)) | 1
+    kernel = np.zeros((size, size), np.float32)
+    c = (size - 1) / 2.0
+    dx, dy = 0.5 * length * math.cos(math.radians(d.angle_deg)), 0.5 * length * math.sin(math.radians(d.angle_deg))
+    to_px = lambda x, y: (int(round(x * _ONE)), int(round(y * _ONE)))  # noqa: E731
+    cv2.line(kernel, to_px(c - dx, c - dy), to_px(c + dx, c + dy), 1.0, 1, cv2.LINE_AA, _SHIFT)
+    kernel /= kernel.sum()
+    return cv2.filter2D(canvas, -1, kernel, borderType=cv2.BORDER_REFLECT)
+
+
+def _truncate(canvas: np.ndarray, d: FrameDegradation) -> np.ndarray:
+    """Cut the crop as a detector box that misses part of the person would (the scale stays)."""
+    height, width = canvas.shape[:2]
+    rows, cols = max(int(round(d.extent * height)), 0), max(int(round(d.extent * width)), 0)
+    rows, cols = min(rows, height - 8), min(cols, width - 8)
+    if rows <= 0 and d.shape in ("bottom", "top") or cols <= 0 and d.shape in ("left", "right"):
+        return canvas
+    return {"bottom": canvas[:height - rows], "top": canvas[rows:], "left": canvas[:, cols:],
+            "right": canvas[:, :width - cols]}[d.shape]
+
+
 def render_frame(identity: Identity, outfit: Outfit, view: View, phase: float, long_side: int,
-                 rng: np.random.Generator, background: np.ndarray, bg_offset: tuple[int, int]) -> np.ndarray:
-    """One crop (H,W,3 uint8 RGB): the figure inside a detector-like box, degraded by distance."""
-    fig = pose_figure(identity, outfit, view, phase)
+                 rng: np.random.Generator, background: np.ndarray, bg_offset: tuple[int, int], *,
+                 gait: Gait = CLASSIC_GAIT, degradation: FrameDegradation | None = None) -> np.ndarray:
+    """One crop (H,W,3 uint8 RGB): the figure inside a detector-like box, degraded by distance.
+
+    ``view.camera`` (if any) colours the crop as that camera renders; ``degradation`` (if any) occludes,
+    blurs or truncates this frame. Neither draws from ``rng``, so the clean frames of a tracklet are
+    the same with or without degraded frames between them.
+    """
+    fig = pose_figure(identity, outfit, view, phase, gait)
     u_min, u_max, v_min, v_max = fig.bounds()
     # Detector box: a margin around the figure, jittered per frame.
     margin = 0.08 * max(u_max - u_min, v_max - v_min)
@@ -420,7 +637,11 @@ def render_frame(identity: Identity, outfit: Outfit, view: View, phase: float, l
     if canvas.shape[:2] != (height, width):
         canvas = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
     draw_figure(canvas, fig, scale, u0, v1)
+    if degradation is not None and degradation.kind == "occlusion":
+        _draw_occluder(canvas, degradation)
     canvas *= np.asarray(view.light, np.float32)
+    if degradation is not None and degradation.kind == "motion_blur":
+        canvas = _motion_blur(canvas, degradation)
 
     if view.px_per_metre_apparent is not None and view.px_per_metre_apparent < scale:
         # Shrink to what the drone really resolved, degrade there, upsample back to the saved size.
@@ -435,6 +656,10 @@ def render_frame(identity: Identity, outfit: Outfit, view: View, phase: float, l
         if view.blur_sigma > 0:
             canvas = cv2.GaussianBlur(canvas, (0, 0), view.blur_sigma)
         canvas += rng.normal(0.0, view.noise_sigma, size=canvas.shape).astype(np.float32)
+    if view.camera is not None:
+        canvas = view.camera.apply(canvas)
+    if degradation is not None and degradation.kind == "truncation":
+        canvas = _truncate(canvas, degradation)
     return np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -480,6 +705,104 @@ def plan_identity_tracklets(identity: Identity, config: SyntheticConfig, next_tr
     return plans
 
 
+def tracklet_camera_response(plan: TrackletPlan, config: SyntheticConfig) -> CameraResponse | None:
+    """The camera's response for one tracklet: its camera's (``camera_response``) with a small auto white
+    balance / auto exposure drift of its own (stream 6), constant over the tracklet. None without nuisances."""
+    base = camera_response(config, plan.camid)
+    if base is None:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 6, plan.pid, plan.tracklet_id]))
+    r, b = (float(np.exp(rng.uniform(-0.03, 0.03))) for _ in range(2))
+    return CameraResponse(
+        hue_deg=base.hue_deg + float(rng.uniform(-2.0, 2.0)), saturation=base.saturation,
+        wb_gains=(base.wb_gains[0] * r, base.wb_gains[1], base.wb_gains[2] * b),
+        exposure=base.exposure * float(np.exp(rng.uniform(-0.08, 0.08))), gamma=base.gamma,
+    )
+
+
+def tracklet_gait(identity: Identity, plan: TrackletPlan, config: SyntheticConfig) -> Gait | None:
+    """How the person walks in this tracklet: the identity's gait with a little variation of its own
+    (pace, stride, arm swing; stream 8). None without nuisances (version 1 draws a cadence per tracklet
+    while rendering and walks with CLASSIC_GAIT otherwise)."""
+    if not config.nuisances:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 8, plan.pid, plan.tracklet_id]))
+    g = identity.gait
+    return Gait(
+        stride_frames=g.stride_frames * float(rng.uniform(0.97, 1.03)),
+        leg_swing_deg=g.leg_swing_deg * float(rng.uniform(0.95, 1.05)),
+        arm_ratio=g.arm_ratio * float(rng.uniform(0.93, 1.07)),
+        bob=g.bob * float(rng.uniform(0.9, 1.1)), knee_bend=g.knee_bend * float(rng.uniform(0.95, 1.05)),
+    )
+
+
+def plan_frame_quality(plan: TrackletPlan, config: SyntheticConfig) -> tuple[FrameDegradation | None, ...]:
+    """Per frame of the tracklet: None (clean) or what spoils it (stream 9). All None without nuisances.
+
+    Degradations come as short events (1-4 frames, mean 2) starting after a clean frame with a rate drawn
+    per tracklet (0.05-0.25: some scenes are busier); about a quarter of all frames are spoiled. The first
+    frame is always clean (a tracker starts on a confident detection). An occluder moves across the crop
+    during its event; a truncated box or a blur changes a little from frame to frame.
+    """
+    frames: list[FrameDegradation | None] = [None] * plan.num_frames
+    if not config.nuisances:
+        return tuple(frames)
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 9, plan.pid, plan.tracklet_id]))
+    rate = float(rng.uniform(0.05, 0.25))
+    index = 1
+    while index < plan.num_frames:
+        if rng.random() >= rate:
+            index += 1
+            continue
+        length = min(int(rng.geometric(0.5)), 4)
+        kind = DEGRADATION_KINDS[int(rng.choice(len(DEGRADATION_KINDS), p=[0.4, 0.3, 0.3]))]
+        if kind == "occlusion":
+            shape = OCCLUDERS[int(rng.choice(len(OCCLUDERS), p=[0.35, 0.3, 0.35]))]
+            if shape == "pedestrian":
+                colour = tuple(float(c) for c in PALETTE[int(rng.integers(len(PALETTE)))])
+            else:   # street furniture: greys and muted colours
+                grey = float(rng.uniform(40.0, 170.0))
+                colour = tuple(grey * float(t) for t in rng.uniform(0.85, 1.15, size=3))
+            extent = float(rng.uniform(*{"pole": (0.08, 0.22), "barrier": (0.25, 0.5), "pedestrian": (0.3, 0.6)}[shape]))
+            position, velocity = float(rng.uniform(0.15, 0.85)), float(rng.uniform(-0.15, 0.15))
+            event = [FrameDegradation(kind, shape, position + velocity * step, extent, 0.0, colour) for step in range(length)]
+        elif kind == "motion_blur":
+            extent, angle = float(rng.uniform(0.05, 0.12)), float(rng.uniform(0.0, 180.0))
+            event = [FrameDegradation(kind, "", 0.5, extent * float(rng.uniform(0.8, 1.2)), angle) for _ in range(length)]
+        else:
+            side = TRUNCATED_SIDES[int(rng.choice(len(TRUNCATED_SIDES), p=[0.35, 0.25, 0.2, 0.2]))]
+            extent = float(rng.uniform(0.15, 0.35)) if side in ("bottom", "top") else float(rng.uniform(0.15, 0.3))
+            event = [FrameDegradation(kind, side, 0.5, extent * float(rng.uniform(0.85, 1.15))) for _ in range(length)]
+        for step, degradation in enumerate(event[:plan.num_frames - index]):
+            frames[index + step] = degradation
+        index += length
+    return tuple(frames)
+
+
+def tracklet_outfits(identity: Identity, plans: Sequence[TrackletPlan]) -> dict[str, str]:
+    """Tracklet folder name -> the key of the outfit it shows (``Identity.outfit_key``)."""
+    return {plan.name: identity.outfit_key(plan.outfit_session) for plan in plans}
+
+
+def load_tracklet_outfits(root: str) -> dict[str, str] | None:
+    """The tracklet -> outfit key mapping of a synthetic dataset at ``root`` (``"0004_17": "0004/S2"``):
+    a query whose true matches all show another outfit key is a clothes-changed query. None when
+    ``root`` has no info file or the file has no mapping (real data, or a dataset written before it)."""
+    path = os.path.join(root, INFO_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("Cannot read %s (%s): no outfit information", path, exc)
+        return None
+    mapping = info.get("tracklet_outfits") if isinstance(info, dict) else None
+    if not isinstance(mapping, dict):
+        return None
+    return {str(name): str(key) for name, key in mapping.items()}
+
+
 def frame_name(identity: Identity, plan: TrackletPlan, frame_index: int, meta: dict, session_style: str = "int") -> str:
     """A DetReIDX-style frame file name: outdoor scheme for aerial frames, a ground scheme for ground frames.
 
@@ -519,18 +842,24 @@ def render_tracklet(identity: Identity, plan: TrackletPlan, config: SyntheticCon
         gain = (1.0, 1.0, 1.0) if plan.session == "S1" else (0.86, 0.9, 1.0)   # sunny S1, overcast bluish S2
         view = View(True, angle, yaw, apparent_px_per_metre(aerial_distance),
                     noise_sigma=3.0 + 0.05 * aerial_distance, blur_sigma=float(rng.uniform(0.3, 0.8)),
-                    light=tuple(g * float(rng.uniform(0.9, 1.1)) for g in gain), session=plan.session)
+                    light=tuple(g * float(rng.uniform(0.9, 1.1)) for g in gain), session=plan.session,
+                    camera=tracklet_camera_response(plan, config))
         long_side = config.aerial_size
     else:
         warm = float(rng.uniform(0.9, 1.1))
         view = View(False, float(rng.uniform(5.0, 20.0)), yaw, None, noise_sigma=2.0, blur_sigma=0.4,
-                    light=(warm, 1.0, 2.0 - warm), session=plan.outfit_session)
+                    light=(warm, 1.0, 2.0 - warm), session=plan.outfit_session,
+                    camera=tracklet_camera_response(plan, config))
         long_side = config.ground_size
     background = make_background(rng, long_side * 2, long_side * 2, plan.aerial)
     direction = rng.uniform(-1.0, 1.0, size=2)
     speed = rng.uniform(0.5, 2.0)
     phase0 = float(rng.uniform(0.0, 2 * math.pi))
-    stride_frames = float(rng.uniform(8.0, 14.0))
+    stride_frames = float(rng.uniform(8.0, 14.0))   # version 1's per-tracklet cadence (drawn in both worlds)
+    gait = tracklet_gait(identity, plan, config)
+    if gait is None:
+        gait = Gait(stride_frames, *astuple(CLASSIC_GAIT)[1:])
+    quality = plan_frame_quality(plan, config)
     meta = {
         "hour": int(rng.integers(9, 17)), "minute": int(rng.integers(0, 60)), "location": int(rng.integers(1, 4)),
         "scene": int(rng.integers(1, 4)), "camera_angle": int(rng.choice([0, 45, 90])),
@@ -539,9 +868,10 @@ def render_tracklet(identity: Identity, plan: TrackletPlan, config: SyntheticCon
     frames = []
     encode_params = [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality, cv2.IMWRITE_JPEG_OPTIMIZE, 0, cv2.IMWRITE_JPEG_PROGRESSIVE, 0]
     for index in range(plan.num_frames):
-        phase = phase0 + 2 * math.pi * index / stride_frames
+        phase = phase0 + 2 * math.pi * index / gait.stride_frames
         offset = (int(round(index * speed * direction[0] * 3 + long_side)), int(round(index * speed * direction[1] * 3 + long_side)))
-        rgb = render_frame(identity, outfit, view, phase, long_side, rng, background, offset)
+        rgb = render_frame(identity, outfit, view, phase, long_side, rng, background, offset,
+                           gait=gait, degradation=quality[index])
         ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), encode_params)
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for tracklet {plan.name}")
@@ -557,12 +887,15 @@ def _write_tracklet(folder: str, frames: Sequence[tuple[str, bytes]]) -> None:
             f.write(data)
 
 
-def _generate_into(out_dir: str, config: SyntheticConfig) -> dict:
-    """Write the whole dataset into ``out_dir`` (a fresh folder); returns summary counts."""
+def _generate_into(out_dir: str, config: SyntheticConfig) -> tuple[dict, dict[str, str]]:
+    """Write the whole dataset into ``out_dir`` (a fresh folder); returns summary counts and the
+    tracklet -> outfit key mapping."""
     train_pids = [config.first_pid + i for i in range(config.num_ids)]
     test_pids = [config.first_pid + config.num_ids + i for i in range(config.num_test_ids)]
     next_tid = 1
-    counts = {"train_tracklets": 0, "test_tracklets": 0, "frames_rendered": 0, "short_tracklets": 0}
+    counts = {"train_tracklets": 0, "test_tracklets": 0, "frames_rendered": 0, "short_tracklets": 0,
+              "degraded_frames": 0, "clothes_changing_ids": 0}
+    outfits: dict[str, str] = {}
     for case_folder in CASE_FOLDERS.values():
         for part in ("query", "gallery"):
             os.makedirs(os.path.join(out_dir, case_folder, part), exist_ok=True)
@@ -574,6 +907,9 @@ def _generate_into(out_dir: str, config: SyntheticConfig) -> dict:
         rendered = {plan.name: render_tracklet(identity, plan, config) for plan in plans}
         counts["frames_rendered"] += sum(len(v) for v in rendered.values())
         counts["short_tracklets"] += sum(plan.num_frames < 8 for plan in plans)
+        counts["degraded_frames"] += sum(d is not None for plan in plans for d in plan_frame_quality(plan, config))
+        counts["clothes_changing_ids"] += int(identity.changes_clothes)
+        outfits.update(tracklet_outfits(identity, plans))
         pid_folder = f"{pid:04d}"
         if pid in train_pids:
             counts["train_tracklets"] += len(plans)
@@ -595,7 +931,7 @@ def _generate_into(out_dir: str, config: SyntheticConfig) -> dict:
                 for plan in members:
                     folder = os.path.join(out_dir, CASE_FOLDERS[case], part, pid_folder, plan.name)
                     _write_tracklet(folder, rendered[plan.name])
-    return counts
+    return counts, outfits
 
 
 def generate_dataset(root: str, config: SyntheticConfig = SyntheticConfig(), overwrite: bool = False) -> dict:
@@ -616,8 +952,9 @@ def generate_dataset(root: str, config: SyntheticConfig = SyntheticConfig(), ove
         shutil.rmtree(tmp_dir)
     os.makedirs(tmp_dir)
     try:
-        counts = _generate_into(tmp_dir, config)
-        info = {"generator": "datasets.synthetic", "config": asdict(config), **counts}
+        counts, outfits = _generate_into(tmp_dir, config)
+        info = {"generator": "datasets.synthetic", "generator_version": config.generator_version,
+                "config": asdict(config), **counts, "tracklet_outfits": outfits}
         with open(os.path.join(tmp_dir, INFO_FILE), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -662,13 +999,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--session-style", choices=SESSION_STYLES, default=defaults.session_style,
                         help="frame names: 'int' = the authors' form (..._<session>_<frame>.jpg, short ground names); "
                              "'S' = S1/S2 session tokens and long ground names")
+    parser.add_argument("--no-nuisances", action="store_true",
+                        help=f"generate version 1's world (no camera colour response, identity gait or frame "
+                             f"degradations) instead of version {GENERATOR_VERSION}'s, to compare results across versions")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --root")
     args = parser.parse_args(argv)
     config = SyntheticConfig(
         num_ids=args.ids, num_test_ids=args.test_ids, seed=args.seed, ground_tracklets=args.ground_tracklets,
         aerial_tracklets=args.aerial_tracklets, min_frames=args.min_frames, max_frames=args.max_frames,
         clothes_change=args.clothes_change, ground_size=args.ground_size, aerial_size=args.aerial_size,
-        jpeg_quality=args.jpeg_quality, session_style=args.session_style,
+        jpeg_quality=args.jpeg_quality, session_style=args.session_style, nuisances=not args.no_nuisances,
     )
     start = time.perf_counter()
     try:
@@ -679,7 +1019,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Wrote {os.path.abspath(args.root)} in {time.perf_counter() - start:.1f} s: "
           f"{args.ids} train + {args.test_ids} test identities, {counts['train_tracklets']} train and "
           f"{counts['test_tracklets']} test tracklets, {counts['frames_rendered']} rendered frames "
-          f"({counts['short_tracklets']} tracklets shorter than 8 frames).")
+          f"({counts['short_tracklets']} tracklets shorter than 8 frames, {counts['degraded_frames']} degraded frames); "
+          f"generator version {config.generator_version}.")
     return 0
 
 

@@ -21,6 +21,7 @@ from processor.inference import (
 from utils.checkpoint import atomic_write, write_text_atomic
 from utils.fileio import remove_stale_temp_files
 from utils.metrics import check_finite_features
+from utils.report import clothes_changed_summary
 from utils.submission import write_submission
 
 logger = logging.getLogger(__name__)
@@ -98,15 +99,19 @@ def run_case_evaluation(
     results = evaluate_cases(cfg, cases, features, index, device)
     summary = summarize(results, cfg.TEST.JUNK_RULE, cfg.TEST.AP_MODE)
     summary["num_unique_tracklets"] = len(tracklets)
+    outfits = _tracklet_outfits(cfg)
+    clothes = clothes_changed_summary(results, outfits, cfg.TEST.AP_MODE)
+    if clothes:   # datasets that label outfits (the synthetic one): clothes-changed queries as their own group
+        summary["clothes_changed"] = clothes
     if extra:
         summary.update(extra)
-    logger.log(level, "%s\n%s", title, format_summary(summary))
+    logger.log(level, "%s\n%s%s", title, format_summary(summary), _format_clothes(clothes))
     if csv_path:
         write_submission(csv_path, _submission_rows(results))
         summary["csv"] = csv_path
         logger.info("Wrote submission CSV %s", csv_path)
     if condition_report and summary["metrics_available"]:
-        summary["per_condition"] = _condition_report(results, cases, output_dir)
+        summary["per_condition"] = _condition_report(results, cases, output_dir, outfits)
     if visualize > 0:
         _visualize(results, cases, output_dir, visualize)
     if json_path:
@@ -121,7 +126,25 @@ def _submission_rows(results: Mapping[int, CaseResult]):
             yield case, q, [result.gallery_names[g] for g in order]
 
 
-def _condition_report(results: Mapping[int, CaseResult], cases: Mapping[int, CaseSplit], output_dir: str) -> dict:
+def _tracklet_outfits(cfg) -> dict | None:
+    """{tracklet name: outfit key} when the data root labels outfits (the synthetic generator does), else None."""
+    from datasets.synthetic import load_tracklet_outfits
+
+    return load_tracklet_outfits(cfg.DATASETS.ROOT_DIR)
+
+
+def _format_clothes(clothes: Mapping | None) -> str:
+    """The clothes-changed line under the results table ("" without outfit labels)."""
+    if not clothes:
+        return ""
+    parts = [f"{group}: mAP {'-' if v['mAP'] is None else format(v['mAP'], '.2f')} R1 "
+             f"{'-' if v['R1'] is None else format(v['R1'], '.2f')} ({v['count']} queries)"
+             for group, v in clothes.items()]
+    return "\nClothes-changing protocol (same-outfit matches are junk), all cases: " + " | ".join(parts)
+
+
+def _condition_report(results: Mapping[int, CaseResult], cases: Mapping[int, CaseSplit], output_dir: str,
+                      outfits: Mapping[str, str] | None = None) -> dict:
     """Per-condition mAP / R1 of the aerial queries of each scored case (table in the log, PNG, dict)."""
     from utils.report import write_condition_report
 
@@ -132,7 +155,7 @@ def _condition_report(results: Mapping[int, CaseResult], cases: Mapping[int, Cas
             continue
         report, table, png = write_condition_report(
             output_dir, result.metrics["AP"], result.metrics["R1_hit"], split.query, split.gallery,
-            name=f"per_condition_case{case}", title=CASE_NAMES[case],
+            name=f"per_condition_case{case}", title=CASE_NAMES[case], outfits=outfits,
         )
         logger.info("Per-condition results, aerial queries of %s\n%s\n(plot: %s)", CASE_NAMES[case], table, png)
         per_case[case] = report
