@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from datasets.sampling import SAMPLING_MODES
 from processor.inference import GROUND_CAMERA, FeatureExtractor, InferenceInputError, list_frames, plain_tracklet
 from utils.fileio import atomic_write, write_text_atomic
 from utils.metrics import compute_distance, rank_gallery
@@ -348,7 +349,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gallery_camera", type=int, default=GROUND_CAMERA, help="camera id of the gallery (0 = ground)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--amp", default="auto", help="autocast: auto, bf16, fp16 or off")
-    parser.add_argument("--sampling", default=None, choices=("even", "dense"), help="test sampling (default: the checkpoint's)")
+    parser.add_argument("--sampling", default=None, choices=SAMPLING_MODES, help="test sampling (default: the checkpoint's)")
     parser.add_argument("--num_workers", type=int, default=None, help="loader workers (default: the checkpoint's)")
     return parser.parse_args(argv)
 
