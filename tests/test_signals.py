@@ -63,7 +63,7 @@ def start_in_phase(tmp_path, target, opts, hold=False):
                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     _started.append(proc)
-    deadline = time.time() + 300
+    deadline = time.time() + 900
     while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     if not os.path.exists(marker):
@@ -85,7 +85,7 @@ def signal_group(proc, signum):
 
 def communicate(proc):
     try:
-        return proc.communicate(timeout=180)
+        return proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:   # a failed test leaves no run behind
             os.killpg(proc.pid, signal.SIGKILL)
@@ -114,7 +114,7 @@ def test_sigterm_to_the_group_in_training_steps_and_the_run_lock(data_root, tmp_
     config = open(os.path.join(out, "config.yaml"), "rb").read()
     log_start = open(log).read()
     second = subprocess.run([sys.executable, "train.py", "--config_file", DEMO, *run_opts(data_root, out)],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     text = second.stdout + second.stderr
     assert second.returncode == 1 and "Traceback" not in text, text[-3000:]
     message = [line for line in text.splitlines() if line.startswith("error: ")]
@@ -156,7 +156,7 @@ def test_sigusr1_in_validation_saves_the_epoch_and_the_resumed_run_validates_it_
     assert state["epoch"] == 1 and state["validation_pending"] is True
     resumed = subprocess.run([sys.executable, "train.py", "--config_file", DEMO, "--resume", "auto",
                               *run_opts(data_root, out, **{"TEST.EVAL_AFTER_TRAINING": "False"})],
-                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     text = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, text[-5000:]
     assert "Validating epoch 1 first (its validation was interrupted)" in text
@@ -176,7 +176,7 @@ def test_sigterm_in_the_final_evaluation_then_resume_auto_only_evaluates(data_ro
     tables = open(os.path.join(out, "log.txt")).read().count("DetReIDX at ")
     resumed = subprocess.run([sys.executable, "train.py", "--config_file", DEMO, "--resume", "auto",
                               *run_opts(data_root, out)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                             timeout=300)
+                             timeout=900)
     text = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, text[-5000:]
     assert "Training was complete: " in text and "holds epoch 2 of 2" in text and "final evaluation only" in text

@@ -105,11 +105,23 @@ def broadcast_object(obj):
 CPU_THREADS_ENV = "SAS_CPU_THREADS"
 
 
+def auto_cpu_threads(cores: int, workers: int, processes: int = 1, default: int | None = None) -> int:
+    """Intra-op threads for one training process on a CPU: the cores of its share of the machine
+    (``processes`` ranks on this host) that its ``workers`` loader workers leave free, at least 1 and
+    at most torch's ``default``. More threads than free cores make OpenMP's threads wait for each
+    other (spinning at every op's barrier) while the workers or other processes hold the cores:
+    measured 2-4x slower epochs on 2 cores (bench/cpu_contention.py; README, Training)."""
+    free = cores // max(processes, 1) - workers
+    threads = max(1, free)
+    return min(threads, default) if default else threads
+
+
 def configure_cpu_threads(cfg) -> str:
     """Intra-op threads for a run on the CPU; returns a short description for the log.
 
-    ``SAS_CPU_THREADS``: ``all`` keeps torch's default (one per core), a number sets that many,
-    unset or ``auto`` applies the project's policy (see the README, Training).
+    ``SAS_CPU_THREADS``: unset or ``auto`` applies :func:`auto_cpu_threads` (cores this process may
+    use, per rank on this host, minus DATALOADER.NUM_WORKERS); ``all`` keeps torch's default (one per
+    core); a number sets that many.
     """
     import torch
 
@@ -122,7 +134,19 @@ def configure_cpu_threads(cfg) -> str:
         except ValueError:
             threads = 0
         if threads < 1:
-            raise ValueError(f"{CPU_THREADS_ENV}={choice!r}: expected auto, all or a thread count >= 1")
+            from configs import ConfigError   # a one-line error on the command line
+
+            raise ConfigError(f"Environment variable {CPU_THREADS_ENV}={choice!r}: expected auto, all or a thread "
+                              "count >= 1 (or unset it)")
         torch.set_num_threads(threads)
         return f"{threads} intra-op threads ({CPU_THREADS_ENV}={threads})"
-    return f"{torch.get_num_threads()} intra-op threads (auto)"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        cores = os.cpu_count() or 1
+    workers = int(cfg.DATALOADER.NUM_WORKERS)
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = auto_cpu_threads(cores, workers, ranks, torch.get_num_threads())
+    torch.set_num_threads(threads)
+    return (f"{threads} intra-op thread{'s' if threads > 1 else ''}: {cores} cores"
+            f"{f' / {ranks} ranks' if ranks > 1 else ''} - {workers} loader workers; {CPU_THREADS_ENV} overrides")
