@@ -110,3 +110,19 @@ def test_train_cli_releases_the_lock_and_a_wrong_root_leaves_no_folder(tmp_path)
         train.main(["--config_file", os.path.join(ROOT, "configs", "demo.yml"), "DATASETS.ROOT_DIR",
                     str(tmp_path / "typo"), "OUTPUT_DIR", out])
     assert not os.path.exists(out), "a wrong data root must leave no config.yaml, log.txt or folder"
+
+
+def test_an_evaluation_refuses_a_folder_another_evaluation_holds(tmp_path):
+    import evaluate_all_cases
+    from tests.inference_fixtures import make_tiny_checkpoint
+
+    root, checkpoint = make_tiny_checkpoint(tmp_path)
+    eval_dir = str(tmp_path / "eval")
+    holder = start_holder(eval_dir)
+    try:
+        with pytest.raises(RunLockError, match=f"Evaluation folder {eval_dir} is in use by another run: pid {holder.pid}"):
+            evaluate_all_cases.main(["--model_path", checkpoint, "--eval_dir", eval_dir, "DATASETS.ROOT_DIR", root])
+        assert os.listdir(eval_dir) == [LOCK_NAME], "the refused evaluation wrote into the folder"
+    finally:
+        holder.kill()
+        holder.wait()
