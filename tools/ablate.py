@@ -16,8 +16,8 @@ version, then one row per config with mean ± std over seeds), ``ablation.csv`` 
 ``ablation.png`` (bars of the means with the std as error bars), next to the paper's figures (mAP-3 on
 the DetReIDXV1 test set, so compare the trend between rows, not the values). Row labels name every
 module a row has on, so a table with skipped rows stays readable. "clothes changed" columns are the
-mAP of the queries whose true matches all wear another outfit (datasets that label outfits, such as
-the synthetic one; "-" otherwise).
+mAP of the clothes-changing protocol of CC-ReID benchmarks: a true match in the query's own outfit is
+junk (datasets that label outfits, such as the synthetic one; "-" otherwise).
 """
 from __future__ import annotations
 
@@ -243,8 +243,8 @@ def table_header(args, runs: list[dict]) -> str:
         f"- epochs: {cfg.SOLVER.MAX_EPOCHS}; seeds: {seeds}; weights: TEST.FINAL_WEIGHTS {cfg.TEST.FINAL_WEIGHTS} "
         f"(chosen on validation); data: {cfg.DATASETS.ROOT_DIR} (synthetic generator version "
         f"{generator_version(cfg)})",
-        "- figures: mean ± sample std over seeds; val R1 = mean over cases; clothes changed = queries whose "
-        "true matches all wear another outfit; paper mAP-3 = DetReIDXV1 test (Table 3, Table 4's TSM row)",
+        "- figures: mean ± sample std over seeds; val R1 = mean over cases; clothes changed = the clothes-changing "
+        "protocol (same-outfit true matches are junk); paper mAP-3 = DetReIDXV1 test (Table 3, Table 4's TSM row)",
         "",
     ])
 
