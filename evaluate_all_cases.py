@@ -131,13 +131,13 @@ def main(argv=None) -> dict:
              "give a .pth written by train.py (e.g. OUTPUT_DIR/checkpoint_best.pth); a config goes to --config_file.")
     state = load_train_checkpoint(args.model_path)   # CheckpointError: one line through run_main
     cfg, changes, ignored = resolve_config(state["config"], args.config_file, args.opts)
-    # Before anything is written or built: the data root and the weight files the config names.
-    check_weight_files(cfg)
-    check_data_root(cfg)
+    check_weight_files(cfg)   # before anything is built
     output_dir_changed = any(key == "OUTPUT_DIR" and source == "the command line" for key, _, _, source in changes)
     eval_dir = args.eval_dir or default_eval_dir(cfg, args.model_path, output_dir_changed)
     with RunLock(eval_dir, what="Evaluation folder", elsewhere="give this evaluation another --eval_dir") as lock, \
             stop_at_step_boundaries():
+        # Before anything is written into the folder or built: a wrong root leaves no folder behind.
+        check_data_root(cfg)
         try:
             return _evaluate(args, state, cfg, changes, ignored, eval_dir, lock)
         except RunInterrupted as exc:

@@ -5,10 +5,12 @@
 
 For each setting (a child process each, since OpenMP reads its environment once), the demo's real
 training loop (``Trainer.train_epoch``: memory rebuild, loader workers, steps) runs on the demo-sized
-synthetic dataset, alternating epochs on quiet cores and epochs while ``--competitors`` CPU-bound
-processes started by this script run alongside (``torch``: another training job, torch's default
-threads doing matrix products; ``python``: a busy loop). It prints seconds per
-epoch quiet and loaded and their ratio, side by side. Sharing the cores with one competitor explains
+synthetic dataset. Round after round, each setting in turn trains one epoch on quiet cores and one
+while ``--competitors`` CPU-bound processes started by this script run alongside (``torch``: another
+training job, torch's default threads doing matrix products; ``python``: a busy loop), so a change
+in the machine's own load hits every setting alike. It prints the median seconds per epoch quiet
+and loaded, their ratio, the speed-up over the ``before`` setting and the CPU seconds the training
+process itself burnt per epoch (threads spinning at OpenMP barriers show up there), side by side. Sharing the cores with one competitor explains
 a ratio near (cores + 1) / cores ... 2; far more than that is threads waiting for each other.
 
 Settings (``--settings``; default all):
@@ -55,7 +57,8 @@ COMPETITORS = {
 
 
 def child(args) -> None:
-    """Train ``2 * epochs`` epochs after a warm-up one, alternating quiet and loaded; print JSON."""
+    """One setting: build the trainer, train a warm-up epoch, then train one epoch per command read from
+    stdin ("quiet" or "loaded"), answering "TIME <wall s> <CPU s of this process>"."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -65,31 +68,31 @@ def child(args) -> None:
 
     cfg = load_config(os.path.join(ROOT, "configs", "demo.yml"), [
         "DATASETS.ROOT_DIR", args.root, "DATASETS.SYNTHETIC_IF_MISSING", "False", "DATASETS.SCAN_CACHE_DIR", "",
-        "OUTPUT_DIR", args.output, "SOLVER.EVAL_PERIOD", "0", "SOLVER.LOG_PERIOD", "1000", *args.opts,
+        "OUTPUT_DIR", args.output, "SOLVER.EVAL_PERIOD", "0", "SOLVER.LOG_PERIOD", "1000",
+        "SOLVER.MAX_EPOCHS", "1000", *args.opts,
     ])
     policy = configure_cpu_threads(cfg)
     trainer = Trainer(cfg, torch.device("cpu"), args.output)
     trainer.train_epoch(1)   # warm-up: first forks, allocator, caches
-    times = {"quiet": [], "loaded": []}
-    cpu = {"quiet": [], "loaded": []}   # CPU seconds of the training process itself (all its threads)
+    print(f"READY {torch.get_num_threads()} {int(cfg.DATALOADER.NUM_WORKERS)} {policy}", flush=True)
     epoch = 2
-    for _ in range(args.epochs):
-        for mode in ("quiet", "loaded"):
-            count = args.competitors if mode == "loaded" else 0
-            competitors = [subprocess.Popen([sys.executable, "-c", COMPETITORS[args.competitor]]) for _ in range(count)]
-            try:
-                start, start_cpu = time.perf_counter(), time.process_time()
-                trainer.train_epoch(epoch)
-                times[mode].append(time.perf_counter() - start)
-                cpu[mode].append(time.process_time() - start_cpu)
-            finally:
-                for proc in competitors:
-                    proc.kill()
-                    proc.wait()
-            epoch += 1
+    for line in sys.stdin:
+        mode = line.strip()
+        if mode not in ("quiet", "loaded"):
+            break
+        count = args.competitors if mode == "loaded" else 0
+        competitors = [subprocess.Popen([sys.executable, "-c", COMPETITORS[args.competitor]]) for _ in range(count)]
+        try:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            trainer.train_epoch(epoch)
+            wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        finally:
+            for proc in competitors:
+                proc.kill()
+                proc.wait()
+        epoch += 1
+        print(f"TIME {wall:.3f} {cpu:.3f}", flush=True)
     trainer.close()
-    print("RESULT " + json.dumps({"times": times, "cpu": cpu, "threads": torch.get_num_threads(),
-                                  "workers": int(cfg.DATALOADER.NUM_WORKERS), "policy": policy}), flush=True)
 
 
 def main() -> None:
@@ -117,10 +120,11 @@ def main() -> None:
     load = os.getloadavg()
     print(f"{os.cpu_count()} cores; load average before the runs {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
           f"(a busy machine makes the quiet column slower too); {args.competitors} competing {args.competitor} "
-          "process(es); "
-          f"{args.epochs} quiet/loaded epoch pairs per setting", flush=True)
-    rows = []
-    for name in args.settings.split(","):
+          f"process(es); {args.epochs} rounds of one quiet and one loaded epoch per setting, settings in turn",
+          flush=True)
+    names = args.settings.split(",")
+    children = {}
+    for name in names:   # one process per setting, all started first; they train in turn
         env_changes, opts = SETTINGS[name]
         opts = opts + (SMALL if args.small else [])
         env = dict(os.environ, HF_HUB_OFFLINE="1", **env_changes)
@@ -128,29 +132,43 @@ def main() -> None:
             env.pop(key, None)
         if "SAS_CPU_THREADS" not in env_changes:
             env.pop("SAS_CPU_THREADS", None)
-        out = os.path.join(work, f"run_{name}")
-        cmd = [sys.executable, "-m", "bench.cpu_contention", "--child", "--root", root, "--output", out,
-               "--epochs", str(args.epochs), "--competitors", str(args.competitors), "--competitor", args.competitor,
-               "--", *opts]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"{name}: failed\n{proc.stderr[-3000:]}", flush=True)
+        cmd = [sys.executable, "-m", "bench.cpu_contention", "--child", "--root", root, "--output",
+               os.path.join(work, f"run_{name}"), "--competitors", str(args.competitors), "--competitor",
+               args.competitor, "--", *opts]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = proc.stdout.readline().split(maxsplit=3)   # one at a time: warm-ups do not overlap
+        if not ready or ready[0] != "READY":
+            print(f"{name}: failed to start", flush=True)
+            proc.kill()
             continue
-        result = json.loads(lines[-1][len("RESULT "):])
-        quiet = sorted(result["times"]["quiet"])[len(result["times"]["quiet"]) // 2]
-        loaded = sorted(result["times"]["loaded"])[len(result["times"]["loaded"]) // 2]
-        rows.append((name, result["threads"], result["workers"], quiet, loaded))
-        print(f"{name:>9}: threads {result['threads']}, workers {result['workers']}: quiet "
-              f"{' '.join(f'{t:.1f}' for t in result['times']['quiet'])} s, loaded "
-              f"{' '.join(f'{t:.1f}' for t in result['times']['loaded'])} s per epoch; CPU s of the training "
-              f"process quiet {' '.join(f'{t:.1f}' for t in result['cpu']['quiet'])}, loaded "
-              f"{' '.join(f'{t:.1f}' for t in result['cpu']['loaded'])} ({result['policy']})", flush=True)
-    print("\nsetting    threads workers  quiet s/epoch  loaded s/epoch  loaded/quiet  loaded vs before-quiet")
-    base = rows[0][3] if rows else float("nan")
-    for name, threads, workers, quiet, loaded in rows:
+        children[name] = (proc, int(ready[1]), int(ready[2]), ready[3].strip())
+    times = {name: {"quiet": [], "loaded": [], "cpu_quiet": [], "cpu_loaded": []} for name in children}
+    for _ in range(args.epochs):
+        for name, (proc, *_rest) in children.items():
+            for mode in ("quiet", "loaded"):
+                proc.stdin.write(mode + "\n")
+                proc.stdin.flush()
+                wall, cpu = proc.stdout.readline().split()[1:3]
+                times[name][mode].append(float(wall))
+                times[name][f"cpu_{mode}"].append(float(cpu))
+    for proc, *_rest in children.values():
+        proc.stdin.write("exit\n")
+        proc.stdin.flush()
+        proc.wait()
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    print("\nsetting    threads workers  quiet s/epoch  loaded s/epoch  loaded/quiet  vs before: quiet  loaded"
+          "   CPU s/epoch quiet loaded")
+    base = times.get("before")
+    for name, (_, threads, workers, policy) in children.items():
+        t = times[name]
+        quiet, loaded = median(t["quiet"]), median(t["loaded"])
+        versus = (f"{median(base['quiet']) / quiet:>10.1f}x {median(base['loaded']) / loaded:>6.1f}x" if base
+                  else " " * 18)
         print(f"{name:<10} {threads:>7} {workers:>7} {quiet:>14.1f} {loaded:>15.1f} {loaded / quiet:>13.1f}x "
-              f"{loaded / base:>20.1f}x")
+              f"{versus} {median(t['cpu_quiet']):>12.1f} {median(t['cpu_loaded']):>6.1f}")
+    print("(medians; 'vs before' is how many times faster than the 'before' setting; per epoch, all values: "
+          + "; ".join(f"{n} quiet {' '.join(f'{v:.1f}' for v in t['quiet'])} loaded "
+                      f"{' '.join(f'{v:.1f}' for v in t['loaded'])}" for n, t in times.items()) + ")")
     load = os.getloadavg()
     print(f"load average after the runs {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

@@ -125,6 +125,9 @@ def check_training_settings(cfg) -> None:
             "Set SOLVER.ACCUM_STEPS 1 or MODEL.COMPILE_MODE default.")
 
 
+_NOT_LOOKED_UP = object()   # Trainer.resume: no checkpoint was looked up for it yet
+
+
 def _first_line(exc: BaseException) -> str:
     """An exception's message without the traceback a loader worker's copy of it carries."""
     text = str(exc).strip()
@@ -309,17 +312,15 @@ class Trainer:
         if epoch % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 or epoch == self.cfg.SOLVER.MAX_EPOCHS:
             save_checkpoint(state, os.path.join(self.output_dir, f"checkpoint_epoch{epoch}.pth"))
 
-    def resume(self, resume: str, found: tuple[str, dict] | None = None) -> bool:
+    def resume(self, resume: str, found=_NOT_LOOKED_UP) -> bool:
         """Restore from ``resume`` ("auto" = newest loadable checkpoint in OUTPUT_DIR, or a path);
-        ``found``: the (path, state) already loaded for it (or None for auto with nothing found)."""
-        if resume == "auto":
-            found = found or find_resume_checkpoint(self.output_dir)
-            if found is None:
-                logger.info("No checkpoint in %s: starting from scratch", self.output_dir)
-                return False
-            path, state = found
-        else:
-            path, state = found or (resume, load_checkpoint(resume))
+        ``found``: the (path, state) already loaded for it (None: auto found nothing)."""
+        if found is _NOT_LOOKED_UP:
+            found = find_resume_checkpoint(self.output_dir) if resume == "auto" else (resume, load_checkpoint(resume))
+        if found is None:
+            logger.info("No checkpoint in %s: starting from scratch", self.output_dir)
+            return False
+        path, state = found
         load_model_state(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -213,11 +213,11 @@ def test_evaluation_checks_the_data_root_before_writing_or_building(tiny_checkpo
         raise AssertionError("the model was built before the data root was checked")
 
     monkeypatch.setattr(model.build, "build_model", no_build)
-    eval_dir = str(tmp_path / "eval")
+    eval_dir = str(tmp_path / "runs" / "eval")
     with pytest.raises(DatasetLayoutError, match="does not exist"):
         evaluate_all_cases.main(["--model_path", tiny_checkpoint[1], "--eval_dir", eval_dir,
                                  "DATASETS.ROOT_DIR", str(tmp_path / "typo")])
-    assert not os.path.exists(eval_dir)
+    assert not os.path.exists(tmp_path / "runs"), "a wrong data root must leave no evaluation folder"
 
 
 def test_config_file_model_keys_are_applied_as_on_the_command_line(tiny_checkpoint, tmp_path):

@@ -79,8 +79,8 @@ class RunLock:
     """``with RunLock(folder, what="OUTPUT_DIR", elsewhere="..."):`` holds ``folder/run.lock``.
 
     what: how the message names the folder; elsewhere: the alternative the message offers (e.g.
-    "train into another folder (OUTPUT_DIR other/folder)"). Creates ``folder`` if needed; a folder it
-    created and that is empty when the lock is released is removed again.
+    "train into another folder (OUTPUT_DIR other/folder)"). Creates ``folder`` (and missing parents)
+    if needed; the folders it created that are empty when the lock is released are removed again.
     """
 
     def __init__(self, folder: str, what: str = "folder", elsewhere: str = "use another folder",
@@ -91,13 +91,13 @@ class RunLock:
         self.elsewhere = elsewhere
         self.command = command or command_line()
         self.fd: int | None = None
-        self.created_folder = False
+        self.created_folders: list[str] = []   # folders acquire() created, deepest first
         self.taken_over: str | None = None   # a warning to log: the stale lock of a dead process was taken over
         self.info: dict = {}
 
     # ------------------------------------------------------------------ acquire / release
     def acquire(self) -> "RunLock":
-        self.created_folder = not os.path.isdir(self.folder)
+        self.created_folders = _missing_folders(self.folder)
         ensure_folder(self.folder)
         key = os.path.realpath(self.path)
         if key in _HELD:
@@ -160,11 +160,11 @@ class RunLock:
         except OSError:
             pass
         os.close(fd)
-        if self.created_folder:
-            try:
-                os.rmdir(self.folder)   # only when empty: a start that wrote nothing leaves no folder
+        for folder in self.created_folders:   # deepest first; only empty ones: a start that wrote nothing
+            try:                              # leaves no folder
+                os.rmdir(folder)
             except OSError:
-                pass
+                break
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -192,6 +192,19 @@ class RunLock:
         stop = f"stop it (kill {pid}) " if holder.get("host") == socket.gethostname() else "stop it "
         return (f"{self.what} {self.folder} is in use by another run: {who}. Wait for it to finish, {stop}"
                 f"and try again, or {self.elsewhere}. (Lock file {self.path}; it is removed when that run ends.)")
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    folder = os.path.abspath(folder)
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
 
 
 def _read_info(fd: int) -> dict:
