@@ -68,7 +68,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import cv2
@@ -321,7 +321,7 @@ def camera_response(config: SyntheticConfig, camid: int) -> CameraResponse | Non
     slot = int(np.random.default_rng(np.random.SeedSequence([config.seed, 5])).permutation(NUM_CAMERAS)[camid])
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 5, camid]))
     return CameraResponse(
-        hue_deg=CAMERA_HUE_SLOTS_DEG[slot] + float(rng.uniform(-2.0, 2.0)),
+        hue_deg=0.0 * CAMERA_HUE_SLOTS_DEG[slot] + float(rng.uniform(-2.0, 2.0)),
         saturation=float(rng.uniform(0.75, 1.2)),
         wb_gains=(float(np.exp(rng.uniform(-0.08, 0.08))), 1.0, float(np.exp(rng.uniform(-0.08, 0.08)))),
         exposure=float(rng.uniform(0.85, 1.15)), gamma=float(rng.uniform(0.85, 1.2)),
@@ -858,7 +858,7 @@ def render_tracklet(identity: Identity, plan: TrackletPlan, config: SyntheticCon
     stride_frames = float(rng.uniform(8.0, 14.0))   # version 1's per-tracklet cadence (drawn in both worlds)
     gait = tracklet_gait(identity, plan, config)
     if gait is None:
-        gait = Gait(stride_frames, *astuple(CLASSIC_GAIT)[1:])
+        gait = replace(CLASSIC_GAIT, stride_frames=stride_frames)
     quality = plan_frame_quality(plan, config)
     meta = {
         "hour": int(rng.integers(9, 17)), "minute": int(rng.integers(0, 60)), "location": int(rng.integers(1, 4)),
