@@ -74,10 +74,10 @@ def test_train_cli_exits_with_the_message_and_no_traceback(bad_configs, tmp_path
     path, needles = bad_configs[fault]
     out_dir = str(tmp_path / "out")
     proc = run_cli("train.py", "--config_file", path, "OUTPUT_DIR", out_dir)
-    assert_clean_failure(proc, "Config error", *needles)
+    assert_clean_failure(proc, "error: ", *needles)
     assert not os.path.exists(out_dir)  # nothing was started
 
 
 def test_train_cli_bad_override_exits_with_the_message(tmp_path):
     proc = run_cli("train.py", "--config_file", DEMO, "SOLVER.MAX_EPOCHS", "many", "OUTPUT_DIR", str(tmp_path))
-    assert_clean_failure(proc, "Config error", "SOLVER.MAX_EPOCHS", "many")
+    assert_clean_failure(proc, "error: ", "SOLVER.MAX_EPOCHS", "many")

@@ -15,8 +15,11 @@ MISSING = {
     # key: (file name, extra overrides, words the message must hold: what to get)
     "MODEL.PRETRAIN_PATH": ("ViT-B-16.pt", ["MODEL.BACKBONE", "ViT-B-16"], ["ViT-B-16.pt", "openaipublic"]),
     "MODEL.PRSD.SMPL_MODEL_PATH": ("SMPL_NEUTRAL.npz", [], ["SMPL", "tools.convert_smpl"]),
-    "MODEL.PRSD.SMPL_MEAN_PARAMS": ("smpl_mean_params.npz", [], ["smpl_mean_params.npz", "SPIN"]),
-    "MODEL.PRSD.PRETRAINED": ("spin_model_checkpoint.pt", [], ["SPIN"]),
+    # the demo (tiny.yml) does not read the pretrained shape files; a run that does names what is missing
+    "MODEL.PRSD.SMPL_MEAN_PARAMS": ("smpl_mean_params.npz", ["MODEL.PRSD.LOAD_PRETRAINED", "True"],
+                                    ["smpl_mean_params.npz", "SPIN", "LOAD_PRETRAINED False"]),
+    "MODEL.PRSD.PRETRAINED": ("spin_model_checkpoint.pt", ["MODEL.PRSD.LOAD_PRETRAINED", "True"],
+                              ["SPIN", "LOAD_PRETRAINED False"]),
 }
 
 
