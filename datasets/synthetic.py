@@ -321,7 +321,7 @@ def camera_response(config: SyntheticConfig, camid: int) -> CameraResponse | Non
     slot = int(np.random.default_rng(np.random.SeedSequence([config.seed, 5])).permutation(NUM_CAMERAS)[camid])
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 5, camid]))
     return CameraResponse(
-        hue_deg=0.0 * CAMERA_HUE_SLOTS_DEG[slot] + float(rng.uniform(-2.0, 2.0)),
+        hue_deg=CAMERA_HUE_SLOTS_DEG[slot] + float(rng.uniform(-2.0, 2.0)),
         saturation=float(rng.uniform(0.75, 1.2)),
         wb_gains=(float(np.exp(rng.uniform(-0.08, 0.08))), 1.0, float(np.exp(rng.uniform(-0.08, 0.08)))),
         exposure=float(rng.uniform(0.85, 1.15)), gamma=float(rng.uniform(0.85, 1.2)),
