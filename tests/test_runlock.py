@@ -126,3 +126,19 @@ def test_an_evaluation_refuses_a_folder_another_evaluation_holds(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_record_lock_alone_refuses_a_holder_whose_pid_cannot_be_checked(tmp_path, monkeypatch):
+    """A holder on another machine (a shared filesystem): its pid means nothing here, the lock decides."""
+    import utils.runlock as runlock
+
+    folder = str(tmp_path / "run")
+    holder = start_holder(folder)
+    here = socket.gethostname()
+    try:
+        monkeypatch.setattr(runlock.socket, "gethostname", lambda: "another-machine")
+        with pytest.raises(RunLockError, match=f"pid {holder.pid} on host {here}"):
+            RunLock(folder).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
