@@ -286,11 +286,13 @@ class InferenceInputError(ValueError):
 
 
 def list_frames(folder: str) -> tuple[str, ...]:
-    """Frame files (FRAME_EXTENSIONS) directly inside ``folder``, naturally sorted (temporal order)."""
+    """Frame files (FRAME_EXTENSIONS) directly inside ``folder``, naturally sorted (temporal order); hidden
+    files (macOS ``._frame.jpg``) are skipped, as the dataset scan and search skip them."""
     if not os.path.isdir(folder):
         raise InferenceInputError(f"Tracklet folder not found: {folder}")
     with os.scandir(folder) as entries:
-        names = [e.name for e in entries if e.is_file() and e.name.lower().endswith(FRAME_EXTENSIONS)]
+        names = [e.name for e in entries
+                 if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(FRAME_EXTENSIONS)]
     if not names:
         raise InferenceInputError(
             f"Tracklet folder {folder} holds no frames ({'/'.join(FRAME_EXTENSIONS)} files). "

@@ -131,3 +131,12 @@ def test_bad_input_is_one_clear_error(tiny_root, tmp_path):
         load_clips(str(tmp_path / "empty"), cfg)
     with pytest.raises(InferenceInputError, match="not found"):
         load_clips(str(tmp_path / "missing"), cfg)
+
+
+def test_list_frames_skips_hidden_files(tmp_path):
+    """A macOS resource fork (._frame.jpg) is not a frame (the scan and search skip it too)."""
+    from processor.inference import list_frames
+
+    for name in ("00002.jpg", "00001.jpg", "._00001.jpg", ".hidden.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.rsplit("/", 1)[1] for p in list_frames(str(tmp_path))] == ["00001.jpg", "00002.jpg"]
