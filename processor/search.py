@@ -381,7 +381,9 @@ def main(argv=None) -> SearchResult:
     from model.backbone import PretrainedWeightsError
     from utils.checkpoint import CheckpointError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from utils.logger import setup_logging
+
+    setup_logging(None)   # the console format of train.py and evaluate_all_cases.py
     if args.topk < 1:
         sys.exit(f"--topk must be >= 1, got {args.topk}")
     try:
@@ -395,7 +397,7 @@ def main(argv=None) -> SearchResult:
         result = search(extractor, queries, gallery, topk=args.topk, cache=cache,
                         query_camera=args.query_camera, gallery_camera=args.gallery_camera)
     except (CheckpointError, InferenceInputError, PretrainedWeightsError, CorruptFrameError) as exc:
-        sys.exit(f"Error: {_error_message(exc)}")
+        sys.exit(f"error: {_error_message(exc)}")
     write_results_csv(args.out, result)  # before the cache: results are never lost to a cache failure
     logger.info("Ranked %d gallery tracklets for %d queries; wrote %s", len(gallery), len(queries), args.out)
     save_cache(cache)
