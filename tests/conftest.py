@@ -7,3 +7,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def encoder_calls(monkeypatch):
+    """Counts clips through the one encoder call of every inference path (processor.inference.forward_clips)."""
+    from processor import inference
+
+    calls = {"clips": 0}
+    original = inference.forward_clips
+
+    def counting(model, frames, *args, **kwargs):
+        calls["clips"] += frames.shape[0]
+        return original(model, frames, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "forward_clips", counting)
+    return calls

@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 
-import processor.inference as inference
 from processor import search
 from tests.inference_fixtures import ROOT_DIR, make_nan_checkpoint, make_tiny_checkpoint, split_tracklets_in_halves
 
@@ -20,20 +19,6 @@ def plain(tmp_path_factory):
     root, ckpt = make_tiny_checkpoint(folder)
     query, gallery, names = split_tracklets_in_halves(root, str(folder / "plain"))
     return ckpt, query, gallery, names
-
-
-@pytest.fixture
-def encoder_calls(monkeypatch):
-    """Counts clips through the one encoder call of every inference path."""
-    calls = {"clips": 0}
-    original = inference.forward_clips
-
-    def counting(model, frames, *args, **kwargs):
-        calls["clips"] += frames.shape[0]
-        return original(model, frames, *args, **kwargs)
-
-    monkeypatch.setattr(inference, "forward_clips", counting)
-    return calls
 
 
 def read_rows(path):

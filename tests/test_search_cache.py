@@ -31,20 +31,6 @@ def copied(plain, tmp_path):
     return ckpt, str(tmp_path / "query"), str(tmp_path / "gallery"), names
 
 
-@pytest.fixture
-def encoder_calls(monkeypatch):
-    """Counts clips through the one encoder call of every inference path."""
-    calls = {"clips": 0}
-    original = inference.forward_clips
-
-    def counting(model, frames, *args, **kwargs):
-        calls["clips"] += frames.shape[0]
-        return original(model, frames, *args, **kwargs)
-
-    monkeypatch.setattr(inference, "forward_clips", counting)
-    return calls
-
-
 def _run(ckpt, query, gallery, tmp_path, out="r.csv", *extra):
     return search.main(["--model_path", ckpt, "--query", query, "--gallery", gallery, "--cache",
                         str(tmp_path / "features.npz"), "--out", str(tmp_path / out), "--device", "cpu",

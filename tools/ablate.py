@@ -54,8 +54,6 @@ METRICS = (
 )
 RUN_COLUMNS = ("row", "config", "seed", "epochs", "weights") + tuple(m[0] for m in METRICS) + ("paper mAP-3",)
 TABLE_COLUMNS = ("row", "config", "seeds") + tuple(m[0] for m in METRICS) + ("weights", "paper mAP-3")
-# Kept for callers of the earlier single-seed table.
-COLUMNS = TABLE_COLUMNS
 
 
 def parse_seeds(text: str | None) -> list[int] | None:

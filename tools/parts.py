@@ -18,7 +18,6 @@ import torch
 from tools.cli import make_parser, parse_command_line, run_main
 
 logger = logging.getLogger("parts")
-PART_WIDTH_KEYS = {"cls": "width", "proj": "proj_dim", "tp": "width", "shape": None}
 
 
 def part_slices(model) -> dict[str, slice]:
