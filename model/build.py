@@ -5,10 +5,11 @@ import logging
 
 import torch
 
-from model.backbone import build_backbone
+from model.backbone import TINY_CONFIGS, build_backbone
 from model.memory import MultiProxyMemory
 from model.mgtm import build_mgtm
 from model.sas import SASModel
+from model.weights import pretrained_weights_path
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +24,9 @@ def check_weight_files(cfg) -> None:
     is built, after the dataset scan (minutes on the full dataset). A PRETRAIN_TAG is not resolved
     here: that may need the network.
     """
-    from model.backbone import pretrained_weights_path
-
     mc = cfg.MODEL
     if mc.PRETRAIN_PATH:
-        pretrained_weights_path(mc.BACKBONE, mc.PRETRAIN_PATH)
+        pretrained_weights_path(mc.BACKBONE, mc.PRETRAIN_PATH, builtin_tower=mc.BACKBONE in TINY_CONFIGS)
     if mc.PRSD.ENABLED:  # PRSD files are read only when PRSD is built
         from model.prsd import check_regressor_file
         from model.smpl import check_mean_params_file, check_smpl_model_file

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.backbone import PretrainedWeightsError
+from model.weights import PretrainedWeightsError
 from model.rnn import run_gru
 from model.smpl import (CAM_DIM, NUM_BETAS, NUM_SMPL_JOINTS, POSE_6D_DIM, SMPLDecoder, build_smpl_decoder,
                         default_mean_params, load_mean_params, rot6d_to_rotmat)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.backbone import PretrainedWeightsError
+from model.weights import PretrainedWeightsError
 
 logger = logging.getLogger(__name__)
 

@@ -378,7 +378,7 @@ def main(argv=None) -> SearchResult:
     non-finite features as one line. Input errors exit here with one line."""
     args = parse_args(argv)
     from datasets.video import CorruptFrameError
-    from model.backbone import PretrainedWeightsError
+    from model.weights import PretrainedWeightsError
     from utils.checkpoint import CheckpointError
 
     from utils.logger import setup_logging

@@ -118,7 +118,7 @@ def test_checkpoint_configs_written_before_the_keys_keep_their_behaviour():
 def test_paper_configs_name_the_pretrained_shape_files_and_one_key_runs_without(tmp_path):
     import os
 
-    from model.backbone import PretrainedWeightsError
+    from model.weights import PretrainedWeightsError
     from model.build import check_weight_files
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,8 +12,8 @@ from torch import nn
 
 from configs import load_config
 from model import backbone as backbone_module
-from model.backbone import (CLIPBackbone, PretrainedWeightsError, build_backbone, is_torchscript_archive,
-                            patch_grid, read_torchscript_state_dict, resize_positional_embedding)
+from model.backbone import CLIPBackbone, build_backbone, patch_grid, resize_positional_embedding
+from model.weights import PretrainedWeightsError, is_torchscript_archive, read_torchscript_state_dict
 
 TINY_VISION = dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32, output_tokens=True)
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 EXPLAINED_ERRORS = (
     ("configs", "ConfigError"),
     ("datasets.detreidx", "DatasetLayoutError"), ("datasets.video", "CorruptFrameError"),
-    ("model.backbone", "PretrainedWeightsError"), ("utils.checkpoint", "CheckpointError"),
+    ("model.weights", "PretrainedWeightsError"), ("utils.checkpoint", "CheckpointError"),
     ("processor.trainer", "NonFiniteLossError"), ("processor.trainer", "RunFolderError"),
     ("utils.fileio", "WriteFailure"), ("utils.metrics", "NonFiniteFeaturesError"),
     ("utils.runlock", "RunLockError"),

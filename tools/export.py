@@ -199,7 +199,7 @@ def main(argv=None) -> float:
     """Export; run through tools.cli.run_main, which prints write failures and non-finite features as
     one line. Input and parity errors exit here with one line."""
     args = parse_args(argv)
-    from model.backbone import PretrainedWeightsError
+    from model.weights import PretrainedWeightsError
     from processor.inference import InferenceInputError
     from utils.checkpoint import CheckpointError
     from utils.logger import setup_logging

@@ -8,7 +8,7 @@ import os
 import pytest
 
 import train
-from model.backbone import PretrainedWeightsError
+from model.weights import PretrainedWeightsError
 from tests.faults.helpers import DEMO, assert_clean_failure, fast_opts, run_cli
 
 MISSING = {
@@ -65,7 +65,7 @@ def test_evaluate_with_a_missing_smpl_file_exits_before_building(tmp_path, monke
     path = str(tmp_path / "checkpoint_last.pth")
     save_checkpoint({"config": cfg.dump(), "model": {}, "meta": {"num_classes": 4, "num_cameras": 3}}, path)
     monkeypatch.setattr(model.build, "build_model", lambda *a, **k: pytest.fail("the model was built"))
-    from model.backbone import PretrainedWeightsError
+    from model.weights import PretrainedWeightsError
     from tools.cli import is_explained_error
 
     with pytest.raises(PretrainedWeightsError) as caught:   # the command line prints it as one line
