@@ -151,6 +151,19 @@ def test_errors_have_one_prefix_and_reach_the_log_file(tmp_path, capsys):
     assert log.count("Unknown config key") == 1
 
 
+def test_every_explained_error_names_the_module_that_defines_it():
+    # is_explained_error looks the classes up by module name: an entry left behind by a move would
+    # silently turn that error's one line back into a traceback
+    import importlib
+
+    from tools.cli import EXPLAINED_ERRORS
+
+    for module, name in EXPLAINED_ERRORS:
+        error = getattr(importlib.import_module(module), name, None)
+        assert isinstance(error, type) and issubclass(error, Exception), f"{module}.{name}"
+        assert error.__module__ == module, f"{module}.{name} is defined in {error.__module__}"
+
+
 def test_console_logging_uses_the_one_format():
     from utils.logger import LOG_FORMAT, setup_console_logging
 
