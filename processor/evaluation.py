@@ -18,8 +18,7 @@ from processor.inference import (
     summarize,
     unique_tracklets,
 )
-from utils.checkpoint import atomic_write, write_text_atomic
-from utils.fileio import remove_stale_temp_files
+from utils.fileio import atomic_write, remove_stale_temp_files, write_text_atomic
 from utils.metrics import check_finite_features
 from utils.report import clothes_changed_summary
 from utils.submission import write_submission

@@ -282,7 +282,7 @@ def bar_plot(rows: list[dict], path: str) -> None:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    from utils.checkpoint import write_text_atomic
+    from utils.fileio import write_text_atomic
 
     runs = []
     for config in args.configs:

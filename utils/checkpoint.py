@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.fileio import RecordingWriter, remove_stale_temp_files, write_text_atomic  # noqa: F401  (re-exported)
-from utils.fileio import atomic_write  # noqa: F401  (re-exported: processor.evaluation writes through it)
+from utils.fileio import RecordingWriter, atomic_write, remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
 

@@ -108,7 +108,7 @@ def test_sigkill_at_random_times_never_leaves_a_broken_checkpoint(tmp_path):
 def test_atomic_writes_give_the_mode_of_a_plain_write(tmp_path):
     """The temporary file's mode survives os.replace: it must not be mkstemp's 0600, or colleagues on a
     shared machine could not read the checkpoints and the CSV."""
-    from utils.checkpoint import write_text_atomic
+    from utils.fileio import write_text_atomic
 
     previous = os.umask(0o022)
     try:
