@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import load_config  # noqa: E402
 from loss.build import build_loss  # noqa: E402
 from model.build import build_model  # noqa: E402
-from solver import build_optimizer  # noqa: E402
+from solver.optimizer import build_optimizer  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,2 @@
-from solver.optimizer import build_optimizer, parameter_groups
-from solver.scheduler import build_scheduler, lr_factor
-
-__all__ = ["build_optimizer", "parameter_groups", "build_scheduler", "lr_factor"]
+"""Optimizer with its parameter groups (``solver.optimizer``) and the learning-rate schedule
+(``solver.scheduler``). Import each from its module."""

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from configs import load_config
-from loss import build_loss
+from loss.build import build_loss
 from model.build import build_model
 from model.prsd import build_prsd
-from solver import build_optimizer
+from solver.optimizer import build_optimizer
 from tests.test_sas_model import NUM_CAMERAS, NUM_CLASSES, TINY, clips
 
 PRIOR_MEAN = [0.2056, 0.3356, -0.3507, 0.3561, 0.4175, 0.0309, 0.3048, 0.2361, 0.2091, 0.3121]

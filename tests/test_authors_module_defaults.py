@@ -13,7 +13,7 @@ from configs import config_from_yaml_text, get_defaults, load_config
 from datasets.sampling import block_start_indices, inference_clips
 from datasets.transforms import ClipTransform
 from model.build import build_model
-from solver import build_optimizer
+from solver.optimizer import build_optimizer
 from tests.test_sas_model import NUM_CAMERAS, NUM_CLASSES, TINY
 
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from configs import load_config
-from loss import build_loss
+from loss.build import build_loss
 from loss.softmax import label_smoothed_cross_entropy, stacked_label_smoothed_cross_entropy
 from loss.triplet import batch_hard_triplet, stacked_batch_hard_triplet
 from model.build import build_model, compile_options, compile_regions

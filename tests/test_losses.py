@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from configs import load_config
-from loss import (batch_hard_triplet, build_loss, framewise_cross_entropy, label_smoothed_cross_entropy,
-                  memory_loss, shape_prior_loss)
+from loss.build import build_loss
+from loss.shape import shape_prior_loss
+from loss.softmax import framewise_cross_entropy, label_smoothed_cross_entropy, memory_loss
+from loss.triplet import batch_hard_triplet
 
 
 def test_label_smoothing_target_is_one_minus_eps_onehot_plus_eps_over_c():

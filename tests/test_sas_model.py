@@ -9,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from configs import load_config
-from loss import build_loss
+from loss.build import build_loss
 from model.build import build_model
 from solver.optimizer import HEAD_CLASSIFIER_NAMES, head_lr_prefixes
 

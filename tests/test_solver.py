@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from configs import load_config
-from solver import build_optimizer, build_scheduler, lr_factor, parameter_groups
+from solver.optimizer import build_optimizer, parameter_groups
+from solver.scheduler import build_scheduler, lr_factor
 
 
 class TinyModel(nn.Module):
