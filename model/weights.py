@@ -6,7 +6,8 @@ tag (``MODEL.PRETRAIN_TAG``). OpenAI archives are read without executing the arc
 unpickler rebuilds only the tensors (see ``read_torchscript_state_dict``).
 
 A missing file fails at once (no network wait, nothing built) with a ``PretrainedWeightsError`` that
-says what to get and where to put it. Only torch is imported here; open_clip, safetensors and
+says what to get and where to put it (the SMPL and PRSD files of ``model.smpl`` and ``model.prsd``
+raise the same error). Only torch is imported here; open_clip, safetensors and
 huggingface_hub are imported when a function needs them.
 
 The tower that these weights are loaded into (``model.backbone.CLIPBackbone``) resizes the
