@@ -7,8 +7,8 @@ unpickler rebuilds only the tensors (see ``read_torchscript_state_dict``).
 
 A missing file fails at once (no network wait, nothing built) with a ``PretrainedWeightsError`` that
 says what to get and where to put it (the SMPL and PRSD files of ``model.smpl`` and ``model.prsd``
-raise the same error). Only torch is imported here; open_clip, safetensors and
-huggingface_hub are imported when a function needs them.
+raise the same error). Only torch is imported here; open_clip, safetensors and huggingface_hub are
+imported when a function needs them.
 
 The tower that these weights are loaded into (``model.backbone.CLIPBackbone``) resizes the
 positional embedding and checks the shapes; this module only reads and renames tensors.
