@@ -1,5 +1,5 @@
 """processor.inference.load_clips: a tracklet's frames -> the model input evaluation makes of them, fed to
-FeatureExtractor.embed_clips and to the exported ONNX graph (the README's export walk-through)."""
+FeatureExtractor.embed_clips and to the exported ONNX graph (the export walk-through of docs/inference.md)."""
 import os
 import re
 
@@ -100,7 +100,7 @@ def test_embed_clips_of_load_clips_is_the_api_embedding(tiny, mode):
 
 
 def test_onnx_on_load_clips_equals_the_api(tiny, tmp_path, capsys):
-    """The README's export walk-through: export, load_clips, onnxruntime; and the command logs like train.py."""
+    """docs/inference.md's export walk-through: export, load_clips, onnxruntime; the command logs like train.py."""
     onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime (pip install onnx onnxruntime)")
     root, ckpt = tiny
     out = str(tmp_path / "model.onnx")

@@ -15,7 +15,7 @@ from tests.datasets_fixtures import make_tiny_root
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAD = "0004_23_10_2024_09_18"
 TAIL = "3_2_1_0_0_0_0_5_2_1_0_1_2"          # location .. drone scene (fields 9-21)
-MAX_HEIGHT_M, MAX_DISTANCE_M = 500.0, 1000.0  # the README's physical ranges
+MAX_HEIGHT_M, MAX_DISTANCE_M = 500.0, 1000.0  # the physical ranges of docs/data.md (Frame names)
 
 
 # ----------------------------------------------------------------------------- physical ranges

@@ -183,22 +183,3 @@ def test_the_wheel_holds_the_packages_and_the_yaml_configs(tmp_path):
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert all(f"{command} = tools.console:" in text for command in COMMANDS)
 
-
-def quick_start_commands() -> list[str]:
-    with open(os.path.join(ROOT_DIR, "README.md"), encoding="utf-8") as f:
-        section = f.read().split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    return [line for line in block.splitlines() if line and not line.startswith("#")]
-
-
-def test_quick_start_gets_the_cpu_torch_of_the_pins_and_ci_runs_its_commands():
-    commands = quick_start_commands()
-    cpu = [c for c in commands if "--index-url https://download.pytorch.org/whl/cpu" in c]
-    assert len(cpu) == 1
-    with open(os.path.join(ROOT_DIR, "requirements.txt"), encoding="utf-8") as f:
-        pins = [line.strip() for line in f if line.startswith(("torch==", "torchvision=="))]
-    assert len(pins) == 2 and all(pin in cpu[0].split() for pin in pins)  # the versions requirements.txt pins
-    with open(os.path.join(ROOT_DIR, ".ci", "run"), encoding="utf-8") as f:
-        ci = f.read().splitlines()
-    test_command = next(c for c in commands if "pytest" in c)
-    assert test_command.startswith("pip install -e . && ") and test_command in ci

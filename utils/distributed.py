@@ -110,7 +110,7 @@ def auto_cpu_threads(cores: int, workers: int, processes: int = 1, default: int 
     (``processes`` ranks on this host) that its ``workers`` loader workers leave free, at least 1 and
     at most torch's ``default``. More threads than free cores make OpenMP's threads wait for each
     other (spinning at every op's barrier) while the workers or other processes hold the cores:
-    measured 2-4x slower epochs on 2 cores (bench/cpu_contention.py; README, Training)."""
+    measured 2-4x slower epochs on 2 cores (bench/cpu_contention.py; docs/training.md, CPU threads)."""
     free = cores // max(processes, 1) - workers
     threads = max(1, free)
     return min(threads, default) if default else threads
