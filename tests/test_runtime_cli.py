@@ -123,7 +123,7 @@ def test_a_bad_test_frame_does_not_cost_the_run(tiny_trainer, tmp_path):
 # ----------------------------------------------------------------------------- error lines and the log
 def test_errors_have_one_prefix_and_reach_the_log_file(tmp_path, capsys):
     from configs import ConfigError
-    from tools.cli import run_main
+    from utils.cli import run_main
     from utils.logger import setup_logging
     from utils.signals import RunInterrupted
 

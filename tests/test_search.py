@@ -145,7 +145,7 @@ def test_unwritable_cache_is_a_warning_and_results_are_written(plain, tmp_path, 
 
 
 def test_nan_checkpoint_is_an_error_naming_it_and_nothing_is_written(plain, tmp_path, capsys):
-    from tools.cli import run_main
+    from utils.cli import run_main
     from utils.metrics import NonFiniteFeaturesError
 
     ckpt, query, gallery, _ = plain
