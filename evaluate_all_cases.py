@@ -24,7 +24,7 @@ import os
 
 from configs import (PRETRAINED_KEYS, changed_keys, clear_keys, config_from_yaml_text, file_keys, get_key,
                      load_config, set_key)
-from tools.cli import fail, make_parser, parse_command_line, run_main
+from utils.cli import fail, make_parser, parse_command_line, run_main
 from utils.fileio import ensure_folder
 from utils.runlock import RunLock
 from utils.signals import RunInterrupted, stop_at_step_boundaries

@@ -15,7 +15,7 @@ import shlex
 import sys
 
 from configs import load_config
-from tools.cli import make_parser, parse_command_line, run_main
+from utils.cli import make_parser, parse_command_line, run_main
 from utils.distributed import cleanup_distributed, configure_cpu_threads, get_rank, init_distributed
 from utils.fileio import ensure_folder, write_text_atomic
 from utils.logger import quiet_console, setup_logging

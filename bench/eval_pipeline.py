@@ -25,7 +25,7 @@ from configs import load_config  # noqa: E402
 from datasets.build import build_dataset, build_inference_loader  # noqa: E402
 from model.build import build_model  # noqa: E402
 from processor.evaluation import run_case_evaluation  # noqa: E402
-from processor.inference import unique_tracklets  # noqa: E402
+from processor.encoding import unique_tracklets  # noqa: E402
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from configs import load_config  # noqa: E402
 from loss.build import build_loss  # noqa: E402
 from model.build import COMPILE_MODES, begin_compiled_step, build_model, compile_options, compile_regions  # noqa: E402
-from processor.inference import autocast, camera_views  # noqa: E402
+from processor.encoding import autocast, camera_views  # noqa: E402
 from solver.optimizer import build_optimizer  # noqa: E402
 
 # name -> (backbone, height, width, extra config options). "tiny" is the CPU smoke-test model.

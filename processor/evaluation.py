@@ -1,31 +1,151 @@
-"""The three-case evaluation run: encode once, rank, score, write the CSV, the JSON and the reports."""
+"""The three-case evaluation: rank every query of each case, score it where ground truth exists, pool
+the figures (mAP-3, the mean over cases) and run it end to end - encode once, write the CSV, the JSON
+and the reports.
+
+* :func:`evaluate_cases` -> {case: :class:`CaseResult`} (ranking and metrics), distances by
+  :func:`case_distance`; :func:`summarize` / :func:`format_summary` make the summary and its table;
+* :func:`run_case_evaluation` - the whole run of evaluate_all_cases.py and of validation during training.
+
+Clips are encoded by :mod:`processor.encoding`, the path every other user of the model shares.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from datasets.detreidx import CASE_NAMES, CaseSplit
-from processor.inference import (
-    CaseResult,
-    encode_tracklets,
-    evaluate_cases,
-    format_summary,
-    summarize,
-    unique_tracklets,
-)
+from processor.encoding import encode_tracklets, unique_tracklets
 from utils.fileio import atomic_write, remove_stale_temp_files, write_text_atomic
-from utils.metrics import check_finite_features
+from utils.metrics import check_finite_features, compute_distance, evaluate_ranking, pool_cases, rank_gallery
 from utils.report import clothes_changed_summary
+from utils.reranking import k_reciprocal_rerank
 from utils.submission import write_submission
 
 logger = logging.getLogger(__name__)
 
 
+# ----------------------------------------------------------------------------- ranking and scoring
+@dataclass
+class CaseResult:
+    """The outcome of one case: its ranking (for the CSV) and, with ground truth, its metrics."""
+
+    case: int
+    query_names: list[str]
+    gallery_names: list[str]
+    ranking: np.ndarray  # (Q, G) gallery indices, best first
+    metrics: dict | None = None  # evaluate_ranking output (fractions), None without ground truth
+    distmat: torch.Tensor | None = field(default=None, repr=False)
+
+
+def case_distance(cfg, qf: torch.Tensor, gf: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(Q, G) distances per TEST.DISTANCE, optionally k-reciprocal re-ranked (TEST.RERANK)."""
+    if cfg.TEST.RERANK:
+        return k_reciprocal_rerank(
+            qf.to(device), gf.to(device), k1=cfg.TEST.RERANK_K1, k2=cfg.TEST.RERANK_K2,
+            lambda_value=cfg.TEST.RERANK_LAMBDA, device=device,
+        ).float().cpu()
+    return compute_distance(qf.to(device), gf.to(device), metric=cfg.TEST.DISTANCE, chunk=cfg.TEST.QUERY_CHUNK).cpu()
+
+
+def evaluate_cases(
+    cfg,
+    cases: Mapping[int, CaseSplit],
+    features: torch.Tensor,
+    index: Mapping[int, tuple[np.ndarray, np.ndarray]],
+    device: torch.device,
+    keep_distances: bool = False,
+) -> dict[int, CaseResult]:
+    """Rank every query of every case and, where the case has ground truth, compute its metrics.
+
+    features (N, d): one row per unique tracklet; index {case: (query rows (Q,), gallery rows (G,)) into
+    it} (both from :func:`processor.encoding.unique_tracklets`). ``keep_distances``: keep each (Q, G)
+    distance matrix in its CaseResult.
+    """
+    results = {}
+    for case, split in sorted(cases.items()):
+        q_idx, g_idx = index[case]
+        distmat = case_distance(cfg, features[q_idx], features[g_idx], device)
+        ranking = rank_gallery(distmat, chunk=cfg.TEST.QUERY_CHUNK)
+        metrics = None
+        if split.has_ground_truth:
+            metrics = evaluate_ranking(
+                distmat,
+                np.array([t.pid for t in split.query]), np.array([t.pid for t in split.gallery]),
+                np.array([t.camid for t in split.query]), np.array([t.camid for t in split.gallery]),
+                [t.name for t in split.query], [t.name for t in split.gallery],
+                junk_rule=cfg.TEST.JUNK_RULE, ap_mode=cfg.TEST.AP_MODE, chunk=cfg.TEST.QUERY_CHUNK,
+            )
+        results[case] = CaseResult(
+            case=case,
+            query_names=[t.name for t in split.query],
+            gallery_names=[t.name for t in split.gallery],
+            ranking=ranking,
+            metrics=metrics,
+            distmat=distmat if keep_distances else None,
+        )
+    return results
+
+
+def summarize(results: Mapping[int, CaseResult], junk_rule: str, ap_mode: str) -> dict:
+    """Per-case figures, mAP-3 (pooled over the queries of all cases) and the plain means over cases
+    (``utils.metrics.pool_cases``; over the cases with a query that has a true match).
+
+    Figures are percentages. Cases without ground truth are listed as unavailable, never as zeros.
+    """
+    summary: dict = {"cases": {}, "metrics_available": False}
+    scored = {c: r for c, r in results.items() if r.metrics is not None}
+    for case, result in sorted(results.items()):
+        entry = {"name": CASE_NAMES[case], "num_queries": len(result.query_names),
+                 "num_gallery": len(result.gallery_names)}
+        if result.metrics is not None:
+            m = result.metrics
+            entry.update({k: 100.0 * float(m[k]) for k in ("mAP", "mINP", "R1", "R5", "R10", "R20")})
+            entry["num_valid_queries"] = int(m["num_valid"])
+        else:
+            entry["metrics"] = "unavailable (no ground truth)"
+        summary["cases"][case] = entry
+    if scored:
+        summary["metrics_available"] = True
+        pooled = pool_cases({c: r.metrics for c, r in scored.items()})
+        if pooled["num_valid"]:
+            summary["mAP-3"] = 100.0 * pooled["mAP-3"]
+        summary["mean_mAP"] = 100.0 * pooled["mAP_mean_over_cases"]
+        summary["mean_R1"] = 100.0 * pooled["R1_mean_over_cases"]
+        summary["cases_scored"] = sorted(scored)
+    summary["rules"] = {"junk": junk_rule, "ap": ap_mode}
+    return summary
+
+
+def format_summary(summary: Mapping) -> str:
+    """A text table of per-case mAP / R1 / R5 / R10 / R20 / mINP plus mAP-3 and the mean."""
+    lines = [f"{'case':<28}{'queries':>8}{'mAP':>8}{'R1':>8}{'R5':>8}{'R10':>8}{'R20':>8}{'mINP':>8}"]
+    for case, entry in sorted(summary["cases"].items()):
+        if "mAP" in entry:
+            lines.append(
+                f"{entry['name']:<28}{entry['num_queries']:>8}" + "".join(
+                    f"{entry[k]:>8.2f}" for k in ("mAP", "R1", "R5", "R10", "R20", "mINP"))
+            )
+        else:
+            lines.append(f"{entry['name']:<28}{entry['num_queries']:>8}   metrics unavailable (no ground truth)")
+    if summary.get("metrics_available"):
+        if "mAP-3" in summary:
+            lines.append(f"mAP-3 (pooled over queries): {summary['mAP-3']:.2f}")
+        lines.append(f"mean over cases: mAP {summary['mean_mAP']:.2f}  R1 {summary['mean_R1']:.2f}")
+    else:
+        lines.append("Metrics unavailable: the test set has no ground truth (anonymised identities).")
+    rules = summary.get("rules", {})
+    if rules.get("junk"):
+        lines.append(f"rules: junk={rules['junk']} AP={rules['ap']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the evaluation run
 def save_features_npz(path: str, features: torch.Tensor, tracklets, index: Mapping[int, tuple[np.ndarray, np.ndarray]]) -> None:
     """Features of every unique tracklet plus, per case n, ``case{n}_query`` / ``case{n}_gallery`` indices."""
     arrays = {

@@ -27,7 +27,6 @@ import hashlib
 import io
 import logging
 import os
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
@@ -37,6 +36,7 @@ import torch
 
 from datasets.sampling import SAMPLING_MODES
 from processor.inference import GROUND_CAMERA, FeatureExtractor, InferenceInputError, list_frames, plain_tracklet
+from utils.cli import fail, make_parser
 from utils.fileio import atomic_write, write_text_atomic
 from utils.metrics import compute_distance, rank_gallery
 from utils.protocol import FRAME_EXTENSIONS, natural_sort_key
@@ -336,7 +336,7 @@ def write_ranklists(out_dir: str, result: SearchResult, count: int) -> list[str]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--model_path", required=True, help="checkpoint written by train.py")
     parser.add_argument("--query", required=True, help="folder of query tracklet folders, or a glob of folders")
     parser.add_argument("--gallery", required=True, help="folder of gallery tracklet folders, or a glob of folders")
@@ -351,7 +351,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--amp", default="auto", help="autocast: auto, bf16, fp16 or off")
     parser.add_argument("--sampling", default=None, choices=SAMPLING_MODES, help="test sampling (default: the checkpoint's)")
     parser.add_argument("--num_workers", type=int, default=None, help="loader workers (default: the checkpoint's)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.topk < 1:
+        parser.error(f"--topk must be >= 1, got {args.topk}")
+    return args
 
 
 def _error_message(exc: BaseException) -> str:
@@ -374,8 +377,8 @@ def save_cache(cache: FeatureCache) -> bool:
 
 
 def main(argv=None) -> SearchResult:
-    """Search and write the CSV; run through tools.cli.run_main, which prints write failures and
-    non-finite features as one line. Input errors exit here with one line."""
+    """Search and write the CSV; run through utils.cli.run_main, which prints write failures and
+    non-finite features as one line. Input errors exit here with one line (utils.cli.fail)."""
     args = parse_args(argv)
     from datasets.video import CorruptFrameError
     from model.weights import PretrainedWeightsError
@@ -384,8 +387,6 @@ def main(argv=None) -> SearchResult:
     from utils.logger import setup_logging
 
     setup_logging(None)   # the console format of train.py and evaluate_all_cases.py
-    if args.topk < 1:
-        sys.exit(f"--topk must be >= 1, got {args.topk}")
     try:
         queries = find_tracklets(args.query, "--query")
         gallery = find_tracklets(args.gallery, "--gallery")
@@ -397,7 +398,7 @@ def main(argv=None) -> SearchResult:
         result = search(extractor, queries, gallery, topk=args.topk, cache=cache,
                         query_camera=args.query_camera, gallery_camera=args.gallery_camera)
     except (CheckpointError, InferenceInputError, PretrainedWeightsError, CorruptFrameError) as exc:
-        sys.exit(f"error: {_error_message(exc)}")
+        fail(_error_message(exc))   # the one "error: ..." line of every command
     write_results_csv(args.out, result)  # before the cache: results are never lost to a cache failure
     logger.info("Ranked %d gallery tracklets for %d queries; wrote %s", len(gallery), len(queries), args.out)
     save_cache(cache)
@@ -408,6 +409,6 @@ def main(argv=None) -> SearchResult:
 
 
 if __name__ == "__main__":
-    from tools.cli import run_main
+    from utils.cli import run_main
 
     run_main(main)

@@ -24,7 +24,7 @@ from datasets.video import CorruptFrameError, read_frame
 from loss.build import build_loss
 from model.build import begin_compiled_step, build_model, check_weight_files
 from processor.evaluation import run_case_evaluation, to_json
-from processor.inference import autocast, encode_tracklets, resolve_amp_dtype
+from processor.encoding import autocast, encode_tracklets, resolve_amp_dtype
 from solver.optimizer import build_optimizer
 from solver.scheduler import build_scheduler
 from utils import distributed as dist_utils

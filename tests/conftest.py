@@ -14,15 +14,16 @@ import pytest  # noqa: E402
 
 @pytest.fixture
 def encoder_calls(monkeypatch):
-    """Counts clips through the one encoder call of every inference path (processor.inference.forward_clips)."""
-    from processor import inference
+    """Counts clips through the one encoder call of the tracklet paths (processor.encoding.forward_clips,
+    called by encode_tracklets: evaluation, FeatureExtractor, search)."""
+    from processor import encoding
 
     calls = {"clips": 0}
-    original = inference.forward_clips
+    original = encoding.forward_clips
 
     def counting(model, frames, *args, **kwargs):
         calls["clips"] += frames.shape[0]
         return original(model, frames, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "forward_clips", counting)
+    monkeypatch.setattr(encoding, "forward_clips", counting)
     return calls

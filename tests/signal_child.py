@@ -21,7 +21,7 @@ sys.argv = ["train.py", *sys.argv[4:]]
 import datasets.video as video  # noqa: E402
 import processor.trainer as trainer  # noqa: E402
 import train  # noqa: E402
-from tools.cli import run_main  # noqa: E402
+from utils.cli import run_main  # noqa: E402
 
 _current = {"phase": "start", "epoch": 0}
 

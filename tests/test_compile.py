@@ -237,7 +237,7 @@ def test_every_backbone_block_shares_one_compilation():
 def test_compiled_inference_pads_a_short_last_batch_into_the_same_graph():
     """Each new batch shape recompiles (static shapes): a compiled model's short last batch is padded to
     the loader's batch, the padding's outputs dropped; an eager model sees the short batch as it is."""
-    from processor.inference import forward_clips
+    from processor.encoding import forward_clips
 
     _, model = tiny()
     reference = copy.deepcopy(model).eval()

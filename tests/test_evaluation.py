@@ -10,8 +10,8 @@ import torch
 import evaluate_all_cases
 from datasets.build import build_dataset
 from model.build import build_model
-from processor.evaluation import run_case_evaluation
-from processor.inference import unique_tracklets
+from processor.encoding import unique_tracklets
+from processor.evaluation import CaseResult, format_summary, run_case_evaluation, summarize
 from tests.datasets_fixtures import make_tiny_root, tiny_cfg
 from utils.checkpoint import save_checkpoint
 from utils.submission import check_submission, score_submission
@@ -126,3 +126,27 @@ def test_cli_rebuilds_model_from_checkpoint(setup, tmp_path, capsys):
         with pytest.raises(SystemExit) as stop:
             evaluate_all_cases.main(["--model_path", ckpt, "--cases", bad, "OUTPUT_DIR", out])
         assert stop.value.code == 2 and "argument --cases" in capsys.readouterr().err
+
+
+def test_summary_pools_queries_and_skips_cases_without_a_match():
+    """mAP-3 weighs each case by its queries with a true match; the mean over cases leaves out a case with
+    ground truth but no such query (not a nan that hides the others); a case without ground truth is unavailable."""
+    def result(case, aps, hits):
+        aps = np.array(aps, dtype=np.float64)
+        valid = ~np.isnan(aps)
+        metrics = {"AP": aps, "R1_hit": np.array(hits), "num_valid": int(valid.sum()),
+                   "mAP": float(aps[valid].mean()) if valid.any() else float("nan"),
+                   "R1": float(np.array(hits)[valid].mean()) if valid.any() else float("nan"),
+                   "mINP": 0.0, "R5": 0.0, "R10": 0.0, "R20": 0.0}
+        return CaseResult(case, [f"q{i}" for i in range(len(aps))], ["g"], np.zeros((len(aps), 1), int), metrics)
+
+    results = {1: result(1, [1.0, 0.5, np.nan], [True, False, False]), 2: result(2, [0.2], [False]),
+               3: result(3, [np.nan], [False])}
+    summary = summarize(results, "tracklet", "trapezoid")
+    assert summary["mAP-3"] == pytest.approx(100 * (1.0 + 0.5 + 0.2) / 3)
+    assert summary["mean_mAP"] == pytest.approx(100 * (0.75 + 0.2) / 2)
+    assert summary["mean_R1"] == pytest.approx(100 * (0.5 + 0.0) / 2)
+    assert "mAP-3 (pooled over queries): 56.67" in format_summary(summary)
+    results[3] = CaseResult(3, ["q0"], ["g"], np.zeros((1, 1), int), None)
+    summary = summarize(results, "tracklet", "trapezoid")
+    assert summary["cases_scored"] == [1, 2] and summary["cases"][3]["metrics"].startswith("unavailable")

@@ -10,7 +10,8 @@ import torch
 import evaluate_all_cases
 from datasets.build import build_dataset, build_inference_loader
 from datasets.video import CorruptFrameError
-from processor.inference import GROUND_CAMERA, FeatureExtractor, InferenceInputError, unique_tracklets
+from processor.encoding import unique_tracklets
+from processor.inference import GROUND_CAMERA, FeatureExtractor, InferenceInputError
 from tests.inference_fixtures import make_nan_checkpoint, make_tiny_checkpoint
 from utils.checkpoint import CheckpointError, save_checkpoint
 from utils.metrics import NonFiniteFeaturesError
@@ -134,7 +135,7 @@ def test_forward_clips_returns_copies_the_next_forward_cannot_overwrite():
     forward_clips hands out copies, already-float32 outputs included."""
     import torch
 
-    from processor.inference import forward_clips
+    from processor.encoding import forward_clips
 
     class FixedOutput(torch.nn.Module):
         def __init__(self):

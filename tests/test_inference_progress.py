@@ -1,10 +1,10 @@
-"""processor.inference.encode_tracklets (evaluation, validation, FeatureExtractor, search) shows its progress
+"""processor.encoding.encode_tracklets (evaluation, validation, FeatureExtractor, search) shows its progress
 bar like training's: on a terminal or with SAS_PROGRESS=1, never piling up in redirected logs."""
 import pytest
 import torch
 
 from datasets.build import build_dataset
-from processor.inference import encode_tracklets
+from processor.encoding import encode_tracklets
 from tests.datasets_fixtures import make_tiny_root, tiny_cfg
 from utils.logger import PROGRESS_ENV
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import compute_distance, evaluate_ranking, rank_gallery, summarize_cases
+from utils.metrics import compute_distance, evaluate_ranking, pool_cases, rank_gallery
 
 
 def oracle_evaluate(dist, q_pids, g_pids, q_cams, g_cams, q_names, g_names, junk_rule, ap_mode,
@@ -176,11 +176,51 @@ def test_rank_gallery_is_a_stable_argsort():
     np.testing.assert_array_equal(rank_gallery(dist, topk=4), expected[:, :4])
 
 
-def test_summarize_cases_pools_queries():
-    case_a = {"AP": np.array([1.0, 0.5, np.nan]), "R1_hit": np.array([True, False, False]), "mAP": 0.75, "num_valid": 2}
-    case_b = {"AP": np.array([0.0]), "R1_hit": np.array([False]), "mAP": 0.0, "num_valid": 1}
-    summary = summarize_cases({1: case_a, 3: case_b})
+def oracle_pool(per_case):
+    """The rule as a plain loop: mAP-3 = mean of per-query AP over the queries (with a true match) of all
+    cases pooled; the mean over cases = mean of each case's own mAP, over the cases with such a query."""
+    pooled_ap, pooled_hit, case_map, case_r1, cases = [], [], [], [], []
+    for case in sorted(per_case):
+        aps, hits = [], []
+        for ap, hit in zip(per_case[case]["AP"], per_case[case]["R1_hit"]):
+            if not math.isnan(ap):
+                aps.append(float(ap))
+                hits.append(1.0 if hit else 0.0)
+        pooled_ap += aps
+        pooled_hit += hits
+        if aps:
+            case_map.append(sum(aps) / len(aps))
+            case_r1.append(sum(hits) / len(hits))
+            cases.append(case)
+    mean = lambda values: sum(values) / len(values) if values else math.nan  # noqa: E731
+    return {"mAP-3": mean(pooled_ap), "R1-3": mean(pooled_hit), "mAP_mean_over_cases": mean(case_map),
+            "R1_mean_over_cases": mean(case_r1), "num_valid": len(pooled_ap), "cases": cases}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pool_cases_matches_the_loop_oracle(seed):
+    """Cases of different sizes (so pooling and the mean over cases differ), queries without a true match,
+    empty cases and cases where no query has a match."""
+    rng = np.random.default_rng(seed)
+    per_case = {}
+    for case in rng.choice([1, 2, 3], size=int(rng.integers(1, 4)), replace=False):
+        size = int(rng.integers(0, 12))
+        ap = rng.random(size)
+        ap[rng.random(size) < rng.choice([0.0, 0.3, 1.0])] = np.nan
+        per_case[int(case)] = {"AP": ap, "R1_hit": rng.random(size) < 0.5}
+    got, expected = pool_cases(per_case), oracle_pool(per_case)
+    assert got["num_valid"] == expected["num_valid"] and got["cases"] == expected["cases"]
+    for key in ("mAP-3", "R1-3", "mAP_mean_over_cases", "R1_mean_over_cases"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-12, nan_ok=True), key
+
+
+def test_pool_cases_weighs_a_case_by_its_queries():
+    case_a = {"AP": np.array([1.0, 0.5, np.nan]), "R1_hit": np.array([True, False, False])}
+    case_b = {"AP": np.array([0.0]), "R1_hit": np.array([False])}
+    summary = pool_cases({3: case_b, 1: case_a})
     assert summary["mAP-3"] == pytest.approx(0.5)
     assert summary["mAP_mean_over_cases"] == pytest.approx(0.375)
-    assert summary["R1-3"] == pytest.approx(1 / 3)
+    assert summary["R1-3"] == pytest.approx(1 / 3) and summary["R1_mean_over_cases"] == pytest.approx(0.25)
     assert summary["num_valid"] == 3 and summary["cases"] == [1, 3]
+    with pytest.raises(ValueError, match="one of each per query"):
+        pool_cases({1: {"AP": np.array([0.5]), "R1_hit": np.array([True, False])}})

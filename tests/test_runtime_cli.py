@@ -123,7 +123,7 @@ def test_a_bad_test_frame_does_not_cost_the_run(tiny_trainer, tmp_path):
 # ----------------------------------------------------------------------------- error lines and the log
 def test_errors_have_one_prefix_and_reach_the_log_file(tmp_path, capsys):
     from configs import ConfigError
-    from tools.cli import run_main
+    from utils.cli import run_main
     from utils.logger import setup_logging
     from utils.signals import RunInterrupted
 
@@ -156,7 +156,7 @@ def test_every_explained_error_names_the_module_that_defines_it():
     # silently turn that error's one line back into a traceback
     import importlib
 
-    from tools.cli import EXPLAINED_ERRORS
+    from utils.cli import EXPLAINED_ERRORS
 
     for module, name in EXPLAINED_ERRORS:
         error = getattr(importlib.import_module(module), name, None)

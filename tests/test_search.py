@@ -101,6 +101,25 @@ def test_bad_inputs_exit_with_clear_messages(plain, tmp_path):
         search.main(["--model_path", str(notes), "--query", query, "--gallery", gallery, "--out", str(tmp_path / "r.csv")])
 
 
+def test_cli_errors_are_lowercase_error_lines_like_every_command(plain, tmp_path, capsys):
+    """A query folder without frames: one `error: ...` line (never `Error:`), no traceback; a bad --topk is a
+    usage error, also `error: ...` (before: a bare message without the prefix)."""
+    ckpt, _, gallery, _ = plain
+    (tmp_path / "queries" / "person").mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "processor.search", "--model_path", ckpt, "--query", str(tmp_path / "queries"),
+         "--gallery", gallery, "--out", str(tmp_path / "r.csv"), "--device", "cpu"],
+        cwd=ROOT_DIR, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Error:" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Folder ") and "person" in last and "holds no frames" in last, proc.stderr
+    with pytest.raises(SystemExit) as stop:
+        search.main(["--model_path", ckpt, "--query", gallery, "--gallery", gallery, "--topk", "0"])
+    assert stop.value.code == 2
+    assert "error: --topk must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_cli_non_image_frame_has_no_traceback(plain, tmp_path):
     """Through a loader worker process too: one line naming the file, no traceback."""
     ckpt, query, gallery, _ = plain
@@ -145,7 +164,7 @@ def test_unwritable_cache_is_a_warning_and_results_are_written(plain, tmp_path, 
 
 
 def test_nan_checkpoint_is_an_error_naming_it_and_nothing_is_written(plain, tmp_path, capsys):
-    from tools.cli import run_main
+    from utils.cli import run_main
     from utils.metrics import NonFiniteFeaturesError
 
     ckpt, query, gallery, _ = plain

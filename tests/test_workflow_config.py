@@ -6,7 +6,7 @@ import pytest
 
 from configs import load_config
 from tests.training_utils import DEMO, ROOT
-from tools.cli import make_parser, parse_command_line
+from utils.cli import make_parser, parse_command_line
 
 ABLATIONS = sorted(os.listdir(os.path.join(ROOT, "configs", "ablations")))
 

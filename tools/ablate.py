@@ -29,7 +29,7 @@ import math
 import os
 import sys
 
-from tools.cli import make_parser, parse_command_line, run_main
+from utils.cli import make_parser, parse_command_line, run_main
 from utils.fileio import ensure_folder
 
 logger = logging.getLogger("ablate")

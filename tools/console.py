@@ -1,7 +1,7 @@
 """Console commands of the installed project (``pip install -e .``; pyproject.toml ``[project.scripts]``).
 
 Each runs, from any folder, the ``main`` of the command it names, exactly as the ``python ...`` form does
-from the repository root (same options, same one-line errors through :func:`tools.cli.run_main`):
+from the repository root (same options, same one-line errors through :func:`utils.cli.run_main`):
 
 ==============  =================================
 sas-train       ``python train.py``
@@ -41,14 +41,14 @@ def _packages_module():
 
 
 def run_command(command: str, argv=None) -> None:
-    """Run the ``main`` of ``command`` (a key of COMMANDS) through tools.cli.run_main."""
+    """Run the ``main`` of ``command`` (a key of COMMANDS) through utils.cli.run_main."""
     packages = _packages_module()
     try:
         packages.put_project_first()
     except packages.PackageClashError as exc:
         sys.exit(f"error: {exc}")
     module = importlib.import_module(COMMANDS[command])
-    from tools.cli import run_main
+    from utils.cli import run_main
 
     if argv is None:
         run_main(module.main)

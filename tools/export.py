@@ -21,11 +21,12 @@ import argparse
 import contextlib
 import logging
 import math
-import sys
 import warnings
 
 import numpy as np
 import torch
+
+from utils.cli import fail, make_parser
 
 logger = logging.getLogger("export")
 
@@ -186,7 +187,7 @@ def export(model_path: str, fmt: str, out: str, frames: int | None = None, toler
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--model_path", required=True, help="checkpoint written by train.py")
     parser.add_argument("--format", required=True, choices=FORMATS, help="onnx or torchscript")
     parser.add_argument("--frames", type=int, default=None, help="frames per clip T (default: the checkpoint's TEST.SEQ_LEN)")
@@ -196,8 +197,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> float:
-    """Export; run through tools.cli.run_main, which prints write failures and non-finite features as
-    one line. Input and parity errors exit here with one line."""
+    """Export; run through utils.cli.run_main, which prints write failures and non-finite features as
+    one line. Input and parity errors exit here with one line (utils.cli.fail)."""
     args = parse_args(argv)
     from model.weights import PretrainedWeightsError
     from processor.inference import InferenceInputError
@@ -209,10 +210,10 @@ def main(argv=None) -> float:
     try:
         return export(args.model_path, args.format, out, frames=args.frames, tolerance=args.tolerance)
     except (CheckpointError, ExportError, InferenceInputError, PretrainedWeightsError) as exc:
-        sys.exit(f"error: {exc}")
+        fail(str(exc))   # the one "error: ..." line of every command
 
 
 if __name__ == "__main__":
-    from tools.cli import run_main
+    from utils.cli import run_main
 
     run_main(main)

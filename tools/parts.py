@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from tools.cli import make_parser, parse_command_line, run_main
+from utils.cli import make_parser, parse_command_line, run_main
 
 logger = logging.getLogger("parts")
 
@@ -35,7 +35,7 @@ def part_slices(model) -> dict[str, slice]:
 
 def score(cfg, cases, features, index, device, outfits) -> dict:
     """mAP-3, mean R1 and clothes-changed mAP of ``features`` (N, d) on ``cases``."""
-    from processor.inference import evaluate_cases, summarize
+    from processor.evaluation import evaluate_cases, summarize
     from utils.report import clothes_changed_summary
 
     results = evaluate_cases(cfg, cases, features, index, device)
@@ -47,7 +47,7 @@ def score(cfg, cases, features, index, device, outfits) -> dict:
 
 def part_table(cfg, model, cases, device, outfits) -> dict[str, dict]:
     """{"all": ..., "<part>": ..., "all - <part>": ...} figures for one split's ``cases``."""
-    from processor.inference import encode_tracklets, unique_tracklets
+    from processor.encoding import encode_tracklets, unique_tracklets
 
     tracklets, index = unique_tracklets(cases)
     features = encode_tracklets(model, cfg, tracklets, device, desc="parts")["embedding"]

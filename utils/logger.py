@@ -169,7 +169,7 @@ def setup_console_logging(level: int = logging.INFO) -> logging.Logger:
     return logger
 
 
-def log_to_files(level: int, message: str, name: str = "tools.cli") -> None:
+def log_to_files(level: int, message: str, name: str = "utils.cli") -> None:
     """Write one record to the log files only (the console shows it another way: an error line)."""
     root = logging.getLogger(ROOT_LOGGER)
     record = logging.getLogger(name).makeRecord(name, level, "", 0, message, None, None)

@@ -31,7 +31,7 @@ junk entry are sorted exactly by (distance, gallery index). This is exact, ties 
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -426,22 +426,37 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids=None, g_camids=None, q_na
     return result
 
 
-def summarize_cases(results: dict) -> dict:
-    """Leaderboard summary of per-case ``evaluate_ranking`` results {case: result}.
+def pool_cases(per_case: Mapping[int, Mapping]) -> dict:
+    """mAP-3 and the means over cases of per-query results: the one place either is computed
+    (evaluation's summary, the submission scorer, the clothes-changing protocol).
 
-    -> {"mAP-3": mAP pooled over all valid queries of the cases (the leaderboard's figure),
-        "mAP_mean_over_cases": plain mean of the per-case mAPs, "R1-3": pooled R1,
-        "num_valid": pooled valid query count, "cases": sorted case list}; nan when nothing is valid.
+    per_case: {case: {"AP": (Q,) float, a query's AP, nan for a query without a true match (left out of
+    every figure); "R1_hit": (Q,) bool, its first non-junk entry is a true match}}; the output of
+    :func:`evaluate_ranking` has both.
+    -> fractions {"mAP-3": mean AP over the valid queries of all cases pooled (the leaderboard's figure:
+    a case weighs by its valid queries), "R1-3": R1 pooled the same way, "mAP_mean_over_cases" /
+    "R1_mean_over_cases": plain means of the per-case mAP / R1 over the cases with a valid query,
+    "num_valid": the pooled valid queries, "cases": those cases, sorted}; nan figures when none is valid.
     """
-    aps = [np.asarray(r["AP"], dtype=np.float64) for r in results.values()]
-    hits = [np.asarray(r["R1_hit"], dtype=bool) for r in results.values()]
-    all_ap = np.concatenate(aps) if aps else np.zeros(0)
-    valid = ~np.isnan(all_ap)
-    per_case = [r["mAP"] for r in results.values() if r.get("num_valid", 0) > 0]
+    aps, hits, cases = [], [], []
+    for case, result in sorted(per_case.items()):
+        ap = np.asarray(result["AP"], dtype=np.float64).reshape(-1)
+        hit = np.asarray(result["R1_hit"], dtype=bool).reshape(-1)
+        if ap.shape != hit.shape:
+            raise ValueError(f"case {case}: {ap.size} AP values but {hit.size} R1 hits; give one of each per query")
+        valid = ~np.isnan(ap)
+        if valid.any():
+            aps.append(ap[valid])
+            hits.append(hit[valid])
+            cases.append(case)
+    nan = float("nan")
+    pooled_ap = np.concatenate(aps) if aps else np.zeros(0)
+    pooled_hit = np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
     return {
-        "mAP-3": float(all_ap[valid].mean()) if valid.any() else float("nan"),
-        "R1-3": float(np.concatenate(hits)[valid].mean()) if valid.any() else float("nan"),
-        "mAP_mean_over_cases": float(np.mean(per_case)) if per_case else float("nan"),
-        "num_valid": int(valid.sum()),
-        "cases": sorted(results),
+        "mAP-3": float(pooled_ap.mean()) if pooled_ap.size else nan,
+        "R1-3": float(pooled_hit.mean()) if pooled_hit.size else nan,
+        "mAP_mean_over_cases": float(np.mean([a.mean() for a in aps])) if aps else nan,
+        "R1_mean_over_cases": float(np.mean([h.mean() for h in hits])) if hits else nan,
+        "num_valid": int(pooled_ap.size),
+        "cases": cases,
     }

@@ -111,16 +111,16 @@ def clothes_changed_summary(results: Mapping, outfits: Mapping[str, str] | None,
 
     results: {case: CaseResult} with ``query_names``, ``gallery_names``, ``ranking`` (Q, G) gallery
     indices best first and ``metrics`` (None for a case without ground truth), as
-    ``processor.inference.evaluate_cases``. -> {"clothes changed": {"count", "mAP", "R1"}} (percent).
+    ``processor.evaluation.evaluate_cases``. -> {"clothes changed": {"count", "mAP", "R1"}} (percent).
     """
     if not outfits:
         return None
-    from utils.metrics import evaluate_ranking
+    from utils.metrics import evaluate_ranking, pool_cases
     from utils.protocol import split_tracklet_name
 
     codes: dict[str, int] = {}
-    aps, hits = [], []
-    for result in results.values():
+    per_case = {}
+    for case, result in results.items():
         if result.metrics is None or not len(result.query_names):
             continue
         queries, gallery = list(result.query_names), list(result.gallery_names)
@@ -142,12 +142,12 @@ def clothes_changed_summary(results: Mapping, outfits: Mapping[str, str] | None,
                                        junk_rule="camera", ap_mode=ap_mode)
         finally:
             metrics_logger.setLevel(level)
-        labelled = np.array([n in outfits for n in queries])
-        valid = labelled & ~np.isnan(metrics["AP"])
-        aps += list(metrics["AP"][valid])
-        hits += list(np.asarray(metrics["R1_hit"])[valid])
-    return {"clothes changed": {"count": len(aps), "mAP": 100.0 * float(np.mean(aps)) if aps else None,
-                                "R1": 100.0 * float(np.mean(hits)) if hits else None}}
+        labelled = np.array([n in outfits for n in queries], dtype=bool)
+        per_case[case] = {"AP": np.where(labelled, metrics["AP"], np.nan), "R1_hit": metrics["R1_hit"]}
+    pooled = pool_cases(per_case)   # unlabelled queries (AP nan here) are left out like those without a match
+    count = pooled["num_valid"]
+    return {"clothes changed": {"count": count, "mAP": 100.0 * pooled["mAP-3"] if count else None,
+                                "R1": 100.0 * pooled["R1-3"] if count else None}}
 
 
 def condition_report(ap, r1_hit, queries: Sequence, gallery: Sequence,

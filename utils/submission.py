@@ -20,8 +20,8 @@ tracklet id are read as integers from ``{pid}_{tid}`` names (``utils.protocol.sp
 ``7_3`` and ``0007_03`` are the same tracklet); junk = same pid and same tid (skipped); good = same
 pid, another tid; an entry of another identity is never junk; queries without a good entry are left
 out of the means; AP by the trapezoid rule; mAP, R1, R5, R10, R20 per case and mAP-3 pooled over all
-scored queries. It is an independent per-row implementation; ``tests/test_scorer_oracle.py`` checks
-it and ``utils.metrics.evaluate_ranking(junk_rule="tracklet", ap_mode="trapezoid")`` against a loop
+scored queries (``utils.metrics.pool_cases``, as evaluation pools them). Its per-query AP is an
+independent per-row implementation; ``tests/test_scorer_oracle.py`` checks it and ``utils.metrics.evaluate_ranking(junk_rule="tracklet", ap_mode="trapezoid")`` against a loop
 written from that rule.
 """
 from __future__ import annotations
@@ -255,6 +255,8 @@ def score_submission(csv_path: str, ranks: Sequence[int] = SCORE_RANKS) -> dict:
     Metrics are nan (and num_valid 0) for a case whose query identities never occur in its ranked
     lists, e.g. the anonymised public test set.
     """
+    from utils.metrics import pool_cases   # here, not at the top: `check` runs without importing torch
+
     rows = read_submission(csv_path)
     by_case: dict[int, list[dict]] = {}
     for row in rows:
@@ -263,7 +265,7 @@ def score_submission(csv_path: str, ranks: Sequence[int] = SCORE_RANKS) -> dict:
         by_case.setdefault(CASE_BY_NAME[row["case"]], []).append(row)
 
     results: dict = {}
-    pooled_ap: list[float] = []
+    per_query: dict[int, dict] = {}   # {case: {"AP", "R1_hit"}} of the queries with a good entry
     for case in sorted(by_case):
         code_of: dict[str, int] = {}
         pid_codes: dict[int, int] = {}
@@ -309,13 +311,9 @@ def score_submission(csv_path: str, ranks: Sequence[int] = SCORE_RANKS) -> dict:
             metrics[f"R{k}"] = float(np.mean(np.asarray(first_hits) < k)) if aps else float("nan")
         metrics.update(num_queries=len(by_case[case]), num_valid=num_valid)
         results[case] = metrics
-        pooled_ap += aps
-    per_case = [m["mAP"] for m in results.values() if m["num_valid"] > 0]
-    results["overall"] = {
-        "mAP-3": float(np.mean(pooled_ap)) if pooled_ap else float("nan"),
-        "mAP_mean_over_cases": float(np.mean(per_case)) if per_case else float("nan"),
-        "num_valid": len(pooled_ap),
-    }
+        per_query[case] = {"AP": np.asarray(aps, dtype=np.float64), "R1_hit": np.asarray(first_hits) == 0}
+    pooled = pool_cases(per_query)
+    results["overall"] = {key: pooled[key] for key in ("mAP-3", "mAP_mean_over_cases", "num_valid")}
     return results
 
 

@@ -66,7 +66,7 @@ def test_evaluate_with_a_missing_smpl_file_exits_before_building(tmp_path, monke
     save_checkpoint({"config": cfg.dump(), "model": {}, "meta": {"num_classes": 4, "num_cameras": 3}}, path)
     monkeypatch.setattr(model.build, "build_model", lambda *a, **k: pytest.fail("the model was built"))
     from model.weights import PretrainedWeightsError
-    from tools.cli import is_explained_error
+    from utils.cli import is_explained_error
 
     with pytest.raises(PretrainedWeightsError) as caught:   # the command line prints it as one line
         evaluate_all_cases.main(["--model_path", path])

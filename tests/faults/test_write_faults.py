@@ -299,7 +299,7 @@ def test_outputs_get_the_mode_of_a_plain_write(tmp_path):
 # ----------------------------------------------------------------------------- non-finite features
 def test_non_finite_features_stop_evaluation_before_any_metric(tmp_path, monkeypatch):
     import processor.evaluation as evaluation
-    from tools.cli import is_explained_error
+    from utils.cli import is_explained_error
     from utils.metrics import NonFiniteFeaturesError
 
     tracklets = [SimpleNamespace(name="0001_1"), SimpleNamespace(name="0002_7")]
