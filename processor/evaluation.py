@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from datasets.detreidx import CASE_NAMES, CaseSplit
+from datasets.detreidx.records import CaseSplit
 from processor.inference import (
     CaseResult,
     encode_tracklets,
@@ -21,6 +21,7 @@ from processor.inference import (
 from utils.checkpoint import atomic_write, write_text_atomic
 from utils.fileio import remove_stale_temp_files
 from utils.metrics import check_finite_features
+from utils.protocol import CASE_NAMES
 from utils.report import clothes_changed_summary
 from utils.submission import write_submission
 

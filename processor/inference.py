@@ -24,13 +24,13 @@ from processor.packages import check_packages
 check_packages()
 
 from datasets.build import build_inference_loader  # noqa: E402
-from datasets.detreidx import CASE_NAMES, CaseSplit, Tracklet  # noqa: E402
+from datasets.detreidx.records import CaseSplit, Tracklet  # noqa: E402
 from datasets.sampling import SAMPLING_MODES  # noqa: E402
 from model.build import begin_compiled_step, compile_flag  # noqa: E402
 from utils.distributed import is_main_process  # noqa: E402
 from utils.logger import progress_bar  # noqa: E402
 from utils.metrics import check_finite_features, compute_distance, evaluate_ranking, rank_gallery  # noqa: E402
-from utils.protocol import FRAME_EXTENSIONS, natural_sort_key  # noqa: E402
+from utils.protocol import CASE_NAMES, FRAME_EXTENSIONS, natural_sort_key  # noqa: E402
 from utils.reranking import k_reciprocal_rerank  # noqa: E402
 
 logger = logging.getLogger(__name__)

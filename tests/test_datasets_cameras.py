@@ -8,9 +8,12 @@ import sys
 
 import pytest
 
-from datasets.detreidx import CASE_FOLDERS, DetReIDX, FramePaths, parse_frame_name, standard_camera_index
+from datasets.detreidx.dataset import DetReIDX
+from datasets.detreidx.frames import FramePaths
+from datasets.detreidx.names import parse_frame_name, standard_camera_index
 from tests.datasets_fixtures import make_tiny_root
 from tests.inference_fixtures import make_tiny_checkpoint
+from utils.protocol import CASE_FOLDERS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAD = "0004_23_10_2024_09_18_5.8_10_30"
