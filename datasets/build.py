@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 from datasets.detreidx.dataset import DetReIDX
 from datasets.detreidx.records import Tracklet
 from datasets.registry import get_dataset_class
-from datasets.sampler import IdentityBatchSampler
-from datasets.sampling import SAMPLING_MODES
+from datasets.identity_sampler import IdentityBatchSampler
+from datasets.frame_sampling import SAMPLING_MODES
 from datasets.synthetic import SyntheticConfig, generate_dataset
 from datasets.transforms import ClipTransform
 from datasets.video import InferenceClipDataset, TrainClipDataset

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from datasets.detreidx.records import Tracklet
 from datasets.detreidx.scan_cache import missing_frame_message
-from datasets.sampling import inference_clips, restricted_random_indices
+from datasets.frame_sampling import inference_clips, restricted_random_indices
 from datasets.transforms import ClipTransform
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ check_packages()
 
 from datasets.build import build_inference_loader  # noqa: E402
 from datasets.detreidx.records import CaseSplit, Tracklet  # noqa: E402
-from datasets.sampling import SAMPLING_MODES  # noqa: E402
+from datasets.frame_sampling import SAMPLING_MODES  # noqa: E402
 from model.build import begin_compiled_step, compile_flag  # noqa: E402
 from utils.distributed import is_main_process  # noqa: E402
 from utils.logger import progress_bar  # noqa: E402
@@ -318,7 +318,7 @@ def load_clips(frames: str | os.PathLike | Sequence[str | os.PathLike], cfg) -> 
     paths in temporal order; ``cfg``: the model's config (``FeatureExtractor.cfg``; a checkpoint's
     stored config). This runs the inference loader of evaluation and :class:`FeatureExtractor`
     (``datasets.build.build_inference_loader``, in this process) on this one tracklet, so nothing is
-    re-implemented: the frames are chosen by ``datasets.sampling.inference_clips`` with TEST.SEQ_LEN
+    re-implemented: the frames are chosen by ``datasets.frame_sampling.inference_clips`` with TEST.SEQ_LEN
     and TEST.SAMPLING (a tracklet shorter than T is padded with its last frame), decoded, resized to
     INPUT.SIZE_TEST (bicubic, antialiased when shrinking) and normalised with INPUT.PIXEL_MEAN/STD.
     T = TEST.SEQ_LEN; K = 1 for "even" sampling, ceil(frames / T) chunks for "dense".

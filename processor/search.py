@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from datasets.sampling import SAMPLING_MODES
+from datasets.frame_sampling import SAMPLING_MODES
 from processor.inference import GROUND_CAMERA, FeatureExtractor, InferenceInputError, list_frames, plain_tracklet
 from utils.fileio import atomic_write, write_text_atomic
 from utils.metrics import compute_distance, rank_gallery

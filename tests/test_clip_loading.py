@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets.build import build_dataset, build_inference_loader
-from datasets.sampling import SAMPLING_MODES, inference_clips
+from datasets.frame_sampling import SAMPLING_MODES, inference_clips
 from datasets.transforms import resize_frames
 from processor.inference import (FeatureExtractor, InferenceInputError, camera_views, forward_clips, load_clips)
 from tests.datasets_fixtures import make_tiny_root, tiny_cfg
