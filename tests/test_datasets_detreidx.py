@@ -1,5 +1,6 @@
 """DetReIDX frame-name parser, scanner, splits, statistics table and bad-input errors."""
 import os
+import pkgutil
 import shutil
 
 import numpy as np
@@ -12,6 +13,7 @@ from datasets.detreidx.records import Tracklet
 from datasets.detreidx.scan import DatasetLayoutError
 from datasets.detreidx.splits import split_cases_from_tracklets
 from tests.datasets_fixtures import make_tiny_root
+from utils.logger import DETAIL_LOGGERS
 from utils.protocol import CASE_FOLDERS, CASE_VIEWS, natural_sort_key
 
 REAL_OUTDOOR = "0004_23_10_2024_09_18_5.8_10_30_3_2_1_0_0_0_0_5_2_1_0_1_2_S1_000123.jpg"
@@ -113,6 +115,30 @@ def test_statistics_table_and_cli(tiny_root, capsys):
     train_line = next(line for line in out.splitlines() if line.startswith("train"))
     frames = sum(len(t.frames) for t in DetReIDX(tiny_root).train)
     assert train_line.split()[1:4] == ["6", "36", str(frames)]
+
+
+def test_the_command_line_names_itself_as_it_is_run(capsys):
+    with pytest.raises(SystemExit) as done:
+        scan_cli(["--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m datasets.detreidx [-h] --root ROOT")
+
+
+def test_the_statistics_table_is_logged_where_the_console_shows_its_first_line_only(tiny_root, caplog):
+    with caplog.at_level("INFO", logger="datasets.detreidx"):
+        DetReIDX(tiny_root)
+    tables = [r for r in caplog.records if r.getMessage().startswith("DetReIDX at") and "\n" in r.getMessage()]
+    assert tables and all(r.name in DETAIL_LOGGERS for r in tables)
+
+
+def test_the_package_maps_every_module_and_re_exports_nothing():
+    import datasets.detreidx as package
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+    assert {"names", "frames", "records", "scan", "scan_cache", "splits", "dataset", "__main__"} <= modules
+    # Attributes of the package are its submodules (set on import), never names taken from them.
+    assert {name for name in vars(package) if not name.startswith("__")} <= modules
+    assert all(f"``{module}``" in package.__doc__ for module in modules)
 
 
 def test_val_ids_too_large_names_the_key(tiny_root):
