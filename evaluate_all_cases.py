@@ -168,7 +168,7 @@ def _evaluate(args, state: dict, cfg, changes, ignored, eval_dir: str, lock) -> 
     logger.info("Evaluation files go to %s", eval_dir)
 
     from datasets.build import build_dataset
-    from datasets.detreidx import standard_camera_index
+    from datasets.detreidx.names import standard_camera_index
     from processor.evaluation import run_case_evaluation, select_cases
     from processor.inference import model_from_checkpoint
     from utils.checkpoint import CheckpointError

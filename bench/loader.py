@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import load_config  # noqa: E402
 from datasets.build import build_dataset, build_train_loader, seed_worker  # noqa: E402
-from datasets.sampling import restricted_random_indices  # noqa: E402
+from datasets.frame_sampling import restricted_random_indices  # noqa: E402
 from datasets.synthetic import SyntheticConfig, generate_dataset  # noqa: E402
 
 

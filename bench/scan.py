@@ -28,8 +28,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets import detreidx  # noqa: E402
-from datasets.detreidx import CAPTURE_POINTS, DetReIDX  # noqa: E402
+from datasets.detreidx import scan as scanner  # noqa: E402
+from datasets.detreidx.dataset import DetReIDX  # noqa: E402
+from datasets.detreidx.names import CAPTURE_POINTS  # noqa: E402
 
 SOFT = "3_2_1_0_0_0_0_5_2_1_0_1_2"
 
@@ -85,11 +86,11 @@ def main(argv=None) -> int:
     parser.add_argument("--pids", type=int, default=509)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    real_listing = detreidx._list_frame_names
+    real_listing = scanner._list_frame_names
     try:
         return _run(args)
     finally:
-        detreidx._list_frame_names = real_listing    # the in-memory listing never outlives the benchmark
+        scanner._list_frame_names = real_listing    # the in-memory listing never outlives the benchmark
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -105,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
             listing[1] += time.process_time() - begin_cpu
             return names
 
-        detreidx._list_frame_names = list_in_memory
+        scanner._list_frame_names = list_in_memory
         folders = [os.path.join(r, d) for r, ds, _ in os.walk(os.path.join(root, "train")) for d in ds if "_" in d]
 
         start, cpu = time.perf_counter(), time.process_time()

@@ -1,3 +1,4 @@
-"""DetReIDX video data: layout scanner (detreidx), synthetic XFD generator (synthetic), temporal
-sampling (sampling), clip-consistent transforms (transforms), P x K identity sampler (sampler),
-clip datasets and frame decoding (video), and the loader builders (build)."""
+"""DetReIDX video data: the layout scanner (the detreidx package), synthetic XFD generator (synthetic),
+which frames of a tracklet form a clip (frame_sampling), clip-consistent transforms (transforms), the
+P x K identity batch sampler (identity_sampler), clip datasets and frame decoding (video), the dataset
+registry (registry) and the loader builders (build)."""

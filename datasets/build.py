@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.detreidx import DetReIDX, Tracklet
+from datasets.detreidx.dataset import DetReIDX
+from datasets.detreidx.records import Tracklet
 from datasets.registry import get_dataset_class
-from datasets.sampler import IdentityBatchSampler
-from datasets.sampling import SAMPLING_MODES
+from datasets.identity_sampler import IdentityBatchSampler
+from datasets.frame_sampling import SAMPLING_MODES
 from datasets.synthetic import SyntheticConfig, generate_dataset
 from datasets.transforms import ClipTransform
 from datasets.video import InferenceClipDataset, TrainClipDataset
@@ -50,7 +51,7 @@ def check_data_root(cfg) -> None:
     data = cfg.DATASETS
     root = data.ROOT_DIR
     if not os.path.isdir(root) and not data.SYNTHETIC_IF_MISSING:
-        from datasets.detreidx import DatasetLayoutError
+        from datasets.detreidx.scan import DatasetLayoutError
 
         raise DatasetLayoutError(
             f"Dataset root {os.path.abspath(root)} does not exist (nearest existing folder: "

@@ -74,7 +74,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from datasets.detreidx import CAPTURE_POINTS, CASE_FOLDERS, TRAIN_FOLDER, split_aerial_to_aerial
+from datasets.detreidx.names import CAPTURE_POINTS
+from datasets.detreidx.splits import split_aerial_to_aerial
+from utils.protocol import CASE_FOLDERS, TRAIN_FOLDER
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from datasets.detreidx import Tracklet, missing_frame_message
-from datasets.sampling import inference_clips, restricted_random_indices
+from datasets.detreidx.records import Tracklet
+from datasets.detreidx.scan_cache import missing_frame_message
+from datasets.frame_sampling import inference_clips, restricted_random_indices
 from datasets.transforms import ClipTransform
 
 logger = logging.getLogger(__name__)

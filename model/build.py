@@ -111,7 +111,7 @@ def build_model(cfg, num_classes: int, num_cameras: int, num_views: int = 2) -> 
     backbone = build_backbone(cfg, num_cameras=num_cameras, num_views=num_views)
     memory = None
     if mc.MEMORY.ENABLED:
-        from datasets.sampling import SAMPLING_MODES
+        from datasets.frame_sampling import SAMPLING_MODES
 
         if mc.MEMORY.REBUILD_BN not in ("batch", "running"):
             raise ValueError(f"MODEL.MEMORY.REBUILD_BN must be 'batch' or 'running', got {mc.MEMORY.REBUILD_BN!r}")

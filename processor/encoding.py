@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from datasets.build import build_inference_loader
-from datasets.detreidx import CaseSplit, Tracklet
+from datasets.detreidx.records import CaseSplit, Tracklet
 from model.build import begin_compiled_step, compile_flag
 from utils.distributed import is_main_process
 from utils.logger import progress_bar

@@ -19,10 +19,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from datasets.detreidx import CASE_NAMES, CaseSplit
+from datasets.detreidx.records import CaseSplit
 from processor.encoding import encode_tracklets, unique_tracklets
 from utils.fileio import atomic_write, remove_stale_temp_files, write_text_atomic
 from utils.metrics import check_finite_features, compute_distance, evaluate_ranking, pool_cases, rank_gallery
+from utils.protocol import CASE_NAMES
 from utils.report import clothes_changed_summary
 from utils.reranking import k_reciprocal_rerank
 from utils.submission import write_submission

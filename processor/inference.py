@@ -29,8 +29,8 @@ from processor.packages import check_packages
 check_packages()
 
 from datasets.build import build_inference_loader  # noqa: E402
-from datasets.detreidx import Tracklet  # noqa: E402
-from datasets.sampling import SAMPLING_MODES  # noqa: E402
+from datasets.detreidx.records import Tracklet  # noqa: E402
+from datasets.frame_sampling import SAMPLING_MODES  # noqa: E402
 from processor.encoding import camera_views, encode_tracklets, forward_clips, resolve_amp_dtype  # noqa: E402
 from utils.metrics import check_finite_features  # noqa: E402
 from utils.protocol import FRAME_EXTENSIONS, natural_sort_key  # noqa: E402
@@ -76,7 +76,7 @@ def load_clips(frames: str | os.PathLike | Sequence[str | os.PathLike], cfg) -> 
     paths in temporal order; ``cfg``: the model's config (``FeatureExtractor.cfg``; a checkpoint's
     stored config). This runs the inference loader of evaluation and :class:`FeatureExtractor`
     (``datasets.build.build_inference_loader``, in this process) on this one tracklet, so nothing is
-    re-implemented: the frames are chosen by ``datasets.sampling.inference_clips`` with TEST.SEQ_LEN
+    re-implemented: the frames are chosen by ``datasets.frame_sampling.inference_clips`` with TEST.SEQ_LEN
     and TEST.SAMPLING (a tracklet shorter than T is padded with its last frame), decoded, resized to
     INPUT.SIZE_TEST (bicubic, antialiased when shrinking) and normalised with INPUT.PIXEL_MEAN/STD.
     T = TEST.SEQ_LEN; K = 1 for "even" sampling, ceil(frames / T) chunks for "dense".

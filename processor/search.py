@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from datasets.sampling import SAMPLING_MODES
+from datasets.frame_sampling import SAMPLING_MODES
 from processor.inference import GROUND_CAMERA, FeatureExtractor, InferenceInputError, list_frames, plain_tracklet
 from utils.cli import fail, make_parser
 from utils.fileio import atomic_write, write_text_atomic

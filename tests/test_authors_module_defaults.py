@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from configs import config_from_yaml_text, get_defaults, load_config
-from datasets.sampling import block_start_indices, inference_clips
+from datasets.frame_sampling import block_start_indices, inference_clips
 from datasets.transforms import ClipTransform
 from model.build import build_model
 from solver.optimizer import build_optimizer

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets.build import build_dataset, build_inference_loader
-from datasets.sampling import SAMPLING_MODES, inference_clips
+from datasets.frame_sampling import SAMPLING_MODES, inference_clips
 from datasets.transforms import resize_frames
 from processor.encoding import camera_views, forward_clips
 from processor.inference import FeatureExtractor, InferenceInputError, load_clips

@@ -8,13 +8,21 @@ import sys
 
 import pytest
 
-from datasets.detreidx import CASE_FOLDERS, DetReIDX, FramePaths, parse_frame_name, standard_camera_index
+from datasets.detreidx.dataset import DetReIDX
+from datasets.detreidx.frames import FramePaths
+from datasets.detreidx.names import camera_key, parse_frame_name, standard_camera_index
 from tests.datasets_fixtures import make_tiny_root
 from tests.inference_fixtures import make_tiny_checkpoint
+from utils.protocol import CASE_FOLDERS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAD = "0004_23_10_2024_09_18_5.8_10_30"
 SOFT_12 = "3_2_1_0_0_0_0_5_2_1_0_1"          # fields 9-20; field 21 follows in each case below
+
+
+def test_the_camera_keys_of_tracklets_are_the_keys_of_the_camera_table():
+    keys = {camera_key("ground", None), camera_key("aerial", "S2"), camera_key("aerial", None), camera_key("aerial", "S1")}
+    assert standard_camera_index(keys) == {"ground": 0, "aerial-S1": 1, "aerial-S2": 2, "aerial-unknown": 3}
 
 
 def test_session_numbering_is_stable_whichever_sessions_are_present():

@@ -1,14 +1,20 @@
 """DetReIDX frame-name parser, scanner, splits, statistics table and bad-input errors."""
 import os
+import pkgutil
 import shutil
 
 import numpy as np
 import pytest
 
-from datasets import detreidx
-from datasets.detreidx import (CASE_FOLDERS, DatasetLayoutError, DetReIDX, natural_sort_key, parse_frame_name,
-                               split_cases_from_tracklets)
+from datasets.detreidx.__main__ import main as scan_cli
+from datasets.detreidx.dataset import DetReIDX
+from datasets.detreidx.names import CAPTURE_POINTS, parse_frame_name
+from datasets.detreidx.records import Tracklet
+from datasets.detreidx.scan import DatasetLayoutError
+from datasets.detreidx.splits import split_cases_from_tracklets
 from tests.datasets_fixtures import make_tiny_root
+from utils.logger import DETAIL_LOGGERS
+from utils.protocol import CASE_FOLDERS, CASE_VIEWS, natural_sort_key
 
 REAL_OUTDOOR = "0004_23_10_2024_09_18_5.8_10_30_3_2_1_0_0_0_0_5_2_1_0_1_2_S1_000123.jpg"
 
@@ -74,10 +80,10 @@ def test_scan_counts_and_metadata(tiny_root):
             assert t.camid == 0 and t.height is None and t.session is None and t.view_id == 0
         else:
             assert t.camid == {"S1": 1, "S2": 2}[t.session] and t.view_id == 1
-            assert (t.height, t.distance, t.angle) in detreidx.CAPTURE_POINTS
+            assert (t.height, t.distance, t.angle) in CAPTURE_POINTS
             assert t.aerial_distance == pytest.approx(np.hypot(t.height, t.distance))
     for case, split in ds.cases.items():
-        query_view, gallery_view = detreidx.CASE_VIEWS[case]
+        query_view, gallery_view = CASE_VIEWS[case]
         assert split.query and split.gallery and split.has_ground_truth
         assert all(t.view == query_view for t in split.query) and all(t.view == gallery_view for t in split.gallery)
         assert split.query == sorted(split.query, key=lambda t: (t.pid, natural_sort_key(t.name)))
@@ -104,11 +110,35 @@ def test_statistics_table_and_cli(tiny_root, capsys):
     table = ds.statistics_table()
     assert "case3_aerial_to_aerial query" in table and "val case1_aerial_to_ground query" in table
     assert "cameras: 3" in table and "ground" in table
-    assert detreidx.main(["--root", tiny_root]) == 0
+    assert scan_cli(["--root", tiny_root]) == 0
     out = capsys.readouterr().out
     train_line = next(line for line in out.splitlines() if line.startswith("train"))
     frames = sum(len(t.frames) for t in DetReIDX(tiny_root).train)
     assert train_line.split()[1:4] == ["6", "36", str(frames)]
+
+
+def test_the_command_line_names_itself_as_it_is_run(capsys):
+    with pytest.raises(SystemExit) as done:
+        scan_cli(["--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m datasets.detreidx [-h] --root ROOT")
+
+
+def test_the_statistics_table_is_logged_where_the_console_shows_its_first_line_only(tiny_root, caplog):
+    with caplog.at_level("INFO", logger="datasets.detreidx"):
+        DetReIDX(tiny_root)
+    tables = [r for r in caplog.records if r.getMessage().startswith("DetReIDX at") and "\n" in r.getMessage()]
+    assert tables and all(r.name in DETAIL_LOGGERS for r in tables)
+
+
+def test_the_package_maps_every_module_and_re_exports_nothing():
+    import datasets.detreidx as package
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+    assert {"names", "frames", "records", "scan", "scan_cache", "splits", "dataset", "__main__"} <= modules
+    # Attributes of the package are its submodules (set on import), never names taken from them.
+    assert {name for name in vars(package) if not name.startswith("__")} <= modules
+    assert all(f"``{module}``" in package.__doc__ for module in modules)
 
 
 def test_val_ids_too_large_names_the_key(tiny_root):
@@ -117,7 +147,7 @@ def test_val_ids_too_large_names_the_key(tiny_root):
 
 
 def test_split_cases_drops_nothing_needed():
-    make = lambda pid, name, view, camid: detreidx.Tracklet(("x/1.jpg",), pid, camid, view, name, None, None, None, None, None)
+    make = lambda pid, name, view, camid: Tracklet(("x/1.jpg",), pid, camid, view, name, None, None, None, None, None)
     tracklets = [make(1, "1_1", "ground", 0), make(1, "1_2", "aerial", 1), make(1, "1_3", "aerial", 2),
                  make(2, "2_4", "aerial", 1)]
     cases = split_cases_from_tracklets(tracklets, np.random.default_rng(0))

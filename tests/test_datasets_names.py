@@ -10,10 +10,15 @@ import time
 import numpy as np
 import pytest
 
-from datasets import detreidx
-from datasets.detreidx import (CASE_FOLDERS, DatasetLayoutError, DetReIDX, FrameNames, FramePaths, Tracklet,
-                               natural_sort_key, parse_frame_name)
+from datasets.detreidx import scan as scanner
+from datasets.detreidx.dataset import DetReIDX
+from datasets.detreidx.frames import FrameNames, FramePaths
+from datasets.detreidx.names import CAPTURE_POINTS, parse_frame_name
+from datasets.detreidx.records import Tracklet
+from datasets.detreidx.scan import DatasetLayoutError
+from datasets.detreidx.scan_cache import default_scan_cache_dir
 from tests.datasets_fixtures import TINY, make_tiny_root
+from utils.protocol import CASE_FOLDERS, natural_sort_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAD = "0004_23_10_2024_09_18"
@@ -132,7 +137,7 @@ def test_both_name_styles_give_three_cameras_and_capture_points(styled_root):
     for t in ds.train:
         assert (t.camid == 0) == (t.view == "ground")
         if t.view == "aerial":
-            assert t.camid == int(t.session[1:]) and t.capture_point in detreidx.CAPTURE_POINTS
+            assert t.camid == int(t.session[1:]) and t.capture_point in CAPTURE_POINTS
     summary = ds.scan_summary
     assert not summary.no_session and not summary.pid_mismatch and not summary.view_mismatch
 
@@ -229,8 +234,8 @@ def test_first_and_last_frame_names_must_agree(root):
 
 def test_one_name_is_parsed_per_tracklet_plus_the_last_as_a_check(root, monkeypatch):
     calls = []
-    real = detreidx.parse_frame_name
-    monkeypatch.setattr(detreidx, "parse_frame_name", lambda name, *a: calls.append(name) or real(name, *a))
+    real = scanner.parse_frame_name
+    monkeypatch.setattr(scanner, "parse_frame_name", lambda name, *a: calls.append(name) or real(name, *a))
     ds = DetReIDX(root)
     scanned = ds.train + [t for s in ds.cases.values() for t in s.query + s.gallery]
     assert len(calls) == 2 * len(scanned) < sum(t.num_frames for t in scanned)
@@ -295,8 +300,8 @@ def test_scan_cache_skips_the_frame_listing_and_notices_changes(root, tmp_path, 
     assert not first.scan_summary.from_cache and len(os.listdir(cache)) == 1
 
     listed = []
-    real = detreidx._list_frame_names
-    monkeypatch.setattr(detreidx, "_list_frame_names", lambda folder: listed.append(folder) or real(folder))
+    real = scanner._list_frame_names
+    monkeypatch.setattr(scanner, "_list_frame_names", lambda folder: listed.append(folder) or real(folder))
     second = DetReIDX(root, scan_cache_dir=cache)
     assert second.scan_summary.from_cache and not listed
     assert _signature(second) == _signature(first)
@@ -344,4 +349,4 @@ def test_build_dataset_passes_the_cache_folder_and_the_junk_rule(root, tmp_path)
         build_dataset(tiny_cfg(root, "DATASETS.SCAN_CACHE_DIR", cache))
     dataset = build_dataset(tiny_cfg(root, "DATASETS.SCAN_CACHE_DIR", cache, "TEST.JUNK_RULE", "camera"))
     assert any(t.name == "0004_name" for t in dataset.train) and len(os.listdir(cache)) == 1
-    assert detreidx.default_scan_cache_dir().endswith(os.path.join("sas_vpreid", "scan"))
+    assert default_scan_cache_dir().endswith(os.path.join("sas_vpreid", "scan"))

@@ -16,9 +16,9 @@ from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
 # Hypothesis keeps a folder of its own (constants, Unicode tables); never in the repository.
 set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "sas_vpreid_hypothesis"))
 
-from datasets.detreidx import (CAPTURE_POINTS, MAX_DISTANCE_M, MAX_HEIGHT_M, FrameNames,  # noqa: E402
-                               natural_sort_key, parse_frame_name)
-from utils.protocol import is_ascii_int  # noqa: E402
+from datasets.detreidx.frames import FrameNames  # noqa: E402
+from datasets.detreidx.names import CAPTURE_POINTS, MAX_DISTANCE_M, MAX_HEIGHT_M, parse_frame_name  # noqa: E402
+from utils.protocol import is_ascii_int, natural_sort_key  # noqa: E402
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 SOFT = st.lists(st.integers(0, 29).map(str), min_size=13, max_size=13)       # location .. drone scene

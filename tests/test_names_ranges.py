@@ -8,9 +8,12 @@ import sys
 
 import pytest
 
-from datasets import detreidx
-from datasets.detreidx import DatasetLayoutError, DetReIDX, natural_sort_key, parse_frame_name
+from datasets.detreidx import scan as scanner
+from datasets.detreidx.dataset import DetReIDX
+from datasets.detreidx.names import CAPTURE_POINTS, parse_frame_name
+from datasets.detreidx.scan import DatasetLayoutError
 from tests.datasets_fixtures import make_tiny_root
+from utils.protocol import natural_sort_key
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAD = "0004_23_10_2024_09_18"
@@ -98,7 +101,7 @@ def test_a_dropped_field_that_shifts_the_capture_point_is_reported(root, caplog,
     with caplog.at_level("WARNING", logger="datasets.detreidx"):
         ds = DetReIDX(root)
     shifted = next(t for t in ds.train if t.folder == folder)
-    assert shifted.view == "aerial" and shifted.capture_point not in set(detreidx.CAPTURE_POINTS)
+    assert shifted.view == "aerial" and shifted.capture_point not in set(CAPTURE_POINTS)
     assert ds.scan_summary.odd_capture_point == [folder]
     warned = [w for w in _scan_warnings(caplog) if "none of DetReIDX's 18 capture points" in w]
     assert len(warned) == 1 and repr(folder) in warned[0]
@@ -157,7 +160,7 @@ def test_a_tracklet_folder_without_read_permission_stops_the_scan_naming_it(root
     # Tests may run as root, whom chmod does not stop: the permission answer is stood in.
     folder = _aerial_train_folder(root)
     real = os.access
-    monkeypatch.setattr(detreidx.os, "access", lambda path, mode, *a, **k: path != folder and real(path, mode, *a, **k))
+    monkeypatch.setattr(scanner.os, "access", lambda path, mode, *a, **k: path != folder and real(path, mode, *a, **k))
     with pytest.raises(DatasetLayoutError) as err:
         DetReIDX(root)
     _assert_one_error_naming(err, folder, "cannot be read", "chmod")
@@ -165,14 +168,14 @@ def test_a_tracklet_folder_without_read_permission_stops_the_scan_naming_it(root
 
 def test_a_tracklet_folder_that_cannot_be_listed_is_one_error_naming_it(root, monkeypatch):
     folder = _aerial_train_folder(root)
-    real = detreidx._list_frame_names
+    real = scanner._list_frame_names
 
     def listing(path):
         if path == folder:
             raise PermissionError(13, "Permission denied", path)
         return real(path)
 
-    monkeypatch.setattr(detreidx, "_list_frame_names", listing)
+    monkeypatch.setattr(scanner, "_list_frame_names", listing)
     with pytest.raises(DatasetLayoutError) as err:
         DetReIDX(root)
     _assert_one_error_naming(err, folder, "cannot be listed (Permission denied)", "chmod")

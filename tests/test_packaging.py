@@ -29,11 +29,16 @@ def read_pyproject() -> dict:
 
 
 def test_pyproject_lists_every_top_level_package_and_the_yaml_configs():
-    """A new top-level package must be listed (else the installed API misses it), as the clash check must know it."""
+    """A new package or sub-package must be listed (else the installed API misses it); the clash check must
+    know every top-level one."""
     setuptools = read_pyproject()["tool"]["setuptools"]
     on_disk = {name for name in os.listdir(ROOT_DIR)
                if os.path.isfile(os.path.join(ROOT_DIR, name, "__init__.py")) and name not in ("tests", "bench")}
-    assert set(setuptools["packages"]) == on_disk == set(packages.PROJECT_PACKAGES)
+    with_sub_packages = {os.path.relpath(folder, ROOT_DIR).replace(os.sep, ".")
+                         for top in on_disk for folder, _, files in os.walk(os.path.join(ROOT_DIR, top))
+                         if "__init__.py" in files}
+    assert set(setuptools["packages"]) == with_sub_packages
+    assert {name for name in setuptools["packages"] if "." not in name} == on_disk == set(packages.PROJECT_PACKAGES)
     assert setuptools["package-data"]["configs"] == ["*.yml", "ablations/*.yml"]
     assert sorted(setuptools["py-modules"]) == ["evaluate_all_cases", "train"]
 
@@ -177,7 +182,8 @@ def test_the_wheel_holds_the_packages_and_the_yaml_configs(tmp_path):
     configs = {os.path.relpath(os.path.join(d, f), ROOT_DIR) for d, _, files in os.walk(os.path.join(ROOT_DIR, "configs"))
                for f in files if f.endswith(".yml")}
     assert configs and configs <= names
-    assert {"train.py", "evaluate_all_cases.py", "processor/inference.py", "datasets/build.py", "tools/console.py"} <= names
+    assert {"train.py", "evaluate_all_cases.py", "processor/inference.py", "datasets/build.py", "tools/console.py",
+            "datasets/detreidx/dataset.py", "datasets/detreidx/__main__.py"} <= names
     assert not any(name.startswith(("tests/", "bench/")) for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()

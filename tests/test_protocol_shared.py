@@ -7,7 +7,10 @@ import os
 import numpy as np
 import pytest
 
-import datasets.detreidx as scanner
+import datasets.detreidx.dataset as scanned_dataset
+import datasets.detreidx.frames as frame_lists
+import datasets.detreidx.records as records
+import datasets.detreidx.scan as scanner
 import utils.metrics as metrics
 import utils.protocol as protocol
 import utils.submission as submission
@@ -19,8 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (metrics, ("AP_MODES", "JUNK_RULES", "good_and_junk", "split_tracklet_name")),
     (submission, ("CASE_BY_NAME", "CASE_FOLDERS", "CASE_NAMES", "CASE_PARTS", "EXPECTED_LAYOUT", "csv_unsafe_reason",
                   "good_and_junk", "is_ascii_int", "split_tracklet_name", "submission_row_key")),
-    (scanner, ("CASE_FOLDERS", "CASE_NAMES", "CASE_VIEWS", "EXPECTED_LAYOUT", "FRAME_EXTENSIONS", "TRAIN_FOLDER",
-               "natural_sort_key", "submission_row_key")),
+    (scanned_dataset, ("CASE_FOLDERS", "CASE_VIEWS", "EXPECTED_LAYOUT", "TRAIN_FOLDER")),
+    (scanner, ("EXPECTED_LAYOUT", "FRAME_EXTENSIONS", "split_tracklet_name")),
+    (records, ("CASE_NAMES", "submission_row_key")),
+    (frame_lists, ("natural_sort_key",)),
 ])
 def test_scorer_checker_and_scanner_use_the_protocol_objects(module, names):
     for name in names:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.detreidx import Tracklet
+from datasets.detreidx.records import Tracklet
 from utils.report import condition_report, format_condition_report, session_groups, write_condition_report
 from utils.visualize import COLOURS, visualize_ranklists
 

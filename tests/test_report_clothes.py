@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from datasets.detreidx import Tracklet
+from datasets.detreidx.records import Tracklet
 from utils.report import clothes_changed_summary, clothes_groups, condition_report
 
 OUTFITS = {"0001_1": "1/A", "0001_2": "1/B", "0001_3": "1/B", "0002_4": "2/A", "0002_5": "2/A",

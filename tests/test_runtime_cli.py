@@ -223,7 +223,7 @@ def tiny_checkpoint(tmp_path_factory):
 def test_evaluation_checks_the_data_root_before_writing_or_building(tiny_checkpoint, tmp_path, monkeypatch):
     import evaluate_all_cases
     import model.build
-    from datasets.detreidx import DatasetLayoutError
+    from datasets.detreidx.scan import DatasetLayoutError
 
     def no_build(*args, **kwargs):
         raise AssertionError("the model was built before the data root was checked")

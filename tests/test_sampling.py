@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from datasets import transforms as T
-from datasets.sampler import IdentityBatchSampler, max_full_batches
-from datasets.sampling import (block_bounds, dense_chunks, even_indices, inference_clips, padded_frame_indices,
+from datasets.identity_sampler import IdentityBatchSampler, max_full_batches
+from datasets.frame_sampling import (block_bounds, dense_chunks, even_indices, inference_clips, padded_frame_indices,
                                restricted_random_indices)
 
 

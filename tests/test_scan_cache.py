@@ -10,10 +10,13 @@ import time
 import numpy as np
 import pytest
 
-from datasets import detreidx
-from datasets.detreidx import DatasetLayoutError, DetReIDX, natural_sort_key
+from datasets.detreidx import scan as scanner
+from datasets.detreidx.dataset import DetReIDX
+from datasets.detreidx.scan import DatasetLayoutError
+from datasets.detreidx.scan_cache import default_scan_cache_dir
 from datasets.video import CorruptFrameError, read_frame
 from tests.datasets_fixtures import make_tiny_root
+from utils.protocol import natural_sort_key
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -180,7 +183,7 @@ def test_a_missing_frame_outside_any_cached_root_names_the_cache_setting(tmp_pat
     with pytest.raises(CorruptFrameError) as err:
         read_frame(missing)
     message = str(err.value)
-    assert missing in message and "DATASETS.SCAN_CACHE_DIR" in message and detreidx.default_scan_cache_dir() in message
+    assert missing in message and "DATASETS.SCAN_CACHE_DIR" in message and default_scan_cache_dir() in message
 
 
 # ----------------------------------------------------------------------------- benchmark
@@ -188,8 +191,8 @@ def test_bench_scan_runs_small_and_leaves_the_listing_function_alone(capsys):
     spec = importlib.util.spec_from_file_location("bench_scan", os.path.join(ROOT_DIR, "bench", "scan.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    real = detreidx._list_frame_names
+    real = scanner._list_frame_names
     assert bench.main(["--tracklets", "12", "--frames", "30", "--pids", "4"]) == 0
-    assert detreidx._list_frame_names is real
+    assert scanner._list_frame_names is real
     out = capsys.readouterr().out
     assert "index of 12 tracklets x 30 frame names = 360 frames" in out and "cached start" in out

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from datasets.detreidx import CASE_FOLDERS, CASE_NAMES
 from utils.metrics import evaluate_ranking, rank_gallery
+from utils.protocol import CASE_FOLDERS, CASE_NAMES
 from utils.submission import (check_submission, main, read_submission, scan_case_folders,
                               score_submission, submission_rows, write_submission)
 

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from datasets import synthetic
-from datasets.detreidx import CAPTURE_POINTS, CASE_FOLDERS, DetReIDX, parse_frame_name
+from datasets.detreidx.dataset import DetReIDX
+from datasets.detreidx.names import CAPTURE_POINTS, parse_frame_name
 from datasets.synthetic import SyntheticConfig, generate_dataset, make_identity
 from tests.datasets_fixtures import TINY, make_tiny_root
+from utils.protocol import CASE_FOLDERS
 
 
 @pytest.fixture(scope="module")

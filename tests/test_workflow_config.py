@@ -42,7 +42,7 @@ def test_synthetic_data_only_at_the_config_files_own_root():
 
 def test_missing_root_without_generation_names_the_nearest_folder(tmp_path):
     from datasets.build import build_dataset
-    from datasets.detreidx import DatasetLayoutError
+    from datasets.detreidx.scan import DatasetLayoutError
 
     typo = tmp_path / "a" / "b" / "xfd"
     with pytest.raises(DatasetLayoutError, match=f"nearest existing folder: {tmp_path}\\)"):

@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
 
     from configs import PRETRAINED_KEYS, clear_keys, config_from_yaml_text
     from datasets.build import build_dataset
-    from datasets.detreidx import standard_camera_index
+    from datasets.detreidx.names import standard_camera_index
     from datasets.synthetic import load_tracklet_outfits
     from processor.inference import model_from_checkpoint
     from utils.checkpoint import load_train_checkpoint

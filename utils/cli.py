@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 # alone (a traceback would bury it). Looked up in sys.modules: a class never imported was never raised.
 EXPLAINED_ERRORS = (
     ("configs", "ConfigError"),
-    ("datasets.detreidx", "DatasetLayoutError"), ("datasets.video", "CorruptFrameError"),
+    ("datasets.detreidx.scan", "DatasetLayoutError"), ("datasets.video", "CorruptFrameError"),
     ("model.weights", "PretrainedWeightsError"), ("utils.checkpoint", "CheckpointError"),
     ("processor.trainer", "NonFiniteLossError"), ("processor.trainer", "RunFolderError"),
     ("utils.fileio", "WriteFailure"), ("utils.metrics", "NonFiniteFeaturesError"),

@@ -121,7 +121,7 @@ class MetricsWriter:
 
 
 # Loggers whose multi-line INFO records (the dataset statistics table) show one line on the console.
-DETAIL_LOGGERS = ("datasets.detreidx",)
+DETAIL_LOGGERS = ("datasets.detreidx.dataset",)
 
 
 class _ConsoleDetailFormatter(logging.Formatter):

@@ -13,8 +13,8 @@ import torch
 import train
 from configs import load_config
 from datasets.build import build_dataset, build_inference_loader, build_train_loader
-from datasets.detreidx import DatasetLayoutError
-from datasets.sampling import inference_clips
+from datasets.detreidx.scan import DatasetLayoutError
+from datasets.frame_sampling import inference_clips
 from datasets.video import CorruptFrameError
 from tests.datasets_fixtures import make_tiny_root, tiny_cfg
 from tests.faults.helpers import DEMO, FRAME_DAMAGE, damage_frame, fast_opts

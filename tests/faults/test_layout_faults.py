@@ -10,9 +10,10 @@ import shutil
 import pytest
 
 from datasets.build import build_dataset
-from datasets.detreidx import CASE_FOLDERS, DatasetLayoutError
+from datasets.detreidx.scan import DatasetLayoutError
 from tests.datasets_fixtures import make_tiny_root, tiny_cfg
 from tests.faults.helpers import DEMO, assert_clean_failure, fast_opts, run_cli
+from utils.protocol import CASE_FOLDERS
 from utils.submission import check_submission, write_submission
 
 # What every layout error must show besides the path: the expected folder structure.

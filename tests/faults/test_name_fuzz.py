@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from datasets.detreidx import CAPTURE_POINTS, FrameNameInfo, parse_frame_name
+from datasets.detreidx.names import CAPTURE_POINTS, FrameNameInfo, parse_frame_name
 from utils.protocol import is_ascii_int
 
 NAMES_PER_FAMILY = 125
