@@ -31,7 +31,6 @@ import functools
 import gc
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
