@@ -442,12 +442,14 @@ class Trainer:
             clips = batch["frames"].shape[0] * self.world_size
             epoch_clips, window_clips = epoch_clips + clips, window_clips + clips
             log_step = step % log_period == 0 or step == steps
-            if log_step:
+            if log_step:   # the one device-to-host transfer of the steps since the last log step
                 self._flush_step_values(pending, pending_names, meters, epoch, step)
             if log_step and step < steps:   # a step line while the epoch goes on; its end has the epoch line
                 self._log_window(epoch, step, steps, meters, window_clips / (time.perf_counter() - window_start))
                 window_start, window_clips = time.perf_counter(), 0
-            # Under DDP asking the other ranks is a host sync: on log steps only.
+            # Stop where no gradient is half-accumulated, never at the epoch's last step (that epoch is saved
+            # first; the check before the next one stops). Under DDP asking the other ranks is a host sync:
+            # on log steps only.
             if (optimizer_step and step < steps and (self.world_size == 1 or log_step)
                     and signals.stop_requested_on_any_rank(self.device)):
                 raise TrainingInterrupted(self._interrupt_message(epoch, step))
