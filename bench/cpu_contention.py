@@ -26,7 +26,6 @@ Without ``--root`` the dataset is generated under a temporary folder first.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -4,7 +4,9 @@ On CUDA, for each model (ViT-B/16 at 256x128, ViT-L/14 at 252x126; paper batch 1
 371 classes, bf16 autocast, random weights, no downloads) it measures:
   bf16 matmul peak (TFLOP/s, once per run); backbone-only training step (CLIP + time-mean class
   token + linear CE + Adam); full SAS training step (forward, every loss term, backward, Adam,
-  memory update) eager and with MODEL.COMPILE (regional torch.compile) and their ratios; model FLOP
+  memory update) eager and with MODEL.COMPILE (regional torch.compile) and their ratios (both steps
+  are processor.step.TrainStep, the step train.py runs, built from the config as the trainer
+  builds it: AMP and loss scaling, accumulation, clipping, the step's loss terms and accuracy); model FLOP
   utilisation (FlopCounterMode forward x 3 / step time / peak); CUDA kernels per step and GPU-busy
   time (torch.profiler) and the most frequent kernels; host syncs per step (CUDA sync-debug mode);
   peak memory; compile time (first compiled step minus a compiled step);
@@ -29,7 +31,6 @@ import functools
 import gc
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -47,6 +48,7 @@ from configs import load_config  # noqa: E402
 from loss.build import build_loss  # noqa: E402
 from model.build import COMPILE_MODES, begin_compiled_step, build_model, compile_options, compile_regions  # noqa: E402
 from processor.encoding import autocast, camera_views  # noqa: E402
+from processor.step import TrainStep  # noqa: E402
 from solver.optimizer import build_optimizer  # noqa: E402
 
 # name -> (backbone, height, width, extra config options). "tiny" is the CPU smoke-test model.
@@ -377,8 +379,36 @@ def compile_seconds_by_region() -> dict:
     return seconds
 
 
+class BackboneOnly(torch.nn.Module):
+    """The baseline of the SAS / backbone ratio: a CLIP tower (the SAS model's own, shared), the time
+    mean of each frame's class token and one linear classifier. Called like SASModel, so that the same
+    :class:`TrainStep` trains it: forward(frames (B,T,3,H,W), camids (B,), views (B,), labels) ->
+    {"id_logits": {"appearance": (B, classes)}}; :func:`backbone_only_loss` is its loss."""
+
+    memory = None           # no memory to update after the step
+    cuda_graph_steps = False  # set as the SAS model's when its blocks are compiled (begin_compiled_step)
+
+    def __init__(self, backbone: torch.nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = torch.nn.Linear(backbone.width, num_classes, bias=False)
+
+    def forward(self, frames: torch.Tensor, camids: torch.Tensor, views: torch.Tensor, labels=None) -> dict:
+        b, t = frames.shape[:2]
+        tokens, _ = self.backbone(frames.flatten(0, 1), camids.repeat_interleave(t), views.repeat_interleave(t))
+        return {"id_logits": {"appearance": self.classifier(tokens[:, 0].reshape(b, t, -1).mean(1))}}
+
+
+def backbone_only_loss(outputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy of :class:`BackboneOnly`'s logits -> (total (), {"id_appearance": ()}), as SAS's losses."""
+    loss = F.cross_entropy(outputs["id_logits"]["appearance"].float(), labels)
+    return loss, {"id_appearance": loss}
+
+
 class Workload:
-    """One model at the paper batch with its training step, backbone-only step and eval forward."""
+    """One model at the paper batch with its training step, backbone-only step and eval forward. Both
+    steps are :class:`TrainStep`, built as the trainer builds its step (config, model, loss, optimizer):
+    the figures are those of the step train.py runs."""
 
     def __init__(self, name: str, args, device: torch.device):
         backbone_name, height, width, extra = MODELS[name]
@@ -392,72 +422,60 @@ class Workload:
                 "MODEL.DEVICE", device.type, "SOLVER.AMP", amp, "INPUT.SIZE_TRAIN", f"[{height},{width}]",
                 "INPUT.SIZE_TEST", f"[{height},{width}]", "DATALOADER.SEQ_LEN", str(frames)] + extra
         self.cfg = cfg = load_config(None, opts)
-        self.amp_dtype = amp_dtype = torch.bfloat16 if amp == "bf16" else None
         self.description = (f"{backbone_name} {height}x{width}, {clips} clips x {frames} frames, {classes} classes, "
-                            f"{'bf16 autocast' if amp_dtype else 'fp32'}, eval {eval_frames} frames")
+                            f"{'bf16 autocast' if amp == 'bf16' else 'fp32'}, eval {eval_frames} frames")
 
         torch.manual_seed(0)
         self.model = model = build_model(cfg, num_classes=classes, num_cameras=NUM_CAMERAS).to(device).train()
         self.loss_fn = build_loss(cfg, classes, device)
-        self.optimizer = build_optimizer(cfg, model)
-        video = torch.randn(clips, frames, 3, height, width, device=device)
+        self.train_step = TrainStep.from_config(cfg, model, self.loss_fn, build_optimizer(cfg, model), device)
         camids = torch.arange(clips, device=device) % NUM_CAMERAS
-        views = camera_views(camids)
-        labels = torch.arange(clips, device=device) // 4 % classes  # P x K with K = 4 clips per identity
-        self.batch = (video, camids, views, labels)
+        # A training batch as the loader gives it (views from the cameras, as the dataset derives them).
+        self.batch = {"frames": torch.randn(clips, frames, 3, height, width, device=device), "camids": camids,
+                      "views": camera_views(camids),
+                      "labels": torch.arange(clips, device=device) // 4 % classes}  # P x K, K = 4 clips per identity
 
-        # backbone-only step: CLIP + time-mean class token + linear CE + Adam
-        backbone = model.backbone
-        self.linear = torch.nn.Linear(backbone.width, classes, bias=False).to(device)
-        base_params = [p for p in backbone.parameters() if p.requires_grad] + list(self.linear.parameters())
-        self.base_optimizer = torch.optim.Adam(base_params, lr=cfg.SOLVER.BACKBONE_LR, fused=True)
-        self.flat_ids = (camids.repeat_interleave(frames), views.repeat_interleave(frames))
-        self.clips, self.frames = clips, frames
+        self.baseline = BackboneOnly(model.backbone, classes).to(device).train()
+        base_params = [p for p in self.baseline.parameters() if p.requires_grad]
+        base_optimizer = torch.optim.Adam(base_params, lr=cfg.SOLVER.BACKBONE_LR, fused=True)  # as build_optimizer
+        self.baseline_step = TrainStep.from_config(cfg, self.baseline, backbone_only_loss, base_optimizer, device)
 
         self.eval_video = torch.randn(args.eval_clips if not tiny else 4, eval_frames, 3, height, width, device=device)
         self.eval_camids = torch.arange(self.eval_video.shape[0], device=device) % NUM_CAMERAS
 
-    def backbone_forward(self) -> torch.Tensor:
-        video, _, _, labels = self.batch
-        with autocast(self.device, self.amp_dtype):
-            tokens, _ = self.model.backbone(video.flatten(0, 1), *self.flat_ids)
-            feat = tokens[:, 0].reshape(self.clips, self.frames, -1).mean(1)
-            return F.cross_entropy(self.linear(feat).float(), labels)
+    def compile(self, mode: str, backend: str, heads: bool = True) -> None:
+        """What build_model / build_loss do for MODEL.COMPILE, with a choosable backend; ``heads=False``
+        compiles the backbone blocks alone (and leaves the loss eager)."""
+        compile_regions(self.model, mode, backend=backend, heads=heads)
+        self.baseline.cuda_graph_steps = self.model.cuda_graph_steps   # its blocks are the SAS model's
+        if heads:
+            self.train_step.loss_fn = torch.compile(self.loss_fn.__call__, **compile_options(mode, backend))
+
+    def _inputs(self) -> tuple[torch.Tensor, ...]:
+        return tuple(self.batch[key] for key in ("frames", "camids", "views", "labels"))
+
+    def backbone_forward(self):
+        """The baseline step's forward and loss (for the FLOP count)."""
+        return self.baseline_step.forward_loss(*self._inputs())
 
     def backbone_step(self) -> None:
-        begin_compiled_step(self.model)
-        loss = self.backbone_forward()
-        self.base_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.base_optimizer.step()
+        self.baseline_step(self.batch)
 
-    def sas_forward(self, region=lambda name: None):
-        video, camids, views, labels = self.batch
-        with autocast(self.device, self.amp_dtype):
-            outputs = self.model(video, camids, views, labels)
-            region("loss")
-            total, _ = self.loss_fn(outputs, labels)
-        return outputs, total
+    def sas_forward(self):
+        """The SAS step's forward and loss (for the FLOP count)."""
+        return self.train_step.forward_loss(*self._inputs())
 
-    def sas_step(self, region=lambda name: None) -> None:
-        """The full SAS step as processor/trainer.py runs it (no host sync). ``region(name)`` is called
-        where each of :data:`REGIONS` begins (the forward's two by hooks; see :class:`StepRegions`)."""
-        begin_compiled_step(self.model)  # as the trainer: a new step for CUDA graphs (reduce-overhead)
-        outputs, total = self.sas_forward(region)
-        self.optimizer.zero_grad(set_to_none=True)
-        region("backward")
-        total.backward()
-        region("optimizer")
-        self.optimizer.step()
-        region("memory update")
-        self.model.memory.update(outputs["memory_feat"].detach().float(), self.batch[3])
+    def sas_step(self, region=None) -> None:
+        """The training step of train.py (no host sync). ``region(name)`` is called where each of
+        :data:`REGIONS` begins (the forward's two by hooks; see :class:`StepRegions`)."""
+        self.train_step(self.batch, region=region)
 
     def eval_forward(self) -> torch.Tensor:
         """Eval-mode forward of the test clips; leaves the model in train mode."""
         self.model.eval()
         begin_compiled_step(self.model)
         try:
-            with torch.no_grad(), autocast(self.device, self.amp_dtype):
+            with torch.no_grad(), autocast(self.device, self.train_step.amp_dtype):
                 return self.model(self.eval_video, self.eval_camids, camera_views(self.eval_camids))["embedding"]
         finally:
             self.model.train()
@@ -517,10 +535,7 @@ def bench_compiled(name: str, mode: str, args, device: torch.device, recorder: R
     recorder.put(label, "compile_backend", f"{backend} ({mode})")
     for suffix in ("", "_blocks_only"):
         work = Workload(name, args, device)
-        # What build_model / build_loss do for MODEL.COMPILE (here with a choosable backend).
-        compile_regions(work.model, mode, backend=backend, heads=not suffix)
-        if not suffix:
-            work.loss_fn = torch.compile(work.loss_fn.__call__, **compile_options(mode, backend))
+        work.compile(mode, backend, heads=not suffix)
         if measure_compiled(label, suffix, work, device, recorder, peak_tflops, eager_name=name):
             return
         del work

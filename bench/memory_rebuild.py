@@ -11,7 +11,6 @@ Prints one line per setting, side by side (same model, same batches).
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 
 import torch

@@ -1,9 +1,10 @@
-"""The training loop: memory rebuilds, AMP, gradient accumulation, DDP, checkpoints, logging, validation."""
+"""The training loop around :class:`processor.step.TrainStep` (which owns the optimisation step: AMP,
+accumulation, clipping, DDP): epochs, memory rebuilds, metering and logging, checkpoints and resume,
+validation, the final test evaluation, and stopping at a step boundary on a signal."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import json
 import logging
 import math
@@ -22,9 +23,11 @@ from configs import ConfigError
 from datasets.build import build_dataset, build_train_loader
 from datasets.video import CorruptFrameError, read_frame
 from loss.build import build_loss
-from model.build import begin_compiled_step, build_model, check_weight_files
+from model.build import build_model, check_weight_files
 from processor.evaluation import run_case_evaluation, to_json
-from processor.encoding import autocast, encode_tracklets, resolve_amp_dtype
+from processor.encoding import encode_tracklets
+from processor.run_folder import metrics_written
+from processor.step import StepValues, TrainStep
 from solver.optimizer import build_optimizer
 from solver.scheduler import build_scheduler
 from utils import distributed as dist_utils
@@ -54,56 +57,8 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss; the message names the step and the loss term."""
 
 
-class RunFolderError(RuntimeError):
-    """A fresh run would write into an OUTPUT_DIR that holds another run; the message says what to do."""
-
-
 class TrainingInterrupted(RunInterrupted):
     """Ctrl-C / SIGTERM / SIGUSR1 stopped training at a step boundary; the message says how to resume."""
-
-
-# ------------------------------------------------------------------ run folders
-# What a training run writes into OUTPUT_DIR (evaluations of its checkpoints go to eval/).
-# A run is there once it trained (checkpoints, or metrics written); config.yaml, log.txt and an empty
-# metrics.jsonl alone are what a start that failed (a wrong data root, a missing weight file) leaves.
-RUN_MARKERS = ("checkpoint_*.pth", "metrics.jsonl")
-FAILED_START_FILES = ("config.yaml", "log.txt", "metrics.jsonl", "tensorboard")
-RUN_FILES = RUN_MARKERS + FAILED_START_FILES + (".checkpoint*.tmp", "submission.csv", "test_results.json", "per_condition_case*",
-                           "ranklists_case*", "eval")
-
-
-def run_files(output_dir: str, patterns=RUN_FILES) -> list[str]:
-    """The paths in ``output_dir`` that a training run writes (matching ``patterns``), sorted."""
-    return sorted({p for pattern in patterns for p in glob.glob(os.path.join(glob.escape(output_dir), pattern))})
-
-
-def check_run_folder(output_dir: str, resume: str, overwrite: bool) -> list[str]:
-    """Refuse a fresh run into an OUTPUT_DIR holding a run (RunFolderError) unless ``resume`` or
-    ``overwrite``; returns the files to clear first: the run's with ``overwrite``, or what a failed
-    start left (config.yaml, log.txt; nothing trained) so two attempts never share a log. Read-only:
-    safe on every DDP rank."""
-    if resume:
-        return []
-    found = [p for p in run_files(output_dir, RUN_MARKERS) if not p.endswith(".jsonl") or os.path.getsize(p) > 0]
-    if not found:
-        return run_files(output_dir, FAILED_START_FILES)  # a failed start's files: cleared, not mixed in
-    if overwrite:
-        return run_files(output_dir)
-    shown = ", ".join(os.path.basename(p) for p in found[:4]) + (", ..." if len(found) > 4 else "")
-    raise RunFolderError(
-        f"OUTPUT_DIR {output_dir} already holds a training run ({shown}). Continue it with --resume auto, "
-        f"train into another folder (OUTPUT_DIR other/folder), or add --overwrite to delete that run's files first."
-    )
-
-
-def clear_run_files(paths) -> None:
-    """Delete a previous run's (or a failed start's) files and folders (rank 0 only; the caller logs it
-    once logging writes to the run's log)."""
-    for path in paths:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
 
 
 def seed_everything(seed: int) -> None:
@@ -254,9 +209,6 @@ class Trainer:
         self.loss_fn = build_loss(cfg, self.num_classes, self.device)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer)
-        self.amp_dtype = resolve_amp_dtype(cfg.SOLVER.AMP, device)
-        # Loss scaling only for fp16; bf16 and fp32 have the exponent range to go without.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
         self.step_model = self.model
         if self.world_size > 1:
@@ -267,6 +219,9 @@ class Trainer:
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=any(w == 0 for w in loss_weights),
             )
+        self.train_step = TrainStep.from_config(cfg, self.model, self.loss_fn, self.optimizer, device,
+                                                step_model=self.step_model)
+        self.scaler = self.train_step.scaler   # fp16 loss scaling; its state is checkpointed
 
         self.start_epoch = 1
         self.global_step = 0
@@ -455,6 +410,60 @@ class Trainer:
         )
 
     def train_epoch(self, epoch: int) -> dict:
+        """Train one epoch: the memory rebuild when it is due (MODEL.MEMORY.REBUILD_PERIOD), then one
+        :class:`~processor.step.TrainStep` per batch (the optimizer steps every SOLVER.ACCUM_STEPS
+        batches and at the epoch's last), then the scheduler's step.
+
+        Metering never makes a step wait: the step values stay on the device until a log step (every
+        SOLVER.LOG_PERIOD steps, and the last), which moves them to the host in one transfer and stops
+        a non-finite loss (NonFiniteLossError). An epoch longer than LOG_PERIOD steps logs a step line
+        and writes a "window" record at each log step before its last. A stop signal ends the epoch
+        at the next optimizer step with TrainingInterrupted (never at its last step: a finished epoch
+        is saved first). Returns the epoch's means ("loss", each loss term, "acc"); its clips/s and
+        learning rates are left in ``last_clips_per_s`` and ``epoch_lrs``.
+        """
+        self._begin_epoch(epoch)
+        log_period, steps = self.cfg.SOLVER.LOG_PERIOD, len(self.train_loader)
+        meters: dict[str, list[float]] = defaultdict(list)
+        pending: list[torch.Tensor] = []   # per-step StepValues.values (device), until a log step
+        pending_names: tuple[str, ...] = ()
+        epoch_start = window_start = time.perf_counter()
+        epoch_clips = window_clips = 0
+        batches = signals.loader_deaths_as_stops(
+            progress_bar(self.train_loader, desc=f"epoch {epoch}", enabled=self.is_main),
+            lambda done: TrainingInterrupted(self._interrupt_message(epoch, done)))
+        for step, batch in enumerate(batches, start=1):
+            optimizer_step = self.train_step.ends_accumulation(step, steps)
+            result: StepValues = self.train_step(batch, optimizer_step)
+            self.global_step += 1
+            if result.names != pending_names:   # a term appeared or left: flush the steps before it
+                self._flush_step_values(pending, pending_names, meters, epoch, step - 1)
+                pending_names = result.names
+            pending.append(result.values)
+            clips = batch["frames"].shape[0] * self.world_size
+            epoch_clips, window_clips = epoch_clips + clips, window_clips + clips
+            log_step = step % log_period == 0 or step == steps
+            if log_step:   # the one device-to-host transfer of the steps since the last log step
+                self._flush_step_values(pending, pending_names, meters, epoch, step)
+            if log_step and step < steps:   # a step line while the epoch goes on; its end has the epoch line
+                self._log_window(epoch, step, steps, meters, window_clips / (time.perf_counter() - window_start))
+                window_start, window_clips = time.perf_counter(), 0
+            # Stop where no gradient is half-accumulated, never at the epoch's last step (that epoch is saved
+            # first; the check before the next one stops). Under DDP asking the other ranks is a host sync:
+            # on log steps only.
+            if (optimizer_step and step < steps and (self.world_size == 1 or log_step)
+                    and signals.stop_requested_on_any_rank(self.device)):
+                raise TrainingInterrupted(self._interrupt_message(epoch, step))
+        self.last_clips_per_s = epoch_clips / max(time.perf_counter() - epoch_start, 1e-9)
+        self.epoch_lrs = self._learning_rates()   # the rates this epoch trained with, before the schedule moves on
+        self.scheduler.step()
+        skipped = getattr(self.train_loader.dataset, "skipped_frames", 0)
+        if skipped:
+            logger.warning("Skipped %d unreadable training frames so far (DATASETS.SKIP_CORRUPT_FRAMES)", skipped)
+        return {k: float(np.mean(v)) for k, v in meters.items()}
+
+    def _begin_epoch(self, epoch: int) -> None:
+        """The epoch's seed and sampler order, the memory rebuild when due, train mode, no gradients."""
         cfg = self.cfg
         seed_everything(epoch_seed(cfg.SOLVER.SEED, epoch, self.rank))
         self.train_loader.batch_sampler.set_epoch(epoch)
@@ -464,78 +473,9 @@ class Trainer:
             except RunInterrupted:   # its loader is a step boundary
                 raise TrainingInterrupted(self._interrupt_message(epoch, 0, during="the memory rebuild")) from None
         self.step_model.train()
-        accum = max(1, cfg.SOLVER.ACCUM_STEPS)
-        meters: dict[str, list[float]] = defaultdict(list)
-        steps = len(self.train_loader)
-        window_start, window_clips = time.perf_counter(), 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.optimizer.zero_grad(set_to_none=True)
-        epoch_start, epoch_clips = time.perf_counter(), 0
-        progress = progress_bar(self.train_loader, desc=f"epoch {epoch}", enabled=self.is_main)
-        pending: list[torch.Tensor] = []  # per-step [loss, terms..., acc] on the device, until a log step
-        pending_names: list[str] = []
-        for step, batch in enumerate(self._interruptible(progress, epoch), start=1):
-            begin_compiled_step(self.model)
-            frames = batch["frames"].to(self.device, non_blocking=True)
-            labels = batch["labels"].to(self.device, non_blocking=True)
-            camids = batch["camids"].to(self.device, non_blocking=True)
-            views = batch["views"].to(self.device, non_blocking=True)
-            boundary = step % accum == 0 or step == steps
-            sync_context = (
-                self.step_model.no_sync() if isinstance(self.step_model, DistributedDataParallel) and not boundary
-                else contextlib.nullcontext()
-            )
-            with sync_context:
-                with autocast(self.device, self.amp_dtype):
-                    outputs = self.step_model(frames, camids, views, labels)
-                    total, terms = self.loss_fn(outputs, labels)
-                self.scaler.scale(total / accum).backward()
-            if boundary:
-                if cfg.SOLVER.GRAD_CLIP > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.SOLVER.GRAD_CLIP)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-            if self.model.memory is not None and "memory_feat" in outputs:
-                # Every rank holds the same batch size: gathered without a size exchange (no host sync).
-                feats = dist_utils.all_gather_equal(outputs["memory_feat"].detach().float())
-                self.model.memory.update(feats, dist_utils.all_gather_equal(labels))
-            self.global_step += 1
-            # The loss, its terms and the accuracy stay on the device until a log step (no host sync).
-            names = ["loss", *terms]
-            values = [total.detach().float(), *(value.detach().float() for value in terms.values())]
-            if "appearance" in outputs.get("id_logits", {}):
-                names.append("acc")
-                values.append((outputs["id_logits"]["appearance"].argmax(1) == labels).float().mean())
-            if names != pending_names:
-                self._flush_step_values(pending, pending_names, meters, epoch, step - 1)
-                pending_names = names
-            pending.append(torch.stack(values))
-            window_clips += frames.shape[0] * self.world_size
-            epoch_clips += frames.shape[0] * self.world_size
-            log_step = step % cfg.SOLVER.LOG_PERIOD == 0 or step == steps
-            if log_step:  # one device-to-host transfer of the pending loss terms
-                self._flush_step_values(pending, pending_names, meters, epoch, step)
-            # A step line only where an epoch is longer than LOG_PERIOD steps: the epoch line covers the rest.
-            if steps > cfg.SOLVER.LOG_PERIOD and step % cfg.SOLVER.LOG_PERIOD == 0 and step < steps:
-                self._log_step(epoch, step, steps, meters, window_clips / (time.perf_counter() - window_start))
-                window_start, window_clips = time.perf_counter(), 0
-            # Under DDP the stop flag is all-reduced (a host sync), so only on log steps. Never at an epoch's
-            # last step: that epoch is finished and saved first, and the check before the next one stops.
-            if boundary and step < steps and (self.world_size == 1 or log_step) and self._stop_requested():
-                raise TrainingInterrupted(self._interrupt_message(epoch, step))
-        self.last_clips_per_s = epoch_clips / max(time.perf_counter() - epoch_start, 1e-9)
-        self.writer.write("train", self.global_step, epoch,
-                          {**{k: float(np.mean(v)) for k, v in meters.items()}, **self._learning_rates(),
-                           "clips_per_s": self.last_clips_per_s})
-        self.epoch_lr_text = self._format_lr()  # the rates this epoch trained with, before the schedule moves on
-        self.scheduler.step()
-        skipped = getattr(self.train_loader.dataset, "skipped_frames", 0)
-        if skipped:
-            logger.warning("Skipped %d unreadable training frames so far (DATASETS.SKIP_CORRUPT_FRAMES)", skipped)
-        return {k: float(np.mean(v)) for k, v in meters.items()}
+        self.train_step.zero_grad()
 
     def _learning_rates(self) -> dict:
         """The scheduled learning rates: ``lr`` (base, the heads) and ``lr_backbone`` (the CLIP encoder).
@@ -561,52 +501,25 @@ class Trainer:
             text += f" | acc {means['acc']:.2f}"
         return text
 
-    def _format_lr(self) -> str:
-        rates = self._learning_rates()
+    @staticmethod
+    def _format_lr(rates: dict) -> str:
         return f"lr base {rates['lr']:.1e} backbone {rates['lr_backbone']:.1e}"
 
-    def _log_step(self, epoch: int, step: int, steps: int, meters: dict, clips_per_s: float) -> None:
+    def _log_window(self, epoch: int, step: int, steps: int, meters: dict, clips_per_s: float) -> None:
+        """The step line and the "window" record: means over the last SOLVER.LOG_PERIOD steps."""
         recent = {k: float(np.mean(v[-self.cfg.SOLVER.LOG_PERIOD:])) for k, v in meters.items()}
-        scalars = {**recent, **self._learning_rates(), "clips_per_s": clips_per_s}
+        rates = self._learning_rates()
+        scalars = {**recent, **rates, "clips_per_s": clips_per_s}
         mem = ""
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device) / 2**30
             scalars["peak_mem_gib"] = peak
             mem = f", {peak:.1f} GiB"
         logger.info("epoch %d [%d/%d] %s | %s | %.1f clips/s%s", epoch, step, steps, self._format_terms(recent),
-                    self._format_lr(), clips_per_s, mem)
-        self.writer.write("train", self.global_step, epoch, scalars)
+                    self._format_lr(rates), clips_per_s, mem)
+        self.writer.write("window", self.global_step, epoch, scalars)
 
     # ------------------------------------------------------------------ interrupts
-    @property
-    def stop_signal(self) -> int | None:
-        """The stop signal received (utils.signals), or None."""
-        return signals.stop_signal()
-
-    def _stop_requested(self) -> bool:
-        if self.world_size == 1:  # a plain flag: no device sync per step
-            return self.stop_signal is not None
-        # All ranks stop at the same step, or the others hang in the next all-reduce.
-        flag = torch.tensor(float(self.stop_signal is not None), device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def _interruptible(self, batches, epoch: int):
-        """The loader's batches; a loader worker killed by the same signal counts as the interrupt."""
-        iterator = iter(batches)
-        step = 0
-        while True:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            except RuntimeError:
-                if self.stop_signal is None:
-                    raise
-                raise TrainingInterrupted(self._interrupt_message(epoch, step)) from None
-            step += 1
-            yield batch
-
     def _resume_text(self) -> str:
         return self.resume_hint or "train.py ... --resume auto"
 
@@ -617,14 +530,9 @@ class Trainer:
         if epoch > self.start_epoch or os.path.isfile(last):
             kept = f"{last} (epoch {epoch - 1}) is kept"
             return f"{where}: {kept}; resume with: {self._resume_text()}"
-        if not self._trained_anything():
+        if not metrics_written(self.output_dir):
             return f"{where}, before the first training step: nothing to resume; run the same command again"
         return f"{where}, before the first checkpoint: nothing to resume; start again with --overwrite"
-
-    def _trained_anything(self) -> bool:
-        """Whether this folder's metrics log has a record (then it counts as a run: see check_run_folder)."""
-        path = os.path.join(self.output_dir, "metrics.jsonl")
-        return os.path.isfile(path) and os.path.getsize(path) > 0
 
     def fit(self) -> dict:
         """Train from ``start_epoch`` to SOLVER.MAX_EPOCHS; returns validation mAPs before/after.
@@ -679,15 +587,16 @@ class Trainer:
                 raise TrainingInterrupted(self._interrupt_message(1, 0, during="the validation before training")) \
                     from None
         for epoch in range(self.start_epoch, cfg.SOLVER.MAX_EPOCHS + 1):
-            if self._stop_requested():
+            if signals.stop_requested_on_any_rank(self.device):
                 raise TrainingInterrupted(self._interrupt_message(epoch, 0))
             start = time.perf_counter()
             means = self.train_epoch(epoch)
             self.clock.epoch_done(time.perf_counter() - start)
             logger.info("epoch %d done in %.1f s (of %d): %s | %s | %.1f clips/s | %s", epoch,
                         time.perf_counter() - start, cfg.SOLVER.MAX_EPOCHS, self._format_terms(means),
-                        self.epoch_lr_text, self.last_clips_per_s, self.clock.describe(epoch))
-            self.writer.write("epoch", self.global_step, epoch, means)
+                        self._format_lr(self.epoch_lrs), self.last_clips_per_s, self.clock.describe(epoch))
+            self.writer.write("epoch", self.global_step, epoch,
+                              {**means, **self.epoch_lrs, "clips_per_s": self.last_clips_per_s})
             if self._is_eval_epoch(epoch):
                 self._validate_epoch(epoch, report)
             self.save(epoch)

@@ -52,21 +52,23 @@ def test_two_seeds_train_twice_and_the_table_gives_mean_and_std(tmp_path, monkey
 
 
 def test_resume_continues_every_run_and_refuses_overwrite(tmp_path, monkeypatch):
-    import train
+    from processor import training_run
 
     seen = []
 
-    def fake_main(argv):
-        seen.append(argv)
+    def fake_run_training(cfg, **options):
+        seen.append((cfg, options))
         return {}
 
-    monkeypatch.setattr(train, "main", fake_main)
+    monkeypatch.setattr(training_run, "run_training", fake_run_training)
     config = os.path.join(ROOT, "configs", "ablations", "01_baseline.yml")
     args = ablate.parse_args([config, "--resume", "--seeds", "2", "--output_dir", str(tmp_path)])
     for seed in args.seed_list:
         ablate.train_one(config, args, seed)
-    assert [a[a.index("--resume") + 1] for a in seen] == ["auto", "auto"]
-    assert [a[a.index("OUTPUT_DIR") + 1] for a in seen] == [str(tmp_path / "01_baseline" / f"seed{s}") for s in (0, 1)]
-    assert [a[a.index("SOLVER.SEED") + 1] for a in seen] == ["0", "1"]
+    assert [options["resume"] for _, options in seen] == ["auto", "auto"]
+    assert [cfg.OUTPUT_DIR for cfg, _ in seen] == [str(tmp_path / "01_baseline" / f"seed{s}") for s in (0, 1)]
+    assert [cfg.SOLVER.SEED for cfg, _ in seen] == [0, 1]
+    # An interrupted run says how to continue it: its own train.py command.
+    assert all(options["resume_hint"].startswith("python train.py --config_file") for _, options in seen)
     with pytest.raises(SystemExit):
         ablate.parse_args([config, "--resume", "--overwrite"])

@@ -13,7 +13,9 @@ from loss.build import build_loss
 from loss.softmax import label_smoothed_cross_entropy, stacked_label_smoothed_cross_entropy
 from loss.triplet import batch_hard_triplet, stacked_batch_hard_triplet
 from model.build import build_model, compile_options, compile_regions
+from processor.step import TrainStep
 from processor.trainer import NonFiniteLossError, Trainer
+from solver.optimizer import build_optimizer
 
 from tests.test_sas_model import NUM_CAMERAS, NUM_CLASSES
 from tests.test_sas_model import TINY as SAS_TINY
@@ -102,22 +104,29 @@ def test_mgtm_window_layout_is_static_for_any_clip_length(frames):
 
 
 # ----------------------------------------------------------------------------- no host sync
+def train_step(cfg, model, device=torch.device("cpu")) -> TrainStep:
+    """The trainer's step (processor.step) for ``model``, built as the trainer builds it."""
+    return TrainStep.from_config(cfg, model, build_loss(cfg, NUM_CLASSES, device), build_optimizer(cfg, model), device)
+
+
+def step_batch(device=torch.device("cpu")) -> dict:
+    return dict(zip(("frames", "camids", "views", "labels"), (t.to(device) for t in batch())))
+
+
 def test_training_hot_path_never_reads_a_tensor_back_to_the_host():
-    """Forward, every loss term, backward and the memory update: no .item()/bool()/nonzero."""
-    cfg, model = tiny()
-    loss_fn = build_loss(cfg, NUM_CLASSES)
-    frames, camids, views, labels = batch()
-    model.train()
+    """The training step (processor.step.TrainStep): forward, every loss term, backward (accumulated),
+    clipping, the fused Adam step and the memory update: no .item()/bool()/nonzero."""
+    cfg, model = tiny("SOLVER.ACCUM_STEPS", "2", "SOLVER.GRAD_CLIP", "1.0")
+    step = train_step(cfg, model.train())
     detector = HostSyncDetector()
+    inputs = step_batch()
     with detector:
-        out = model(frames, camids, views, labels)
-        total, terms = loss_fn(out, labels)
-        total.backward()
-        model.memory.update(out["memory_feat"].detach(), labels)
+        step(inputs, optimizer_step=False)
+        values = step(inputs, optimizer_step=True).values
     assert detector.syncs == []
     # The detector does see a sync when there is one.
     with detector:
-        bool(total > 0)
+        bool(values[0] > 0)
     assert detector.syncs == ["aten::_local_scalar_dense"]
 
 
@@ -141,24 +150,26 @@ class HostTensorDetector(TorchDispatchMode):
 @pytest.mark.parametrize("training", [True, False])
 def test_a_step_on_an_accelerator_touches_no_host_tensor(training):
     """The meta device stands in for a GPU: the model, the batch and the loss live there, and no op of
-    the forward, the loss, the backward or the memory update may read a host tensor (the loss's shape
-    prior was once a CPU tensor copied to the device in every step)."""
-    cfg, model = tiny()
+    the training step (processor.step.TrainStep: forward, loss, backward, clipping, optimizer step,
+    memory update, the step's values) may read a host tensor (the loss's shape prior was once a CPU
+    tensor copied to the device in every step). SGD: fused Adam does not run on the meta device (on
+    CUDA, bench/gpu_step.py counts the step's host syncs)."""
+    cfg, model = tiny("SOLVER.OPTIMIZER", "SGD", "SOLVER.GRAD_CLIP", "1.0")
     device = torch.device("meta")
     model = model.to(device).train(training)
-    loss_fn = build_loss(cfg, NUM_CLASSES, device)
-    frames, camids, views, labels = (t.to(device) for t in batch())
+    step = train_step(cfg, model, device)
+    inputs = step_batch(device)
+    frames, camids, views = inputs["frames"], inputs["camids"], inputs["views"]
     detector = HostTensorDetector()
     with detector:
         if training:
-            out = model(frames, camids, views, labels)
-            total, _ = loss_fn(out, labels)
-            total.backward()
-            model.memory.update(out["memory_feat"].detach(), labels)
+            values = step(inputs)
         else:
             with torch.no_grad():
                 model(frames, camids, views)
     assert detector.ops == []
+    if training:
+        assert values.values.device == device and values.names[0] == "loss"
     # The detector sees a host tensor when there is one.
     with detector:
         frames + torch.ones(()).to(device)

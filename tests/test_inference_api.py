@@ -1,6 +1,5 @@
 """FeatureExtractor: the inference path of evaluate_all_cases.py, usable on any tracklets."""
 import os
-import re
 import shutil
 
 import numpy as np

@@ -82,7 +82,7 @@ def test_an_aerial_name_with_an_extra_token_is_a_warning_line_not_only_a_shape_c
     assert ds.scan_summary.not_outdoor_shaped == [folder]
     warned = [w for w in _scan_warnings(caplog) if "outdoor-length" in w]
     assert len(warned) == 1 and warned[0].endswith(f": 1, e.g. {folder!r}")
-    assert f"not outdoor-shaped (PID_DD_MM_YYYY_HH_MM_...), so read as ground: check for an extra or missing token: 1" \
+    assert "not outdoor-shaped (PID_DD_MM_YYYY_HH_MM_...), so read as ground: check for an extra or missing token: 1" \
         in ds.statistics_table()
 
 

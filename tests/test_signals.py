@@ -206,6 +206,33 @@ def test_first_signal_sets_the_flag_second_stops_at_once_and_the_flag_never_outl
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_a_loader_error_is_the_interrupt_only_after_a_stop_signal():
+    """signals.loader_deaths_as_stops (the training loop's loader): a worker killed by the group's signal
+    is the interrupt, counted in batches; the same error without a signal stays an error. And one
+    process asks no other rank whether to stop."""
+    from utils import signals
+
+    def loader():
+        yield "a"
+        yield "b"
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated")
+
+    interrupted = lambda done: signals.RunInterrupted(f"stopped after {done} batches")   # noqa: E731
+    with pytest.raises(RuntimeError, match="killed by signal"):
+        list(signals.loader_deaths_as_stops(loader(), interrupted))
+    with signals.stop_at_step_boundaries():
+        assert not signals.stop_requested_on_any_rank("cpu")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert signals.stop_requested_on_any_rank("cpu")
+        seen = []
+        with pytest.raises(signals.RunInterrupted, match="stopped after 2 batches"):
+            for batch in signals.loader_deaths_as_stops(loader(), interrupted):
+                seen.append(batch)
+        assert seen == ["a", "b"]   # the batches before the error were trained on
+    assert not signals.stop_requested()
+
+
 def test_inference_loader_is_a_step_boundary_and_its_workers_ignore_stop_signals(tmp_path):
     """A stop signal ends an inference loop before its next batch; the workers, forked with the signals
     blocked, ignore them (a worker killed by a group signal would end the run with a traceback)."""

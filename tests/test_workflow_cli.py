@@ -253,7 +253,7 @@ def test_epoch_line_shows_that_epochs_learning_rate_and_one_line_per_epoch(train
 
 
 def test_a_failed_start_does_not_block_the_corrected_retry(trained, tmp_path):
-    from processor.trainer import check_run_folder
+    from processor.run_folder import check_run_folder
 
     run = str(tmp_path / "run")
     missing_root = str(tmp_path / "typo_root")

@@ -136,15 +136,17 @@ def run_output_dir(args, config: str, seed: int | None) -> str:
 
 def train_one(config: str, args, seed: int | None = None) -> dict:
     """Train ``config`` (with ``seed``) into its run folder; -> one run row (rank 0; other ranks get {})."""
-    import train
     from configs import load_config
+    from processor.training_run import config_sources, resume_command, run_training
 
     out = run_output_dir(args, config, seed)
-    argv = ["--config_file", config, *[w for o in args.overlay for w in ("--overlay", o)],
-            *(["--overwrite"] if args.overwrite else []), *(["--resume", "auto"] if args.resume else []), *args.opts,
-            *(["SOLVER.SEED", str(seed)] if seed is not None else []),
+    opts = [*args.opts, *(["SOLVER.SEED", str(seed)] if seed is not None else []),
             "OUTPUT_DIR", out, "TEST.EVAL_AFTER_TRAINING", str(bool(args.test))]
-    report = train.main(argv)
+    # The train.py command of this one run: what an interrupted run prints to continue it.
+    train_argv = ["--config_file", config, *[w for o in args.overlay for w in ("--overlay", o)], *opts]
+    report = run_training(load_config(config, opts, overlays=args.overlay), resume="auto" if args.resume else "",
+                          overwrite=args.overwrite, sources=config_sources(config, args.overlay),
+                          overrides=len(opts) // 2, resume_hint=resume_command(train_argv))
     if report.get("final_val") is None:
         return {}
     cfg = load_config(os.path.join(out, "config.yaml"))

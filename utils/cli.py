@@ -19,7 +19,7 @@ EXPLAINED_ERRORS = (
     ("configs", "ConfigError"),
     ("datasets.detreidx.scan", "DatasetLayoutError"), ("datasets.video", "CorruptFrameError"),
     ("model.weights", "PretrainedWeightsError"), ("utils.checkpoint", "CheckpointError"),
-    ("processor.trainer", "NonFiniteLossError"), ("processor.trainer", "RunFolderError"),
+    ("processor.trainer", "NonFiniteLossError"), ("processor.run_folder", "RunFolderError"),
     ("utils.fileio", "WriteFailure"), ("utils.metrics", "NonFiniteFeaturesError"),
     ("utils.runlock", "RunLockError"),
 )

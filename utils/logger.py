@@ -26,6 +26,7 @@ ROOT_LOGGER = ""
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
 PROGRESS_ENV = "SAS_PROGRESS"
+METRICS_FILE = "metrics.jsonl"   # a run's metrics log, one JSON record per line (MetricsWriter)
 
 
 class FailingFileHandler(logging.FileHandler):
@@ -75,7 +76,14 @@ def setup_logging(output_dir: str | None, rank: int = 0, filename: str = "log.tx
 
 
 class MetricsWriter:
-    """Scalars to ``metrics.jsonl`` (one JSON object per record) and TensorBoard events; rank 0 only."""
+    """Scalars to ``metrics.jsonl`` (one JSON object per record) and TensorBoard events; rank 0 only.
+
+    A record is ``{"kind": kind, "step": global step, "epoch": epoch, name: value, ...}``; TensorBoard
+    gets each value as ``<kind>/<name>``. The trainer writes the kinds "epoch" (one per epoch: the
+    means over all its steps, the learning rates it trained with, clips/s), "window" (the means over
+    the last SOLVER.LOG_PERIOD steps, at each step line of an epoch longer than that) and "val"
+    (validation mAP-3).
+    """
 
     def __init__(self, output_dir: str, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
@@ -84,7 +92,7 @@ class MetricsWriter:
         if not enabled:
             return
         ensure_folder(output_dir)
-        self._jsonl_path = os.path.join(output_dir, "metrics.jsonl")
+        self._jsonl_path = os.path.join(output_dir, METRICS_FILE)
         try:
             self._jsonl = open(self._jsonl_path, "a", encoding="utf-8")
         except OSError as exc:

@@ -63,6 +63,41 @@ def stop_requested() -> bool:
     return _state["signum"] is not None
 
 
+def stop_requested_on_any_rank(device) -> bool:
+    """Whether a stop signal reached this process or, under torch.distributed, any other rank: all
+    ranks must stop at the same step, or the others hang in their next collective. One process: the
+    flag alone (no device sync); several: an all-reduce on ``device`` read back to the host (a sync,
+    so a training loop asks only now and then)."""
+    from utils import distributed
+
+    if distributed.get_world_size() == 1:
+        return stop_requested()
+    import torch
+
+    flag = torch.tensor(float(stop_requested()), device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def loader_deaths_as_stops(batches, interrupted):
+    """The batches of a loader; once a stop signal arrived, a loader error (a worker killed by the
+    same signal sent to the process group) raises ``interrupted(batches_so_far)`` (an exception) instead.
+    Without a stop signal a loader error stays what it is."""
+    iterator = iter(batches)
+    count = 0
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if not stop_requested():
+                raise
+            raise interrupted(count) from None
+        count += 1
+        yield batch
+
+
 def check_stop(where: str = "") -> None:
     """A step boundary: raise RunInterrupted when a stop signal arrived (``where`` goes into the message)."""
     if _state["signum"] is not None:
