@@ -1,15 +1,16 @@
-"""tools.ablate with several seeds (issue 18): every config trains once per seed, the table gives
-mean ± std per row, the CSV one line per run; the R1 column is the validation R1, the weights column
-names the checkpoint each run used, and --test adds the test mAP-3 of those weights (issue 20)."""
+"""``python -m tools.ablate`` (tools/ablate.py): every config trains and gets its row in the paper-style table, CSV
+and plot; with several seeds (issue 18) once per seed, the table giving mean ± std per row and the CSV one line
+per run; the R1 column is the validation R1, the weights column names the checkpoint each run used, and --test
+adds the test mAP-3 of those weights (issue 20)."""
 import csv
 import math
 import os
 
 import pytest
 
+from tests.helpers.paths import REPO_ROOT
+from tests.helpers.training import make_tiny_opts
 from tools import ablate
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_seeds_parse_as_a_count_or_a_list():
@@ -25,12 +26,10 @@ def test_mean_and_sample_std():
     assert ablate.mean_std([5.0, None]) == (5.0, None) and ablate.mean_std([]) == (None, None)
 
 
-def test_two_seeds_train_twice_and_the_table_gives_mean_and_std(tmp_path, monkeypatch):
-    from tests.training_utils import tiny_opts
-
-    data_root = str(tmp_path / "data")
-    opts = tiny_opts(data_root, "unused", epochs=1, **{"SOLVER.EVAL_PERIOD": "1", "INPUT.SIZE_TRAIN": "[64,32]"})[:-2]
-    config = os.path.join(ROOT, "configs", "ablations", "01_baseline.yml")
+def test_two_seeds_train_twice_and_the_table_gives_mean_and_std(train_data_root, tmp_path, monkeypatch):
+    opts = make_tiny_opts(train_data_root, "unused", epochs=1,
+                          **{"SOLVER.EVAL_PERIOD": "1", "INPUT.SIZE_TRAIN": "[64,32]"})[:-2]
+    config = os.path.join(REPO_ROOT, "configs", "ablations", "01_baseline.yml")
     out = tmp_path / "abl"
     rows = ablate.main([config, "--overlay", "tiny.yml", "--seeds", "3,5", "--test", "--output_dir", str(out), *opts])
     assert len(rows) == 1 and rows[0]["seeds"] == [3, 5]
@@ -61,7 +60,7 @@ def test_resume_continues_every_run_and_refuses_overwrite(tmp_path, monkeypatch)
         return {}
 
     monkeypatch.setattr(training_run, "run_training", fake_run_training)
-    config = os.path.join(ROOT, "configs", "ablations", "01_baseline.yml")
+    config = os.path.join(REPO_ROOT, "configs", "ablations", "01_baseline.yml")
     args = ablate.parse_args([config, "--resume", "--seeds", "2", "--output_dir", str(tmp_path)])
     for seed in args.seed_list:
         ablate.train_one(config, args, seed)
@@ -72,3 +71,19 @@ def test_resume_continues_every_run_and_refuses_overwrite(tmp_path, monkeypatch)
     assert all(options["resume_hint"].startswith("python train.py --config_file") for _, options in seen)
     with pytest.raises(SystemExit):
         ablate.parse_args([config, "--resume", "--overwrite"])
+
+
+def test_ablate_trains_each_config_and_writes_table_csv_and_plot(train_data_root, tmp_path):
+    opts = make_tiny_opts(train_data_root, "unused", epochs=1,
+                          **{"SOLVER.EVAL_PERIOD": "1", "INPUT.SIZE_TRAIN": "[64,32]"})[:-2]
+    configs = [os.path.join(REPO_ROOT, "configs", "ablations", n) for n in ("01_baseline.yml", "04_mgtm.yml")]
+    rows = ablate.main([*configs, "--overlay", "tiny.yml", "--output_dir", str(tmp_path / "abl"), *opts])
+    # labels name every module a row has on (rows 02-03 are skipped here)
+    assert [r["row"] for r in rows] == ["baseline", "baseline + memory + VC-CJ + MGTM"]
+    assert [r["paper mAP-3"] for r in rows] == [30.79, 32.78]
+    assert all(0 <= r["val mAP-3"][0] <= 100 and 0 <= r["val R1"][0] <= 100 for r in rows)
+    table = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "| baseline |" in table and "30.79" in table and "epochs: 1" in table
+    assert (tmp_path / "abl" / "ablation.csv").read_text().splitlines()[0] == ",".join(ablate.RUN_COLUMNS)
+    assert (tmp_path / "abl" / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    assert os.path.isfile(tmp_path / "abl" / "01_baseline" / "checkpoint_best.pth")

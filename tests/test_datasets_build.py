@@ -1,22 +1,19 @@
-"""Loader builders: batch contract, determinism (also across worker counts), synthetic-if-missing,
-dense inference, frame decoding and corrupt frames."""
-import logging
+"""The dataset and loader builders (datasets/build.py): batch contract, determinism (also across worker counts),
+DDP shards, train-only frame shuffling, even and dense inference, synthetic data if missing (and a missing root
+without it named with its nearest folder), the scan cache folder and junk rule passed on."""
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
-from datasets import video
+from configs import load_config
 from datasets.build import build_dataset, build_inference_loader, build_train_loader
-from datasets.video import CorruptFrameError, read_frame
-from tests.datasets_fixtures import make_tiny_root, tiny_cfg
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    return make_tiny_root(tmp_path_factory.mktemp("loaders"))
+from datasets.detreidx.scan import DatasetLayoutError
+from datasets.detreidx.scan_cache import default_scan_cache_dir
+from tests.helpers.data import make_tiny_cfg
+from tests.helpers.files import age_tree
+from tests.helpers.paths import DEMO_CONFIG
 
 
 def _epoch(loader, epoch):
@@ -25,7 +22,7 @@ def _epoch(loader, epoch):
 
 
 def test_train_batches_follow_the_contract(tiny_root):
-    cfg = tiny_cfg(tiny_root)
+    cfg = make_tiny_cfg(tiny_root)
     ds = build_dataset(cfg)
     loader = build_train_loader(cfg, ds)
     batches = _epoch(loader, 0)
@@ -44,11 +41,11 @@ def test_train_batches_follow_the_contract(tiny_root):
 
 
 def test_train_loader_deterministic_across_runs_and_worker_counts(tiny_root):
-    cfg0 = tiny_cfg(tiny_root)
+    cfg0 = make_tiny_cfg(tiny_root)
     ds = build_dataset(cfg0)
     first = _epoch(build_train_loader(cfg0, ds), 1)
     again = _epoch(build_train_loader(cfg0, ds), 1)
-    workers = _epoch(build_train_loader(tiny_cfg(tiny_root, "DATALOADER.NUM_WORKERS", "2"), ds), 1)
+    workers = _epoch(build_train_loader(make_tiny_cfg(tiny_root, "DATALOADER.NUM_WORKERS", "2"), ds), 1)
     for a, b, c in zip(first, again, workers):
         for key in a:
             assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key])
@@ -57,7 +54,7 @@ def test_train_loader_deterministic_across_runs_and_worker_counts(tiny_root):
 
 
 def test_ddp_ranks_split_each_batch(tiny_root):
-    cfg = tiny_cfg(tiny_root, "SOLVER.IMS_PER_BATCH", "8")
+    cfg = make_tiny_cfg(tiny_root, "SOLVER.IMS_PER_BATCH", "8")
     ds = build_dataset(cfg)
     whole = _epoch(build_train_loader(cfg, ds), 0)
     ranks = [_epoch(build_train_loader(cfg, ds, rank=r, world_size=2), 0) for r in range(2)]
@@ -68,11 +65,11 @@ def test_ddp_ranks_split_each_batch(tiny_root):
 
 
 def test_shuffle_frames_is_train_only(tiny_root):
-    cfg = tiny_cfg(tiny_root, "INPUT.SHUFFLE_FRAMES", "True", "INPUT.ERASE_PROB", "0.0", "INPUT.FLIP_PROB", "0.0",
+    cfg = make_tiny_cfg(tiny_root, "INPUT.SHUFFLE_FRAMES", "True", "INPUT.ERASE_PROB", "0.0", "INPUT.FLIP_PROB", "0.0",
                    "INPUT.HUE_PROB", "0.0", "DATALOADER.SEQ_LEN", "8")
     ds = build_dataset(cfg)
     loader = build_train_loader(cfg, ds)
-    plain = build_train_loader(tiny_cfg(tiny_root, "INPUT.ERASE_PROB", "0.0", "INPUT.FLIP_PROB", "0.0",
+    plain = build_train_loader(make_tiny_cfg(tiny_root, "INPUT.ERASE_PROB", "0.0", "INPUT.FLIP_PROB", "0.0",
                                         "INPUT.HUE_PROB", "0.0", "DATALOADER.SEQ_LEN", "8"), ds)
     assert loader.dataset.shuffle_frames and not plain.dataset.shuffle_frames
     assert not hasattr(build_inference_loader(cfg, ds.train).dataset, "shuffle_frames")
@@ -83,7 +80,7 @@ def test_shuffle_frames_is_train_only(tiny_root):
 
 
 def test_inference_loader_even_and_dense(tiny_root):
-    cfg = tiny_cfg(tiny_root)
+    cfg = make_tiny_cfg(tiny_root)
     ds = build_dataset(cfg)
     gallery = ds.cases[1].gallery
     even = list(build_inference_loader(cfg, gallery))
@@ -93,16 +90,16 @@ def test_inference_loader_even_and_dense(tiny_root):
     again = list(build_inference_loader(cfg, gallery))
     assert all(torch.equal(a["frames"], b["frames"]) for a, b in zip(even, again))
 
-    dense_loader = build_inference_loader(tiny_cfg(tiny_root, "TEST.SAMPLING", "dense"), gallery)
+    dense_loader = build_inference_loader(make_tiny_cfg(tiny_root, "TEST.SAMPLING", "dense"), gallery)
     indices = torch.cat([b["indices"] for b in dense_loader]).tolist()
     expected = [i for i, t in enumerate(gallery) for _ in range(-(-t.num_frames // 4))]
     assert indices == expected
     with pytest.raises(ValueError, match="TEST.SAMPLING"):
-        build_inference_loader(tiny_cfg(tiny_root, "TEST.SAMPLING", "all"), gallery)
+        build_inference_loader(make_tiny_cfg(tiny_root, "TEST.SAMPLING", "all"), gallery)
 
 
 def test_val_and_memory_loaders(tiny_root):
-    cfg = tiny_cfg(tiny_root, "DATASETS.VAL_IDS", "2")
+    cfg = make_tiny_cfg(tiny_root, "DATASETS.VAL_IDS", "2")
     ds = build_dataset(cfg)
     assert ds.num_train_pids == 4 and set(ds.val) == {1, 2, 3}
     memory = build_inference_loader(cfg, ds.train)
@@ -113,87 +110,30 @@ def test_val_and_memory_loaders(tiny_root):
 def test_synthetic_if_missing_generates_once(tmp_path):
     root = str(tmp_path / "data" / "xfd")
     opts = ["DATASETS.SYNTHETIC_IF_MISSING", "True", "DATASETS.SYNTHETIC_IDS", "2", "DATASETS.SYNTHETIC_TEST_IDS", "1"]
-    ds = build_dataset(tiny_cfg(root, *opts))
+    ds = build_dataset(make_tiny_cfg(root, *opts))
     assert ds.num_train_pids == 2 and set(ds.cases) == {1, 2, 3}
     assert sorted(os.listdir(tmp_path / "data")) == ["xfd"], "no temporary folder may be left behind"
     stamp = os.stat(os.path.join(root, "synthetic_xfd.json")).st_mtime_ns
-    build_dataset(tiny_cfg(root, *opts))
+    build_dataset(make_tiny_cfg(root, *opts))
     assert os.stat(os.path.join(root, "synthetic_xfd.json")).st_mtime_ns == stamp
     with pytest.raises(ValueError, match="does not exist"):
-        build_dataset(tiny_cfg(str(tmp_path / "absent")))
+        build_dataset(make_tiny_cfg(str(tmp_path / "absent")))
 
 
-# ----------------------------------------------------------------------------- decoding and corrupt frames
-def test_read_frame_matches_pil(tiny_root):
-    from PIL import Image
-    ds = build_dataset(tiny_cfg(tiny_root))
-    path = ds.train[0].frames[0]
-    ours = read_frame(path)
-    reference = np.asarray(Image.open(path).convert("RGB"))
-    assert ours.shape == reference.shape and ours.dtype == np.uint8
-    assert np.abs(ours.astype(int) - reference.astype(int)).mean() < 2.0   # decoders differ in IDCT rounding only
+def test_missing_root_without_generation_names_the_nearest_folder(tmp_path):
+    typo = tmp_path / "a" / "b" / "xfd"
+    with pytest.raises(DatasetLayoutError, match=f"nearest existing folder: {tmp_path}\\)"):
+        build_dataset(load_config(DEMO_CONFIG, ["DATASETS.ROOT_DIR", str(typo)]))
+    assert not (tmp_path / "a").exists()
 
 
-@pytest.fixture()
-def damaged(tiny_root, tmp_path):
-    root = str(tmp_path / "damaged")
-    shutil.copytree(tiny_root, root)
-    cfg = tiny_cfg(root)
-    ds = build_dataset(cfg)
-    tracklet = next(t for t in ds.cases[1].gallery if t.num_frames >= 3)
-    return root, ds, tracklet
-
-
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
-def test_corrupt_frame_error_names_the_file(damaged, damage):
-    root, ds, tracklet = damaged
-    path = tracklet.frames[1]
-    data = open(path, "rb").read()
-    with open(path, "wb") as f:
-        f.write({"garbage": b"not a jpeg at all" * 10, "truncated": data[: len(data) // 2], "empty": b""}[damage])
-    with pytest.raises(CorruptFrameError, match=os.path.basename(path)) as err:
-        read_frame(path)
-    assert "SKIP_CORRUPT_FRAMES" in str(err.value)
-    cfg = tiny_cfg(root, "TEST.SAMPLING", "dense")
-    loader = build_inference_loader(cfg, [tracklet])
-    with pytest.raises(CorruptFrameError, match=os.path.basename(path)):
-        list(loader)
-
-
-def test_skip_corrupt_frames_warns_and_counts(damaged, caplog):
-    root, ds, tracklet = damaged
-    bad = tracklet.frames[1]
-    with open(bad, "wb") as f:
-        f.write(b"\xff\xd8 broken")
-    cfg = tiny_cfg(root, "DATASETS.SKIP_CORRUPT_FRAMES", "True", "TEST.SAMPLING", "dense")
-    loader = build_inference_loader(cfg, [tracklet])
-    with caplog.at_level(logging.WARNING, logger="datasets.video"):
-        batches = list(loader)
-    assert loader.dataset.skipped_frames == 1
-    assert any(os.path.basename(bad) in r.getMessage() for r in caplog.records)
-    frames = batches[0]["frames"][0]
-    # The bad frame (position 1) is replaced by its nearest readable neighbour (frame 0).
-    assert torch.equal(frames[1], frames[0])
-
-
-def test_skipped_frames_counted_across_workers(damaged):
-    root, ds, tracklet = damaged
-    for path in tracklet.frames[1:3]:
-        with open(path, "wb") as f:
-            f.write(b"junk")
-    cfg = tiny_cfg(root, "DATASETS.SKIP_CORRUPT_FRAMES", "True", "DATALOADER.NUM_WORKERS", "2", "TEST.IMS_PER_BATCH", "1",
-                   "TEST.SEQ_LEN", "1", "TEST.SAMPLING", "dense")
-    loader = build_inference_loader(cfg, [tracklet])
-    list(loader)
-    assert loader.dataset.skipped_frames == 2
-
-
-def test_whole_tracklet_unreadable_is_an_error(damaged):
-    root, ds, tracklet = damaged
-    for path in tracklet.frames:
-        with open(path, "wb") as f:
-            f.write(b"junk")
-    loader = build_inference_loader(tiny_cfg(root, "DATASETS.SKIP_CORRUPT_FRAMES", "True"), [tracklet])
-    with pytest.raises(CorruptFrameError, match="Every frame"):
-        list(loader)
-    assert video.MAX_COUNTER_SLOTS >= 2
+def test_build_dataset_passes_the_cache_folder_and_the_junk_rule(tiny_root_copy, tmp_path):
+    cache = str(tmp_path / "cache")
+    pid_dir = os.path.join(tiny_root_copy, "train", "0004")
+    shutil.copytree(os.path.join(pid_dir, sorted(os.listdir(pid_dir))[0]), os.path.join(pid_dir, "0004_name"))
+    age_tree(tiny_root_copy)
+    with pytest.raises(DatasetLayoutError, match="0004_name"):
+        build_dataset(make_tiny_cfg(tiny_root_copy, "DATASETS.SCAN_CACHE_DIR", cache))
+    dataset = build_dataset(make_tiny_cfg(tiny_root_copy, "DATASETS.SCAN_CACHE_DIR", cache, "TEST.JUNK_RULE", "camera"))
+    assert any(t.name == "0004_name" for t in dataset.train) and len(os.listdir(cache)) == 1
+    assert default_scan_cache_dir().endswith(os.path.join("sas_vpreid", "scan"))

@@ -1,31 +1,36 @@
-"""Frame names as the authors write them, the view fixed by case folders, "what the scanner understood",
-compact frame lists and the scan cache (issues 9.1, 9.6, 13.2, 13.3)."""
-import dataclasses
-import os
-import shutil
-import subprocess
-import sys
-import time
+"""DetReIDX frame names (datasets/detreidx/names.py) as the authors write them: the two naming schemes, the
+session token, fields that cannot be read or lie outside their physical range, impossible dates, Unicode digits,
+camera keys and the standard camera numbering; plus property-based tests (hypothesis) beside the seeded fuzz loop
+of tests/faults/test_name_fuzz.py: hypothesis searches the input space and shrinks a failure to a minimal name."""
+import math
+import re
+from datetime import date
 
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
-from datasets.detreidx import scan as scanner
-from datasets.detreidx.dataset import DetReIDX
-from datasets.detreidx.frames import FrameNames, FramePaths
-from datasets.detreidx.names import CAPTURE_POINTS, parse_frame_name
-from datasets.detreidx.records import Tracklet
-from datasets.detreidx.scan import DatasetLayoutError
-from datasets.detreidx.scan_cache import default_scan_cache_dir
-from tests.datasets_fixtures import TINY, make_tiny_root
-from utils.protocol import CASE_FOLDERS, natural_sort_key
+from datasets.detreidx.names import (
+    CAPTURE_POINTS,
+    MAX_DISTANCE_M,
+    MAX_HEIGHT_M,
+    camera_key,
+    parse_frame_name,
+    standard_camera_index,
+)
+from utils.protocol import is_ascii_int
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAD = "0004_23_10_2024_09_18"
 TAIL = "3_2_1_0_0_0_0_5_2_1_0_1_2"          # location .. drone scene (fields 9-21)
+REAL_OUTDOOR = "0004_23_10_2024_09_18_5.8_10_30_3_2_1_0_0_0_0_5_2_1_0_1_2_S1_000123.jpg"
+DOCS_MAX_HEIGHT_M, DOCS_MAX_DISTANCE_M = 500.0, 1000.0  # the physical ranges of docs/data.md (Frame names)
+HEAD_WITH_CAPTURE = "0004_23_10_2024_09_18_5.8_10_30"
+SOFT_12 = "3_2_1_0_0_0_0_5_2_1_0_1"          # fields 9-20; field 21 follows in each case below
+SOFT = st.lists(st.integers(0, 29).map(str), min_size=13, max_size=13)       # location .. drone scene
+NAME_ALPHABET = st.sampled_from(list("0123456789_._SsxM-+ e") + ["nan", "inf", "\u00b2", "\u0663", "\uff15", "12", "2024"])
 
 
-# ----------------------------------------------------------------------------- parser
+# ----------------------------------------------------------------------------- the session token
 @pytest.mark.parametrize("token, session", [("1", "S1"), ("2", "S2"), ("S2", "S2"), ("s1", "S1"), ("3", "S3")])
 def test_session_is_the_token_before_the_frame_number(token, session):
     # The authors' loader: session = int(tokens[-2]).
@@ -80,273 +85,160 @@ def test_unicode_digits_in_a_frame_name_are_a_clear_error(name):
     assert repr(name) in str(err.value)
 
 
-# ----------------------------------------------------------------------------- compact frame lists
-def _random_names(rng: np.random.Generator) -> list[str]:
-    n = int(rng.integers(1, 40))
-    family = int(rng.integers(5))
-    numbers = np.sort(rng.choice(5000, size=n, replace=False)) if family != 1 else np.arange(n) * 3 + 7
-    if family == 0:
-        return [f"0004_M_27_F_{k:05d}.jpg" for k in numbers]         # padded, with gaps
-    if family == 1:
-        return [f"a_{k}.jpg" for k in numbers]                        # unpadded, evenly spaced
-    if family == 2:
-        return [f"x{k}y.png" for k in numbers]                        # unpadded, gaps
-    if family == 3:
-        return [f"f_{k:03d}.jpg" if i % 2 else f"f_{k}.jpg" for i, k in enumerate(numbers)]  # mixed padding
-    return [f"{rng.choice(['a', 'b', 'c'])}_{k}.jpg" for k in numbers]  # no single template
+# ----------------------------------------------------------------------------- both schemes
+def test_parse_pins_real_outdoor_scheme_name():
+    info = parse_frame_name(REAL_OUTDOOR)
+    assert info.scheme == "outdoor" and info.view == "aerial"
+    assert info.height == 5.8 and info.distance == 10 and info.angle == 30
+    assert info.session == "S1" and info.pid_token == "0004"
+    assert info.aerial_distance == pytest.approx(np.hypot(5.8, 10))
 
 
-def test_frame_names_equal_a_plain_sorted_list_on_random_names():
-    rng = np.random.default_rng(0)
-    kinds = set()
-    for _ in range(300):
-        names = list(dict.fromkeys(_random_names(rng)))
-        shuffled = [names[i] for i in rng.permutation(len(names))]
-        compact = FrameNames.from_names(shuffled)
-        oracle = sorted(shuffled, key=natural_sort_key)
-        assert list(compact) == oracle and len(compact) == len(oracle)
-        assert [compact[i] for i in range(-len(oracle), len(oracle))] == oracle + oracle
-        assert compact[1:5] == oracle[1:5]
-        assert FrameNames.from_names(oracle) == compact and hash(FrameNames.from_names(oracle)) == hash(compact)
-        kept = FrameNames.from_names(shuffled, sort=False)
-        assert list(kept) == shuffled
-        kinds.add("joined" if compact._joined is not None else type(compact.numbers).__name__)
-    assert kinds == {"joined", "range", "ndarray"}
-    with pytest.raises(IndexError):
-        FrameNames.from_names(["a_1.jpg"])[1]
+def test_parse_short_outdoor_prefix_as_in_method_md():
+    # The example stem of method.md, with the soft-biometric tail cut short.
+    info = parse_frame_name("0004_23_10_2024_09_18_5.8_10_30_3_S2_7.jpg")
+    assert (info.height, info.distance, info.angle, info.session) == (5.8, 10.0, 30.0, "S2")
 
 
-def test_tracklet_accepts_a_tuple_of_paths_and_keeps_its_api():
-    paths = ("d/x_3.jpg", "d/x_1.jpg", "d/x_2.jpg")
-    t = Tracklet(paths, 1, 0, "ground", "1_1", None, None, None, None, None)
-    assert isinstance(t.frames, FramePaths) and list(t.frames) == list(paths) and t.frames == paths
-    assert t.folder == "d" and t.num_frames == 3 and t.frame_path(-1) == "d/x_2.jpg" and t.frames[0] == "d/x_3.jpg"
-    assert dataclasses.replace(t, label=2).frames == t.frames and hash(t) == hash(dataclasses.replace(t))
+def test_parse_nadir_and_folder_path():
+    info = parse_frame_name("/data/x/0012_24_10_2024_14_02_120_0_90_1_1_1_0_0_0_0_3_3_3_0_1_1_S2_00001.jpg")
+    assert (info.height, info.distance, info.angle, info.session) == (120.0, 0.0, 90.0, "S2")
+    assert info.aerial_distance == 120.0
 
 
-# ----------------------------------------------------------------------------- scanning both name styles
-@pytest.fixture(scope="module", params=["int", "S"])
-def styled_root(request, tmp_path_factory):
-    config = dataclasses.replace(TINY, session_style=request.param)
-    return make_tiny_root(tmp_path_factory.mktemp(f"style_{request.param}"), config)
+def test_parse_ground_scheme():
+    info = parse_frame_name("0004_M_27_172_68_2_45_F_00001.jpg")
+    assert info.scheme == "ground" and info.view == "ground"
+    assert info.height is None and info.session is None and info.pid_token == "0004"
 
 
-def test_both_name_styles_give_three_cameras_and_capture_points(styled_root):
-    ds = DetReIDX(styled_root)
-    assert ds.num_cameras == 3 and ds.camera_index == {"ground": 0, "aerial-S1": 1, "aerial-S2": 2}
-    for t in ds.train:
-        assert (t.camid == 0) == (t.view == "ground")
-        if t.view == "aerial":
-            assert t.camid == int(t.session[1:]) and t.capture_point in CAPTURE_POINTS
-    summary = ds.scan_summary
-    assert not summary.no_session and not summary.pid_mismatch and not summary.view_mismatch
+@pytest.mark.parametrize("name", ["frame_0001.jpg", "img00001.jpg", "00001.jpg", "abc_M_27_172_68_2_45_F_1.jpg"])
+def test_parse_unknown_scheme_is_an_error_naming_the_file(name):
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")) as err:
+        parse_frame_name(name)
+    assert "UNKNOWN_NAMES_AS_GROUND" in str(err.value)
+    info = parse_frame_name(name, unknown_as_ground=True)
+    assert info.view == "ground" and info.scheme == "unknown"
 
 
-def test_cli_prints_cameras_capture_points_and_what_the_scanner_understood(styled_root):
-    proc = subprocess.run([sys.executable, "-m", "datasets.detreidx", "--root", styled_root], cwd=ROOT,
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
-    assert "cameras: 3 [0=ground" in out and "1=aerial-S1" in out and "2=aerial-S2" in out
-    assert "capture point (h/d/angle)" in out and "deg" in out
-    ground_tokens = 5 if "style_int" in styled_root else 9
-    assert "what the scanner understood:" in out
-    assert f"name shapes in train: {ground_tokens} tokens x 12, 24 tokens x 24 (tracklets)" in out
-    assert "aerial tracklets without a readable session (own camera 'aerial-unknown'): 0" in out
-    assert "PID token disagrees with their PID folder: 0" in out
-    assert "view disagrees with their case folder (folder wins): 0" in out
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return make_tiny_root(tmp_path_factory.mktemp("names"))
-
-
-@pytest.fixture
-def root(pristine, tmp_path):
-    copy = str(tmp_path / "xfd")
-    shutil.copytree(pristine, copy)
-    return copy
-
-
-def _tracklet_dir(root, part, index=0, view=None):
-    base = os.path.join(root, part)
-    folders = [os.path.join(base, p, t) for p in sorted(os.listdir(base)) for t in sorted(os.listdir(os.path.join(base, p)))]
-    if view is not None:
-        folders = [f for f in folders if (len(sorted(os.listdir(f))[0].split("_")) > 8) == (view == "aerial")]
-    return folders[index]
-
-
-def _rename_frames(folder, rename):
-    for frame in sorted(os.listdir(folder)):
-        os.rename(os.path.join(folder, frame), os.path.join(folder, rename(frame)))
-
-
-def test_case_folder_fixes_the_view_and_disagreements_are_reported(root, caplog):
-    # Ground-style names in case 1's query (aerial): the tracklet stays aerial, without a session.
-    folder = _tracklet_dir(root, os.path.join(CASE_FOLDERS[1], "query"))
-    _rename_frames(folder, lambda f: "_".join(f.split("_")[:4] + f.split("_")[-1:]))
-    # A PID token that differs from its PID folder, in train.
-    other = _tracklet_dir(root, "train", view="aerial")
-    _rename_frames(other, lambda f: "0999_" + f.split("_", 1)[1])
-    with caplog.at_level("WARNING", logger="datasets.detreidx"):
-        ds = DetReIDX(root)
-    # one warning per kind of anomaly found (all three here)
-    scan_warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Scan of")]
-    assert len(scan_warnings) == 3 and all(not w.endswith(": 0") for w in scan_warnings)
-    moved = next(t for t in ds.cases[1].query if t.folder == folder)
-    assert moved.view == "aerial" and moved.session is None and moved.camid == ds.camera_index["aerial-unknown"]
-    assert ds.num_cameras == 4
-    summary = ds.scan_summary
-    assert summary.view_mismatch == [folder] and summary.no_session == [folder] and summary.pid_mismatch == [other]
-    table = ds.statistics_table()
-    assert "view disagrees with their case folder (folder wins): 1" in table and repr(folder) in table
-    assert "PID token disagrees with their PID folder: 1" in table
-
-
-def test_outdoor_name_with_a_bad_field_stops_the_scan_naming_the_file(root):
-    folder = _tracklet_dir(root, "train", view="aerial")
-    _rename_frames(folder, lambda f: "_".join(f.split("_")[:6] + ["nan"] + f.split("_")[7:]))
-    with pytest.raises(DatasetLayoutError, match="field 6 \\(height\\) 'nan'") as err:
-        DetReIDX(root)
-    assert folder in str(err.value)
-
-
-def test_unicode_digit_in_a_frame_number_stops_the_scan_naming_the_file(root):
-    folder = _tracklet_dir(root, "train")
-    first = sorted(os.listdir(folder))[0]
-    os.rename(os.path.join(folder, first), os.path.join(folder, first[:-5] + "\u00b2.jpg"))
-    with pytest.raises(DatasetLayoutError, match="non-ASCII digit '\u00b2'") as err:
-        DetReIDX(root)
-    assert folder in str(err.value)
-
-
-def test_first_and_last_frame_names_must_agree(root):
-    folder = _tracklet_dir(root, "train", view="aerial")
-    last = sorted(os.listdir(folder), key=natural_sort_key)[-1]
-    tokens = last.split("_")
-    tokens[-2] = "2" if tokens[-2] == "1" else "1"
-    os.rename(os.path.join(folder, last), os.path.join(folder, "_".join(tokens)))
-    with pytest.raises(DatasetLayoutError, match="frame names say different things") as err:
-        DetReIDX(root)
-    assert repr(folder) in str(err.value)
-
-
-def test_one_name_is_parsed_per_tracklet_plus_the_last_as_a_check(root, monkeypatch):
-    calls = []
-    real = scanner.parse_frame_name
-    monkeypatch.setattr(scanner, "parse_frame_name", lambda name, *a: calls.append(name) or real(name, *a))
-    ds = DetReIDX(root)
-    scanned = ds.train + [t for s in ds.cases.values() for t in s.query + s.gallery]
-    assert len(calls) == 2 * len(scanned) < sum(t.num_frames for t in scanned)
-
-
-@pytest.mark.parametrize("bad", ["0004_1 2", "0004_3,", "0004_\"5\"", "0004_'6", "0004_x", "0004_1\u00b2"])
-def test_unusable_tracklet_names_stop_the_scan(root, bad):
-    pid_dir = os.path.join(root, "train", "0004")
-    source = os.path.join(pid_dir, sorted(os.listdir(pid_dir))[0])
-    shutil.copytree(source, os.path.join(pid_dir, bad))
-    with pytest.raises(DatasetLayoutError) as err:
-        DetReIDX(root)
+# ----------------------------------------------------------------------------- physical ranges
+@pytest.mark.parametrize("fields, field_name", [
+    ("1" + "0" * 197 + "_10_30", "height"),        # the campaign's 1e197 m, written out
+    (f"{DOCS_MAX_HEIGHT_M + 0.5:g}_10_30", "height"),
+    ("5.8_" + "9" * 40 + "_30", "distance"),
+    (f"5.8_{DOCS_MAX_DISTANCE_M + 0.1:g}_30", "distance"),
+])
+def test_height_and_distance_outside_their_physical_range_are_refused_naming_file_and_field(fields, field_name):
+    path = f"/data/train/0004/0004_1/{HEAD}_{fields}_{TAIL}_1_00001.jpg"
+    with pytest.raises(ValueError) as err:
+        parse_frame_name(path)
     message = str(err.value)
-    assert message.startswith("1 tracklet folder name(s) cannot go into the submission CSV")
-    assert repr(os.path.join(pid_dir, bad)) in message
+    assert repr(path) in message and f"({field_name})" in message and "physical" in message
 
 
-def test_many_unusable_tracklet_names_give_one_message_with_the_first_ten(root):
-    pid_dir = os.path.join(root, "train", "0004")
-    source = os.path.join(pid_dir, sorted(os.listdir(pid_dir))[0])
-    bad = [f"0004_{i} copy" for i in range(12)] + ["0004_name"]
-    for name in bad:
-        shutil.copytree(source, os.path.join(pid_dir, name))
-    with pytest.raises(DatasetLayoutError) as err:
-        DetReIDX(root)
-    message = str(err.value)
-    assert message.startswith("13 tracklet folder name(s)") and "First 10:" in message
-    assert sum(repr(os.path.join(pid_dir, n)) in message for n in bad) == 10
-    # Under the camera junk rule a name need not be {pid}_{tid}; whitespace still cannot go into a CSV.
-    for name in bad[:-1]:
-        shutil.rmtree(os.path.join(pid_dir, name))
-    assert DetReIDX(root, junk_rule="camera").train
-    with pytest.raises(DatasetLayoutError, match="1 tracklet folder"):
-        DetReIDX(root)
+def test_the_range_limits_themselves_parse():
+    info = parse_frame_name(f"{HEAD}_{DOCS_MAX_HEIGHT_M:g}_{DOCS_MAX_DISTANCE_M:g}_90_{TAIL}_1_00001.jpg")
+    assert (info.height, info.distance, info.angle) == (DOCS_MAX_HEIGHT_M, DOCS_MAX_DISTANCE_M, 90.0)
+    info = parse_frame_name(f"{HEAD}_0_0_0_{TAIL}_1_00001.jpg")
+    assert (info.height, info.distance, info.angle) == (0.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("pid_name, why", [("0031 ", "is not an integer"), ("00\u00b21", "non-ASCII digit '\u00b2'")])
-def test_pid_folder_errors_quote_the_name(root, pid_name, why):
-    os.makedirs(os.path.join(root, "train", pid_name, "0031_1"))
-    with pytest.raises(DatasetLayoutError, match=why) as err:
-        DetReIDX(root)
-    assert repr(os.path.join(root, "train", pid_name)) in str(err.value)
+# ----------------------------------------------------------------------------- cameras
+def test_the_camera_keys_of_tracklets_are_the_keys_of_the_camera_table():
+    keys = {camera_key("ground", None), camera_key("aerial", "S2"), camera_key("aerial", None), camera_key("aerial", "S1")}
+    assert standard_camera_index(keys) == {"ground": 0, "aerial-S1": 1, "aerial-S2": 2, "aerial-unknown": 3}
 
 
-# ----------------------------------------------------------------------------- scan cache
-def _age(root, seconds=60.0):
-    """Make every folder look ``seconds`` old (the cache is only written for settled trees)."""
-    stamp = time.time() - seconds
-    for folder, _, _ in os.walk(root):
-        os.utime(folder, (stamp, stamp))
+def test_session_numbering_is_stable_whichever_sessions_are_present():
+    assert standard_camera_index({"ground", "aerial-S2"}) == {"ground": 0, "aerial-S2": 2}
+    assert standard_camera_index({"ground", "aerial-S1", "aerial-S2", "aerial-unknown"}) == {
+        "ground": 0, "aerial-S1": 1, "aerial-S2": 2, "aerial-unknown": 3}
+    # A checkpoint that stored only its camera count: sessions 1..n-1.
+    assert standard_camera_index(num_cameras=3) == {"ground": 0, "aerial-S1": 1, "aerial-S2": 2}
 
 
-def _signature(ds):
-    return [(t.pid, t.name, t.camid, t.view, t.session, t.capture_point, list(t.frames), t.label)
-            for t in ds._unique_tracklets()]
+@pytest.mark.parametrize("name, session", [
+    (f"{HEAD_WITH_CAPTURE}_{SOFT_12}_2_1", "S1"),            # 23 tokens: field 22 is the session, no frame number
+    (f"{HEAD_WITH_CAPTURE}_{SOFT_12}_S2_00010", "S2"),       # 23 tokens: a soft field missing, explicit session
+    (f"{HEAD_WITH_CAPTURE}_{SOFT_12}_2_00010", "S2"),        # 23 tokens: a soft field missing, bare session
+    (f"{HEAD_WITH_CAPTURE}_{SOFT_12}_2_1_000123", "S1"),     # 24 tokens: the authors' tokens[-2]
+    (f"{HEAD_WITH_CAPTURE}_{SOFT_12}_2_0_000123", None),     # session 0 is not a session
+])
+def test_session_of_ambiguous_names(name, session):
+    assert parse_frame_name(name + ".jpg").session == session
 
 
-def test_scan_cache_skips_the_frame_listing_and_notices_changes(root, tmp_path, monkeypatch):
-    cache = str(tmp_path / "cache")
-    _age(root)
-    first = DetReIDX(root, scan_cache_dir=cache)
-    assert not first.scan_summary.from_cache and len(os.listdir(cache)) == 1
-
-    listed = []
-    real = scanner._list_frame_names
-    monkeypatch.setattr(scanner, "_list_frame_names", lambda folder: listed.append(folder) or real(folder))
-    second = DetReIDX(root, scan_cache_dir=cache)
-    assert second.scan_summary.from_cache and not listed
-    assert _signature(second) == _signature(first)
-    assert second.statistics_table().split("what the scanner")[0] == first.statistics_table().split("what the scanner")[0]
-
-    # A frame added to one tracklet changes its folder's mtime: that start scans again.
-    folder = second.train[0].folder
-    frame = sorted(os.listdir(folder), key=natural_sort_key)[-1]
-    number = frame.rsplit("_", 1)[1].split(".")[0]
-    shutil.copy(os.path.join(folder, frame), os.path.join(folder, frame.replace(number, f"{int(number) + 1:05d}")))
-    third = DetReIDX(root, scan_cache_dir=cache)
-    assert not third.scan_summary.from_cache and listed
-    assert next(t for t in third.train if t.folder == folder).num_frames == second.train[0].num_frames + 1
+# ----------------------------------------------------------------------------- properties (hypothesis)
+def _decimal(upper: float) -> st.SearchStrategy[str]:
+    """Plain decimals 0..upper as a name writes them: ``5``, ``5.8``, ``017.30``."""
+    whole = st.integers(0, int(upper))
+    fraction = st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=3).map(lambda f: "." + f))
+    return st.tuples(whole, fraction, st.booleans()).map(
+        lambda t: (f"0{t[0]}" if t[2] else str(t[0])) + t[1]).filter(lambda text: float(text) <= upper)
 
 
-def test_scan_cache_is_not_written_for_a_tree_that_just_changed_or_when_off(root, tmp_path):
-    cache = str(tmp_path / "cache")
-    os.utime(_tracklet_dir(root, "train"))            # a folder changed a moment ago: racy, not cached
-    DetReIDX(root, scan_cache_dir=cache)
-    assert not os.path.exists(cache)
-    _age(root)
-    DetReIDX(root, scan_cache_dir="")
-    assert not os.path.exists(cache)
+@st.composite
+def outdoor_names(draw, height=None, distance=None):
+    day = draw(st.dates(min_value=date(1990, 1, 1), max_value=date(2099, 12, 31)))
+    tokens = [f"{draw(st.integers(0, 9999)):04d}", f"{day.day:02d}", f"{day.month:02d}", f"{day.year:04d}",
+              f"{draw(st.integers(0, 23)):02d}", f"{draw(st.integers(0, 59)):02d}",
+              draw(_decimal(MAX_HEIGHT_M) if height is None else height),
+              draw(_decimal(MAX_DISTANCE_M) if distance is None else distance), draw(_decimal(90)),
+              *draw(SOFT)]
+    session = draw(st.integers(1, 9))
+    tokens.append(draw(st.sampled_from([str(session), f"S{session}", f"s{session}"])))
+    if draw(st.booleans()):
+        tokens.append(f"{draw(st.integers(0, 10**6)):06d}")
+    return "_".join(tokens) + draw(st.sampled_from([".jpg", ".png", ".JPEG"])), session
 
 
-def test_damaged_scan_cache_is_ignored(root, tmp_path):
-    cache = str(tmp_path / "cache")
-    _age(root)
-    DetReIDX(root, scan_cache_dir=cache)
-    path = os.path.join(cache, os.listdir(cache)[0])
-    with open(path, "r+b") as f:
-        f.truncate(100)
-    again = DetReIDX(root, scan_cache_dir=cache)
-    assert not again.scan_summary.from_cache and again.train
+@given(outdoor_names())
+def test_valid_outdoor_names_parse_to_exactly_their_fields(case):
+    name, session = case
+    tokens = name.rsplit(".", 1)[0].split("_")
+    info = parse_frame_name(f"/data/train/{tokens[0]}/{tokens[0]}_1/{name}")
+    assert (info.scheme, info.view, info.pid_token) == ("outdoor", "aerial", tokens[0])
+    assert (info.height, info.distance, info.angle) == tuple(float(t) for t in tokens[6:9])
+    assert info.session == f"S{session}" and info.num_tokens == len(tokens)
 
 
-def test_build_dataset_passes_the_cache_folder_and_the_junk_rule(root, tmp_path):
-    from datasets.build import build_dataset
-    from tests.datasets_fixtures import tiny_cfg
-    cache = str(tmp_path / "cache")
-    pid_dir = os.path.join(root, "train", "0004")
-    shutil.copytree(os.path.join(pid_dir, sorted(os.listdir(pid_dir))[0]), os.path.join(pid_dir, "0004_name"))
-    _age(root)
-    with pytest.raises(DatasetLayoutError, match="0004_name"):
-        build_dataset(tiny_cfg(root, "DATASETS.SCAN_CACHE_DIR", cache))
-    dataset = build_dataset(tiny_cfg(root, "DATASETS.SCAN_CACHE_DIR", cache, "TEST.JUNK_RULE", "camera"))
-    assert any(t.name == "0004_name" for t in dataset.train) and len(os.listdir(cache)) == 1
-    assert default_scan_cache_dir().endswith(os.path.join("sas_vpreid", "scan"))
+@given(st.data(), st.sampled_from(["height", "distance"]))
+def test_heights_and_distances_beyond_their_physical_range_are_refused(data, which):
+    limit = int(MAX_HEIGHT_M if which == "height" else MAX_DISTANCE_M)
+    beyond = st.one_of(st.integers(limit + 1, 10**200).map(str),                   # the campaign's 1e197 m, written out
+                       st.integers(1, 999).map(lambda f: f"{limit}.{f:03d}"),       # just past the limit
+                       st.integers(limit + 1, 10**6).map(lambda n: f"{n:08d}.5"))   # zero-padded
+    name, _ = data.draw(outdoor_names(**{which: beyond}))
+    path = f"/data/train/0001/0001_1/{name}"
+    with pytest.raises(ValueError) as err:
+        parse_frame_name(path)
+    assert repr(path) in str(err.value) and f"({which})" in str(err.value) and "physical" in str(err.value)
+
+
+@given(st.lists(NAME_ALPHABET, min_size=1, max_size=40).map("".join), st.booleans())
+def test_any_name_is_parsed_in_range_or_refused_naming_the_file(stem, unknown_as_ground):
+    path = f"/data/train/0001/0001_1/{stem}.jpg"
+    try:
+        info = parse_frame_name(path, unknown_as_ground=unknown_as_ground)
+    except ValueError as exc:
+        assert repr(path) in str(exc)
+        return
+    if info.scheme == "outdoor":
+        for value, upper in ((info.height, MAX_HEIGHT_M), (info.distance, MAX_DISTANCE_M), (info.angle, 90.0)):
+            assert math.isfinite(value) and 0 <= value <= upper
+        assert info.session is None or re.fullmatch(r"S[1-9]", info.session)
+    elif info.scheme == "ground":
+        assert is_ascii_int(info.pid_token) and info.height is None and info.session is None
+    else:
+        assert unknown_as_ground and info.view == "ground"
+
+
+@given(st.sampled_from(CAPTURE_POINTS), st.sampled_from([6, 7, 8]), SOFT)
+def test_a_dropped_capture_field_never_reads_as_a_detreidx_capture_point(point, dropped, soft):
+    tokens = ["0004", "23", "10", "2024", "09", "18", *(f"{v:g}" for v in point), *soft, "1", "000001"]
+    del tokens[dropped]
+    try:
+        info = parse_frame_name("_".join(tokens) + ".jpg")
+    except ValueError:
+        return                                           # refused outright: also detected
+    assert (info.height, info.distance, info.angle) not in {tuple(map(float, p)) for p in CAPTURE_POINTS}

@@ -1,6 +1,6 @@
 """One home for the protocol rules: the scorer (utils.metrics, utils.submission score), the checker
 (utils.submission check) and the scanner (datasets.detreidx) use the very objects of utils.protocol,
-and no other module spells a case folder or case name of its own."""
+and no other module spells a case folder or case name of its own; natural sort order of frame names."""
 import ast
 import os
 
@@ -14,8 +14,8 @@ import datasets.detreidx.scan as scanner
 import utils.metrics as metrics
 import utils.protocol as protocol
 import utils.submission as submission
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.paths import REPO_ROOT
+from utils.protocol import natural_sort_key
 
 
 @pytest.mark.parametrize("module,names", [
@@ -36,7 +36,7 @@ def test_no_module_keeps_its_own_copy_of_the_case_folders_or_names():
     protocol_strings = set(protocol.CASE_FOLDERS.values()) | set(protocol.CASE_NAMES.values())
     offenders = []
     for folder in ("utils", "datasets", "processor", "tools"):
-        for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+        for dirpath, _, files in os.walk(os.path.join(REPO_ROOT, folder)):
             for file in files:
                 path = os.path.join(dirpath, file)
                 if not file.endswith(".py") or os.path.samefile(path, protocol.__file__):
@@ -77,3 +77,8 @@ def test_both_junk_rules_are_one_function():
     good, junk = protocol.good_and_junk(1, 5, pids, keys)
     assert good.tolist() == [False, True, False, False]     # same identity, another tracklet / camera
     assert junk.tolist() == [True, False, False, False]     # another identity is never junk, even with key 5
+
+
+def test_natural_sort_orders_unpadded_frame_numbers():
+    names = ["a_10.jpg", "a_2.jpg", "a_1.jpg"]
+    assert sorted(names, key=natural_sort_key) == ["a_1.jpg", "a_2.jpg", "a_10.jpg"]

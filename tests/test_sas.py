@@ -1,5 +1,7 @@
-"""The assembled SAS model: paper embedding widths, train/eval outputs per the contract, batch
-independence, determinism, config switches, and no Python loop over the batch."""
+"""The assembled SAS model (model/sas.py): paper embedding widths, train/eval outputs per the contract, batch
+independence, determinism, config switches, no Python loop over the batch, and the authors' defaults: the
+shape losses stay out of the encoder (MODEL.PRSD.DETACH_INPUT), framewise shape classifiers with a bias and
+no BNNeck."""
 import collections
 import glob
 import os
@@ -12,28 +14,8 @@ from configs import load_config
 from loss.build import build_loss
 from model.build import build_model
 from solver.optimizer import HEAD_CLASSIFIER_NAMES, head_lr_prefixes
-
-TINY = [
-    "MODEL.BACKBONE", "tiny-vit-16", "MODEL.PRETRAIN_PATH", "", "MODEL.PRETRAIN_TAG", "",
-    "INPUT.SIZE_TRAIN", "[64,32]", "INPUT.SIZE_TEST", "[64,32]", "DATALOADER.SEQ_LEN", "4",
-    "MODEL.MGTM.SPATIAL_TOKENS", "4", "MODEL.MGTM.HEADS", "4",
-    "MODEL.PRSD.FEAT_DIM", "32", "MODEL.PRSD.HIDDEN_DIM", "32", "MODEL.PRSD.ITERATIONS", "2",
-    "MODEL.PRSD.AGG_LAYERS", "1", "MODEL.PRSD.AGG_HEADS", "2", "MODEL.PRSD.AGG_FFN_DIM", "64",
-    "MODEL.PRSD.LOAD_PRETRAINED", "False",
-]
-NUM_CLASSES, NUM_CAMERAS = 6, 3
-
-
-def tiny_model(*opts, seed=0):
-    torch.manual_seed(seed)
-    cfg = load_config(None, TINY + list(opts))
-    return cfg, build_model(cfg, NUM_CLASSES, NUM_CAMERAS)
-
-
-def clips(batch, frames=4, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, frames, 3, 64, 32, generator=gen), torch.arange(batch) % NUM_CAMERAS,
-            torch.arange(batch) % 2, torch.arange(batch) // 2 % NUM_CLASSES)
+from tests.helpers.models import NUM_CAMERAS, NUM_CLASSES, TINY_SAS, make_clips, make_tiny_sas
+from tests.helpers.paths import REPO_ROOT
 
 
 def test_paper_backbones_build_with_the_paper_embedding_widths():
@@ -46,9 +28,9 @@ def test_paper_backbones_build_with_the_paper_embedding_widths():
 
 
 def test_train_outputs_follow_the_contract_and_the_loss_backpropagates():
-    cfg, model = tiny_model()
+    cfg, model = make_tiny_sas()
     model.train()
-    frames, camids, views, labels = clips(4)
+    frames, camids, views, labels = make_clips(4)
     out = model(frames, camids, views, labels)
     b, t, c = 4, 4, NUM_CLASSES
     assert set(out["id_logits"]) == {"appearance", "tp", "shape"}
@@ -69,7 +51,7 @@ def test_train_outputs_follow_the_contract_and_the_loss_backpropagates():
 
 
 def test_bnnecks_classifiers_and_head_prefixes():
-    _, model = tiny_model()
+    _, model = make_tiny_sas()
     norms = [m for n, m in model.named_modules() if n.startswith("bottleneck_")]
     # cls, proj, tp, frame, shape; the framewise shape classifiers have none (MODEL.PRSD.FRAMEWISE_BNNECK False)
     assert len(norms) == 5 and all(not m.bias.requires_grad for m in norms)
@@ -84,9 +66,9 @@ def test_bnnecks_classifiers_and_head_prefixes():
 
 
 def test_eval_embedding_is_independent_of_batch_mates_and_deterministic():
-    _, model = tiny_model()
+    _, model = make_tiny_sas()
     model.eval()
-    frames, camids, views, _ = clips(4, frames=6, seed=1)     # a test clip length unlike training
+    frames, camids, views, _ = make_clips(4, frames=6, seed=1)     # a test clip length unlike training
     with torch.no_grad():
         together = model(frames, camids, views)
         alone = model(frames[1:2], camids[1:2], views[1:2])
@@ -105,9 +87,9 @@ def test_eval_embedding_is_independent_of_batch_mates_and_deterministic():
      {"framewise_shape_logits", "betas"}),
 ])
 def test_config_switches_select_modules_and_embedding_parts(opts, width, absent):
-    _, model = tiny_model(*opts)
+    _, model = make_tiny_sas(*opts)
     assert model.embedding_dim == width
-    frames, camids, views, labels = clips(2)
+    frames, camids, views, labels = make_clips(2)
     out = model.train()(frames, camids, views, labels)
     assert not absent & set(out)
     if model.memory is not None:
@@ -118,7 +100,7 @@ def test_config_switches_select_modules_and_embedding_parts(opts, width, absent)
 
 def test_embedding_part_of_a_disabled_module_is_an_error():
     with pytest.raises(ValueError, match="MGTM.ENABLED"):
-        tiny_model("MODEL.MGTM.ENABLED", "False")
+        make_tiny_sas("MODEL.MGTM.ENABLED", "False")
 
 
 class OpCounter(TorchDispatchMode):
@@ -136,21 +118,20 @@ class OpCounter(TorchDispatchMode):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_forward_has_no_python_loop_over_the_batch(mode):
     """The same ops run for a batch of 2 and of 6: nothing in the forward iterates over samples."""
-    _, model = tiny_model()
+    _, model = make_tiny_sas()
     model.train(mode == "train")
     with torch.no_grad():  # warm-up: MGTM caches its window index tensors per clip length on first use
-        model(*clips(2))
+        model(*make_clips(2))
     counts = []
     for batch in (2, 6):
-        frames, camids, views, labels = clips(batch)
+        frames, camids, views, labels = make_clips(batch)
         with torch.no_grad(), OpCounter() as counter:
             model(frames, camids, views, labels)
         counts.append(counter.counts)
     assert counts[0] == counts[1]
 
 
-ALL_ABLATIONS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                              "configs", "ablations", "*.yml")))
+ALL_ABLATIONS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "ablations", "*.yml")))
 ABLATIONS = ALL_ABLATIONS[:5]   # Table 3 (cumulative rows); 06_tsm is Table 4's TSM row
 
 
@@ -174,7 +155,7 @@ def test_ablation_table_is_cumulative_and_each_row_builds():
         switches.append((cfg.MODEL.MEMORY.ENABLED, cfg.INPUT.HUE_PROB > 0, cfg.MODEL.MGTM.ENABLED,
                          cfg.MODEL.PRSD.ENABLED))
         torch.manual_seed(0)
-        model = build_model(load_config(path, TINY), NUM_CLASSES, NUM_CAMERAS)
+        model = build_model(load_config(path, TINY_SAS), NUM_CLASSES, NUM_CAMERAS)
         assert model.embed_parts == tuple(cfg.MODEL.EMBED_PARTS)
     assert [sum(s) for s in switches] == [0, 1, 2, 3, 4]
     assert all(sum(a) <= sum(b) and all(x <= y for x, y in zip(a, b)) for a, b in zip(switches, switches[1:]))
@@ -183,3 +164,51 @@ def test_ablation_table_is_cumulative_and_each_row_builds():
     for key in ("EMBED_PARTS", "MEMORY", "MGTM", "PRSD"):
         assert last.MODEL[key] == paper.MODEL[key], key
     assert last.INPUT == paper.INPUT
+
+
+def shape_loss_only(*opts):
+    """The model after backpropagating the shape losses alone (every other loss weight 0)."""
+    cfg, model = make_tiny_sas("LOSS.MEMORY_WEIGHT", "0", "LOSS.FRAME_ID_WEIGHT", "0", *opts)
+    model.train()
+    frames, camids, views, labels = make_clips(4)
+    out = model(frames, camids, views, labels)
+    # Only the shape branch's outputs go into the loss: shape ID, shape triplet, framewise ID, prior.
+    shape_out = {"id_logits": {"shape": out["id_logits"]["shape"]},
+                 "triplet_feats": {"shape": out["triplet_feats"]["shape"]},
+                 "framewise_shape_logits": out["framewise_shape_logits"], "betas": out["betas"]}
+    total, _ = build_loss(cfg, NUM_CLASSES)(shape_out, labels)
+    assert total.item() > 0
+    total.backward()
+    return model
+
+
+def backbone_grad_norm(model) -> float:
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("backbone.") and p.grad is not None]
+    return float(sum(g.abs().sum() for g in grads)) if grads else 0.0
+
+
+def test_detach_input_default_keeps_shape_losses_out_of_the_encoder():
+    model = shape_loss_only()
+    assert backbone_grad_norm(model) == 0.0
+    assert model.prsd.input_proj.weight.grad.abs().sum() > 0  # the branch itself trains
+
+
+def test_detach_input_false_sends_shape_losses_into_the_encoder():
+    model = shape_loss_only("MODEL.PRSD.DETACH_INPUT", "False")
+    assert backbone_grad_norm(model) > 0
+    assert model.backbone.get_parameter("ln_post.weight").grad.abs().sum() > 0
+
+
+def test_framewise_shape_classifiers_have_bias_and_no_bnneck():
+    _, model = make_tiny_sas()
+    assert model.bottleneck_framewise_shape is None and model.classifier_framewise_shape.bias is not None
+    model.train()
+    positions = model.classifier_framewise_shape.weight.shape[0]
+    framewise = torch.randn(2, positions, 10)
+    with torch.no_grad():
+        model.classifier_framewise_shape.bias.normal_()
+    expected = torch.stack([framewise[:, t] @ model.classifier_framewise_shape.weight[t].T
+                            + model.classifier_framewise_shape.bias[t] for t in range(positions)], dim=1)
+    torch.testing.assert_close(model.classifier_framewise_shape(framewise), expected)
+    _, earlier = make_tiny_sas("MODEL.PRSD.FRAMEWISE_BNNECK", "True")
+    assert earlier.bottleneck_framewise_shape is not None and earlier.classifier_framewise_shape.bias is None

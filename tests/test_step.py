@@ -1,20 +1,24 @@
 """The one training step (processor/step.py, issue 19): TrainStep equals a hand-written step with fp16
 loss scaling, accumulation and clipping; the trainer and both benchmarks run it, and no other code
-does its own step."""
+does its own step; the step never reads a tensor back to the host nor touches one on an accelerator."""
 import copy
 import glob
-import importlib.util
 import os
 import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from configs import load_config
+from loss.build import build_loss
 from processor.step import StepValues, TrainStep
+from solver.optimizer import build_optimizer
+from tests.helpers.models import NO_DROPOUT, NUM_CLASSES, make_clips, make_tiny_sas
+from tests.helpers.paths import REPO_ROOT, load_bench
+from tests.helpers.training import make_tiny_trainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES, ACCUM, MICRO_BATCHES, LR, SCALE = 3, 2, 4, 0.5, 2.0 ** 10
 
 
@@ -135,18 +139,8 @@ def step_calls(monkeypatch):
     return calls
 
 
-def load_bench(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(ROOT, "bench", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_trainer_runs_train_step_for_every_batch(step_calls, tmp_path):
-    from tests.datasets_fixtures import make_tiny_root
-    from tests.test_training_memory_rebuild import make_trainer
-
-    trainer = make_trainer(make_tiny_root(tmp_path), tmp_path / "run", "SOLVER.ACCUM_STEPS", "2")
+def test_the_trainer_runs_train_step_for_every_batch(step_calls, tiny_root, tmp_path):
+    trainer = make_tiny_trainer(tiny_root, tmp_path / "run", "SOLVER.ACCUM_STEPS", "2")
     try:
         trainer.train_epoch(1)
         assert step_calls == ["SASModel"] * len(trainer.train_loader)
@@ -183,12 +177,99 @@ def test_bench_train_step_times_the_trainers_step(step_calls, capsys):
 def test_no_code_outside_processor_step_runs_its_own_training_step():
     """Backward passes and optimizer steps live in processor/step.py only (tests aside): a bench or tool
     with its own step would time or train something train.py does not run."""
-    files = glob.glob(os.path.join(ROOT, "*.py")) + [
+    files = glob.glob(os.path.join(REPO_ROOT, "*.py")) + [
         path for folder in ("bench", "configs", "datasets", "loss", "model", "processor", "solver", "tools", "utils")
-        for path in glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True)]
-    assert os.path.join(ROOT, "processor", "step.py") in files and len(files) > 50
+        for path in glob.glob(os.path.join(REPO_ROOT, folder, "**", "*.py"), recursive=True)]
+    assert os.path.join(REPO_ROOT, "processor", "step.py") in files and len(files) > 50
     step_code = re.compile(r"\.backward\(|(optimizer|scaler)\.step\(|\.unscale_\(|clip_grad_norm_\(")
-    found = [f"{os.path.relpath(path, ROOT)}:{number}" for path in files
-             if path != os.path.join(ROOT, "processor", "step.py")
+    found = [f"{os.path.relpath(path, REPO_ROOT)}:{number}" for path in files
+             if path != os.path.join(REPO_ROOT, "processor", "step.py")
              for number, line in enumerate(open(path, encoding="utf-8"), start=1) if step_code.search(line)]
     assert found == []
+
+
+class HostSyncDetector(TorchDispatchMode):
+    """Records every op that reads a tensor value back to Python (.item(), bool(t), .tolist(), nonzero)."""
+
+    SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique")
+
+    def __init__(self):
+        super().__init__()
+        self.syncs = []
+
+    def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+        if func.name().split(".")[0] in self.SYNC_OPS:
+            self.syncs.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+# ----------------------------------------------------------------------------- no host sync
+def make_train_step(cfg, model, device=torch.device("cpu")) -> TrainStep:
+    """The trainer's step (processor.step) for ``model``, built as the trainer builds it."""
+    return TrainStep.from_config(cfg, model, build_loss(cfg, NUM_CLASSES, device), build_optimizer(cfg, model), device)
+
+
+def make_step_batch(device=torch.device("cpu")) -> dict:
+    return dict(zip(("frames", "camids", "views", "labels"), (t.to(device) for t in make_clips(4))))
+
+
+def test_training_hot_path_never_reads_a_tensor_back_to_the_host():
+    """The training step (processor.step.TrainStep): forward, every loss term, backward (accumulated),
+    clipping, the fused Adam step and the memory update: no .item()/bool()/nonzero."""
+    cfg, model = make_tiny_sas(*NO_DROPOUT, "SOLVER.ACCUM_STEPS", "2", "SOLVER.GRAD_CLIP", "1.0")
+    step = make_train_step(cfg, model.train())
+    detector = HostSyncDetector()
+    inputs = make_step_batch()
+    with detector:
+        step(inputs, optimizer_step=False)
+        values = step(inputs, optimizer_step=True).values
+    assert detector.syncs == []
+    # The detector does see a sync when there is one.
+    with detector:
+        bool(values[0] > 0)
+    assert detector.syncs == ["aten::_local_scalar_dense"]
+
+
+class HostTensorDetector(TorchDispatchMode):
+    """Records every op that takes or makes a CPU tensor. On a GPU, moving a host tensor to the device
+    without pinned memory is a copy that waits for the GPU's queue to drain: a host sync."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "cpu" for t in tensors):
+            self.ops.append(func.name())
+        return out
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_step_on_an_accelerator_touches_no_host_tensor(training):
+    """The meta device stands in for a GPU: the model, the batch and the loss live there, and no op of
+    the training step (processor.step.TrainStep: forward, loss, backward, clipping, optimizer step,
+    memory update, the step's values) may read a host tensor (the loss's shape prior was once a CPU
+    tensor copied to the device in every step). SGD: fused Adam does not run on the meta device (on
+    CUDA, bench/gpu_step.py counts the step's host syncs)."""
+    cfg, model = make_tiny_sas(*NO_DROPOUT, "SOLVER.OPTIMIZER", "SGD", "SOLVER.GRAD_CLIP", "1.0")
+    device = torch.device("meta")
+    model = model.to(device).train(training)
+    step = make_train_step(cfg, model, device)
+    inputs = make_step_batch(device)
+    frames, camids, views = inputs["frames"], inputs["camids"], inputs["views"]
+    detector = HostTensorDetector()
+    with detector:
+        if training:
+            values = step(inputs)
+        else:
+            with torch.no_grad():
+                model(frames, camids, views)
+    assert detector.ops == []
+    if training:
+        assert values.values.device == device and values.names[0] == "loss"
+    # The detector sees a host tensor when there is one.
+    with detector:
+        frames + torch.ones(()).to(device)
+    assert detector.ops == ["aten::ones", "aten::_to_copy"]

@@ -1,10 +1,10 @@
-"""Run under torchrun by tests/test_training.py: train one short epoch with DDP (gloo on CPU) and
+"""Run under torchrun by tests/test_train_cli.py: train one short epoch with DDP (gloo on CPU) and
 record, per rank, the dataset indices of every batch it trained on."""
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
 
 import processor.trainer as trainer_module  # noqa: E402
 import train  # noqa: E402

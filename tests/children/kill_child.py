@@ -1,8 +1,8 @@
 """Child process of test_kill_faults.py: writes with the real writers and is SIGKILLed mid-write.
 
-    python -m tests.faults.kill_child checkpoint PATH   # save_checkpoint, pauses after half the tensors
-    python -m tests.faults.kill_child csv PATH          # write_submission, pauses after half the rows
-    python -m tests.faults.kill_child loop PATH         # save_checkpoint over and over (killed at random)
+    python -m tests.children.kill_child checkpoint PATH   # save_checkpoint, pauses after half the tensors
+    python -m tests.children.kill_child csv PATH          # write_submission, pauses after half the rows
+    python -m tests.children.kill_child loop PATH         # save_checkpoint over and over (killed at random)
 
 Prints ``PAUSED`` (or ``WRITING`` for loop) on stdout once the parent may kill it.
 """

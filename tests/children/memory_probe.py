@@ -1,6 +1,6 @@
 """Peak resident memory of the chunked evaluation, run in a fresh process by test_memory_faults.py.
 
-    python -m tests.faults.memory_probe Q G D CHUNK   # prints one JSON line
+    python -m tests.children.memory_probe Q G D CHUNK   # prints one JSON line
 
 It measures the chunked path (ChunkedDistance), then, as a check of the instrument, the usual path
 that builds the whole (Q, G) matrix with compute_distance first.

@@ -1,4 +1,4 @@
-"""``python tests/signal_child.py PHASE_FILE TARGET MARKER train.py-args...``: run ``train.py`` with its
+"""``python tests/children/signal_child.py PHASE_FILE TARGET MARKER train.py-args...``: run ``train.py`` with its
 loop phases announced, so a test can signal it in a chosen phase (tests/test_signals.py).
 
 The main process writes the current phase into PHASE_FILE: ``train<epoch>`` (training steps),
@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 PHASE_FILE, TARGET, MARKER = sys.argv[1:4]

@@ -1,7 +1,7 @@
 """SIGKILL while the real writers write a checkpoint or the submission CSV.
 
 Row: process killed (SIGKILL) while writing -> the previous file is intact and loadable; no half
-file under the final name. The child (tests/faults/kill_child.py) calls the real save_checkpoint /
+file under the final name. The child (tests/children/kill_child.py) calls the real save_checkpoint /
 write_submission on a large payload and pauses in the middle of the write (torch's zip writer is
 wrapped to pause after half the tensors; the CSV rows come from a generator that pauses), or
 rewrites a checkpoint in a loop and is killed at random times.
@@ -15,15 +15,16 @@ import time
 
 import torch
 
-from tests.faults import kill_child
-from tests.faults.helpers import ROOT, sha256
+from tests.children import kill_child
+from tests.helpers.files import sha256
+from tests.helpers.paths import REPO_ROOT
 from utils.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
 from utils.submission import read_submission, write_submission
 
 
 def _start(mode: str, path: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, "-m", "tests.faults.kill_child", mode, path], cwd=ROOT, env=env,
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    return subprocess.Popen([sys.executable, "-m", "tests.children.kill_child", mode, path], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
