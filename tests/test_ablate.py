@@ -26,6 +26,7 @@ def test_mean_and_sample_std():
     assert ablate.mean_std([5.0, None]) == (5.0, None) and ablate.mean_std([]) == (None, None)
 
 
+@pytest.mark.slow
 def test_two_seeds_train_twice_and_the_table_gives_mean_and_std(train_data_root, tmp_path, monkeypatch):
     opts = make_tiny_opts(train_data_root, "unused", epochs=1,
                           **{"SOLVER.EVAL_PERIOD": "1", "INPUT.SIZE_TRAIN": "[64,32]"})[:-2]
@@ -73,6 +74,7 @@ def test_resume_continues_every_run_and_refuses_overwrite(tmp_path, monkeypatch)
         ablate.parse_args([config, "--resume", "--overwrite"])
 
 
+@pytest.mark.slow
 def test_ablate_trains_each_config_and_writes_table_csv_and_plot(train_data_root, tmp_path):
     opts = make_tiny_opts(train_data_root, "unused", epochs=1,
                           **{"SOLVER.EVAL_PERIOD": "1", "INPUT.SIZE_TRAIN": "[64,32]"})[:-2]

@@ -7,6 +7,8 @@ import pytest
 
 from tests.helpers.paths import load_bench
 
+pytestmark = pytest.mark.slow   # every test here runs the command end to end
+
 
 @pytest.fixture(scope="module")
 def gpu_step():

@@ -1,9 +1,12 @@
 """bench/scan.py runs small (the scan benchmark: the frame listing of a synthetic index, a cold and a cached
 start) and leaves the scanner's listing function as it found it."""
+import pytest
+
 from datasets.detreidx import scan as scanner
 from tests.helpers.paths import load_bench
 
 
+@pytest.mark.slow
 def test_bench_scan_runs_small_and_leaves_the_listing_function_alone(capsys):
     bench = load_bench("scan")
     real = scanner._list_frame_names

@@ -107,6 +107,7 @@ def test_val_and_memory_loaders(tiny_root):
     assert next(iter(build_inference_loader(cfg, ds.val[3].query)))["frames"].shape[1] == 4
 
 
+@pytest.mark.slow
 def test_synthetic_if_missing_generates_once(tmp_path):
     root = str(tmp_path / "data" / "xfd")
     opts = ["DATASETS.SYNTHETIC_IF_MISSING", "True", "DATASETS.SYNTHETIC_IDS", "2", "DATASETS.SYNTHETIC_TEST_IDS", "1"]

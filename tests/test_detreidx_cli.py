@@ -28,6 +28,7 @@ def test_the_command_line_names_itself_as_it_is_run(capsys):
     assert capsys.readouterr().out.startswith("usage: python -m datasets.detreidx [-h] --root ROOT")
 
 
+@pytest.mark.slow
 def test_cli_prints_cameras_capture_points_and_what_the_scanner_understood(styled_root):
     proc = run_cli("-m", "datasets.detreidx", "--root", styled_root, timeout=120)
     out = proc.stdout
@@ -42,6 +43,7 @@ def test_cli_prints_cameras_capture_points_and_what_the_scanner_understood(style
     assert "view disagrees with their case folder (folder wins): 0" in out
 
 
+@pytest.mark.slow
 def test_cli_reports_a_looping_folder_in_one_line_without_traceback(tiny_root_copy):
     where = os.path.join(tiny_root_copy, "train", "0002", "0002_99")
     os.symlink("0002_99", where)

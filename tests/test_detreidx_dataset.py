@@ -46,6 +46,7 @@ def test_the_statistics_table_is_logged_where_the_console_shows_its_first_line_o
     assert tables and all(r.name in DETAIL_LOGGERS for r in tables)
 
 
+@pytest.mark.slow
 def test_both_name_styles_give_three_cameras_and_capture_points(styled_root):
     ds = DetReIDX(styled_root)
     assert ds.num_cameras == 3 and ds.camera_index == {"ground": 0, "aerial-S1": 1, "aerial-S2": 2}

@@ -192,6 +192,7 @@ def outdoor_names(draw, height=None, distance=None):
     return "_".join(tokens) + draw(st.sampled_from([".jpg", ".png", ".JPEG"])), session
 
 
+@pytest.mark.slow
 @given(outdoor_names())
 def test_valid_outdoor_names_parse_to_exactly_their_fields(case):
     name, session = case

@@ -100,6 +100,7 @@ def _rename_frames(folder, rename):
 
 
 # ----------------------------------------------------------------------------- names
+@pytest.mark.slow
 def test_case_folder_fixes_the_view_and_disagreements_are_reported(tiny_root_copy, caplog):
     # Ground-style names in case 1's query (aerial): the tracklet stays aerial, without a session.
     folder = find_tracklet_folder(tiny_root_copy, os.path.join(CASE_FOLDERS[1], "query"))

@@ -17,6 +17,8 @@ from tests.helpers.files import snapshot
 from tests.helpers.paths import DEMO_CONFIG
 from utils.protocol import CASE_FOLDERS
 
+pytestmark = pytest.mark.slow   # every test here runs the command end to end
+
 
 def test_evaluation_names_the_checkpoint_and_has_no_random_init_warning(trained_run):
     _, run, _, _ = trained_run

@@ -46,6 +46,7 @@ class CountingModel(torch.nn.Module):
         return self.model(frames, camids, views)
 
 
+@pytest.mark.slow
 def test_each_tracklet_is_encoded_once_and_csv_scores_match(setup, tmp_path):
     cfg, dataset, model = setup
     counting = CountingModel(model)
@@ -104,6 +105,7 @@ def test_anonymised_test_set_gives_csv_and_no_metrics(setup, tmp_path, caplog):
     assert "Metrics unavailable" in caplog.text
 
 
+@pytest.mark.slow
 def test_cli_rebuilds_model_from_checkpoint(setup, tmp_path, capsys):
     cfg, dataset, model = setup
     ckpt = str(tmp_path / "model.pth")

@@ -39,6 +39,7 @@ def check_exported(ckpt, runner, frames):
     np.testing.assert_allclose(got, extractor.embed_clips(clips, camids).numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_torchscript_export_parity(tiny_checkpoint, tmp_path, capsys):
     _, ckpt = tiny_checkpoint
     out = str(tmp_path / "model.pt")
@@ -48,6 +49,7 @@ def test_torchscript_export_parity(tiny_checkpoint, tmp_path, capsys):
     check_exported(ckpt, export.load_runner(out, "torchscript"), frames=6)
 
 
+@pytest.mark.slow
 def test_a_model_compile_checkpoint_exports_as_a_plain_module(tiny_checkpoint, tmp_path):
     """A run trained with MODEL.COMPILE stores it in its config; tracing cannot enter compiled regions,
     so the export builds the model uncompiled (before: "using FX to torch.jit.trace a dynamo-optimized
@@ -68,6 +70,7 @@ def test_a_model_compile_checkpoint_exports_as_a_plain_module(tiny_checkpoint, t
     check_exported(ckpt, export.load_runner(out, "torchscript"), frames=4)
 
 
+@pytest.mark.slow
 def test_onnx_export_parity(tiny_checkpoint, tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime (pip install onnx onnxruntime)")
     _, ckpt = tiny_checkpoint
@@ -83,6 +86,7 @@ def test_onnx_export_parity(tiny_checkpoint, tmp_path, capsys):
     check_exported(ckpt, export.load_runner(out, "onnx"), frames=4)  # default T = TEST.SEQ_LEN of the checkpoint
 
 
+@pytest.mark.slow
 def test_failed_parity_and_bad_checkpoint_exit_cleanly(tiny_checkpoint, tmp_path):
     _, ckpt = tiny_checkpoint
     with pytest.raises(SystemExit, match=r"parity check failed: max \|diff\|"):
@@ -98,6 +102,7 @@ def test_failed_parity_and_bad_checkpoint_exit_cleanly(tiny_checkpoint, tmp_path
     assert not os.path.exists(tmp_path / "x.pt")
 
 
+@pytest.mark.slow
 def test_cli_unwritable_output_is_one_line(tiny_checkpoint):
     """A WriteFailure through the command line: one line naming the file, no traceback."""
     _, ckpt = tiny_checkpoint
@@ -108,6 +113,7 @@ def test_cli_unwritable_output_is_one_line(tiny_checkpoint):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot write '/sys/m.pt'"), proc.stderr
 
 
+@pytest.mark.slow
 def test_nan_checkpoint_is_an_error_naming_it(tiny_checkpoint, tmp_path):
     from utils.metrics import NonFiniteFeaturesError
 

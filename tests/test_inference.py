@@ -36,6 +36,7 @@ def l2(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_embeddings_equal_evaluate_save_features(tiny_checkpoint, extractor, tmp_path):
     root, ckpt = tiny_checkpoint
     npz = str(tmp_path / "f.npz")
@@ -156,6 +157,7 @@ def expected_frame(path, cfg) -> torch.Tensor:
     return (resized - mean[:, None, None]) / std[:, None, None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", SAMPLING_MODES)
 def test_frame_choice_padding_resize_and_normalisation(tmp_path, tiny_root, mode):
     """Frames chosen by inference_clips (short tracklets padded with their last frame), in natural order,
@@ -188,6 +190,7 @@ def test_the_clips_of_evaluation(tiny_root, mode):
         assert torch.equal(load_clips(tracklet.folder, cfg), torch.stack(loaded[i])), tracklet.folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", SAMPLING_MODES)
 def test_embed_clips_of_load_clips_is_the_api_embedding(tiny_checkpoint, mode):
     root, ckpt = tiny_checkpoint
@@ -207,6 +210,7 @@ def test_embed_clips_of_load_clips_is_the_api_embedding(tiny_checkpoint, mode):
         np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_onnx_on_load_clips_equals_the_api(tiny_checkpoint, tmp_path, capsys):
     """docs/inference.md's export walk-through: export, load_clips, onnxruntime; the command logs like train.py."""
     onnxruntime = pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime (pip install onnx onnxruntime)")

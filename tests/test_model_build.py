@@ -25,6 +25,7 @@ class GraphCounter:
 
 
 # ----------------------------------------------------------------------------- one graph each
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [True, False])
 def test_sas_forward_traces_as_one_graph(training):
     _, model = make_tiny_sas(*NO_DROPOUT)
@@ -38,6 +39,7 @@ def test_sas_forward_traces_as_one_graph(training):
     assert ("embedding" in out) != training
 
 
+@pytest.mark.slow
 def test_loss_and_memory_update_trace_as_one_graph_each():
     cfg, model = make_tiny_sas(*NO_DROPOUT)
     frames, camids, views, labels = make_clips(4)
@@ -56,6 +58,7 @@ def test_loss_and_memory_update_trace_as_one_graph_each():
     torch.testing.assert_close(model.memory.proxies, expected.proxies)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frames", [8, 6, 3])
 def test_mgtm_window_layout_is_static_for_any_clip_length(frames):
     _, model = make_tiny_sas(*NO_DROPOUT, "DATALOADER.SEQ_LEN", "8")
@@ -95,6 +98,7 @@ def test_model_compile_turns_off_the_fused_attention_fast_path():
         torch.backends.mha.set_fastpath_enabled(True)
 
 
+@pytest.mark.slow
 def test_regional_compile_equals_eager_in_outputs_and_gradients():
     """aot_eager (the autograd graphs torch.compile builds, without a code generator: inductor needs minutes
     on this CPU); every block one compilation; outputs, loss terms and every gradient equal eager."""
@@ -136,6 +140,7 @@ def test_every_backbone_block_shares_one_compilation():
     assert len(model.backbone.transformer.resblocks) == 2 and len(counter.graphs) == 1
 
 
+@pytest.mark.slow
 def test_compiled_inference_pads_a_short_last_batch_into_the_same_graph():
     """Each new batch shape recompiles (static shapes): a compiled model's short last batch is padded to
     the loader's batch, the padding's outputs dropped; an eager model sees the short batch as it is."""

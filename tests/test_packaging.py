@@ -116,6 +116,7 @@ def installed(tmp_path_factory):
     return venv, purelib, str(outside)
 
 
+@pytest.mark.slow
 def test_api_and_commands_work_from_another_folder_after_install(installed):
     venv, _, outside = installed
     code = ("import os, processor.inference as api, configs, train, evaluate_all_cases\n"
@@ -132,6 +133,7 @@ def test_api_and_commands_work_from_another_folder_after_install(installed):
     assert "--config_file" in proc.stdout
 
 
+@pytest.mark.slow
 def test_an_installed_datasets_package_gets_a_clear_message(installed, tmp_path):
     """Hugging Face `datasets` installed next to the project: the API names it (before: the stub was imported
     as `datasets`, with the project's submodules grafted onto it by setuptools' editable hook), the sas-*

@@ -53,6 +53,7 @@ def test_compiled_gru_equals_nn_gru_in_outputs_and_gradients(layers, device):
         assert not [w for w in caught if "contiguous chunk" in str(w.message)]
 
 
+@pytest.mark.slow
 def test_the_weight_packing_warning_is_silenced_for_this_module_only():
     # A fresh interpreter: pytest puts its own "always" filter in front of every test's warnings.
     code = ("import warnings, model.rnn\n"
@@ -115,6 +116,7 @@ def test_outside_compile_run_gru_is_the_module_call():
     assert len(calls) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_gru_under_autocast_runs_in_the_input_dtype(device, backend):

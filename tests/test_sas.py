@@ -18,6 +18,7 @@ from tests.helpers.models import NUM_CAMERAS, NUM_CLASSES, TINY_SAS, make_clips,
 from tests.helpers.paths import REPO_ROOT
 
 
+@pytest.mark.slow
 def test_paper_backbones_build_with_the_paper_embedding_widths():
     for backbone, size, width in (("ViT-B-16", "[256,128]", 2058), ("ViT-L-14", "[252,126]", 2826)):
         cfg = load_config(None, ["MODEL.BACKBONE", backbone, "MODEL.PRETRAIN_PATH", "", "MODEL.PRETRAIN_TAG", "",

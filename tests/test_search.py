@@ -23,6 +23,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_search_ranks_true_match_first_and_writes_csv_and_pictures(search_folders, tmp_path):
     ckpt, query, gallery, names = search_folders
     out = str(tmp_path / "results.csv")
@@ -98,6 +99,7 @@ def test_bad_inputs_exit_with_clear_messages(search_folders, tmp_path):
         search.main(["--model_path", str(notes), "--query", query, "--gallery", gallery, "--out", str(tmp_path / "r.csv")])
 
 
+@pytest.mark.slow
 def test_cli_errors_are_lowercase_error_lines_like_every_command(search_folders, tmp_path, capsys):
     """A query folder without frames: one `error: ...` line (never `Error:`), no traceback; a bad --topk is a
     usage error, also `error: ...` (before: a bare message without the prefix)."""
@@ -114,6 +116,7 @@ def test_cli_errors_are_lowercase_error_lines_like_every_command(search_folders,
     assert "error: --topk must be >= 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_non_image_frame_has_no_traceback(search_folders, tmp_path):
     """Through a loader worker process too: one line naming the file, no traceback."""
     ckpt, query, gallery, _ = search_folders
@@ -129,6 +132,7 @@ def test_cli_non_image_frame_has_no_traceback(search_folders, tmp_path):
     assert not os.path.exists(tmp_path / "r.csv")
 
 
+@pytest.mark.slow
 def test_cli_unwritable_results_file_is_one_line(search_folders, tmp_path):
     """A WriteFailure through the command line: one line naming the file, no traceback, nothing cached."""
     ckpt, query, gallery, _ = search_folders
@@ -245,6 +249,7 @@ def _scaled(arrays):
     arrays["features"] = arrays["features"] * 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, reason, all_rows", [
     (_wider, "width", True), (_narrower_and_one_missing, "width", True), (_float64, "dtype float64", True),
     (_random_unit_rows, "checksum mismatch", True), (_one_infinite_element, "non-finite", False),

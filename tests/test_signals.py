@@ -97,6 +97,7 @@ def assert_stopped(proc, stdout, stderr, out, *needles):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_group_in_training_steps_and_the_run_lock(train_data_root, tmp_path):
     out = str(tmp_path / "run")
     proc = start_in_phase(tmp_path, "train2", run_opts(train_data_root, out), hold=True)
@@ -128,6 +129,7 @@ def test_sigterm_to_the_group_in_training_steps_and_the_run_lock(train_data_root
     assert torch.load(os.path.join(out, "checkpoint_last.pth"), weights_only=True)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_sigint_to_the_group_in_the_memory_rebuild(train_data_root, tmp_path):
     out = str(tmp_path / "run")
     proc = start_in_phase(tmp_path, "rebuild2", run_opts(train_data_root, out))
@@ -136,6 +138,7 @@ def test_sigint_to_the_group_in_the_memory_rebuild(train_data_root, tmp_path):
                    "--resume auto")
 
 
+@pytest.mark.slow
 def test_sigusr1_in_validation_saves_the_epoch_and_the_resumed_run_validates_it_first(train_data_root, tmp_path):
     out = str(tmp_path / "run")
     proc = start_in_phase(tmp_path, "validation epoch 1", run_opts(train_data_root, out))
@@ -158,6 +161,7 @@ def test_sigusr1_in_validation_saves_the_epoch_and_the_resumed_run_validates_it_
     assert "validation_pending" not in load_checkpoint(os.path.join(out, "checkpoint_last.pth"))
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_final_evaluation_then_resume_auto_only_evaluates(train_data_root, tmp_path):
     out = str(tmp_path / "run")
     proc = start_in_phase(tmp_path, "final", run_opts(train_data_root, out))
@@ -225,6 +229,7 @@ def test_a_loader_error_is_the_interrupt_only_after_a_stop_signal():
     assert not signals.stop_requested()
 
 
+@pytest.mark.slow
 def test_inference_loader_is_a_step_boundary_and_its_workers_ignore_stop_signals(tiny_root):
     """A stop signal ends an inference loop before its next batch; the workers, forked with the signals
     blocked, ignore them (a worker killed by a group signal would end the run with a traceback)."""
@@ -274,6 +279,7 @@ print("exiting", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_workers_end_on_their_parents_sigterm_so_exit_does_not_hang():
     """Workers drop a SIGTERM from anyone but their parent; the parent's own SIGTERM (how the DataLoader
     and multiprocessing's exit handler stop workers) still ends them, so a process that exits with live

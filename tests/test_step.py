@@ -139,6 +139,7 @@ def step_calls(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_the_trainer_runs_train_step_for_every_batch(step_calls, tiny_root, tmp_path):
     trainer = make_tiny_trainer(tiny_root, tmp_path / "run", "SOLVER.ACCUM_STEPS", "2")
     try:

@@ -338,6 +338,7 @@ def test_score_and_evaluate_ranking_equal_the_released_rule(tmp_path, seed):
         assert got["num_valid"] == expected[case]["num_valid"]
 
 
+@pytest.mark.slow
 def test_score_command_line_prints_the_oracle_map(tmp_path):
     rows, _ = random_submission(42)
     expected = oracle_scores(rows)

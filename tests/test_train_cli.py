@@ -24,6 +24,8 @@ from tests.helpers.paths import DEMO_CONFIG, REPO_ROOT
 from tests.helpers.training import make_tiny_opts
 from utils.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow   # every test here runs the command end to end
+
 
 def model_weights(output_dir):
     return load_checkpoint(os.path.join(output_dir, "checkpoint_last.pth"))["model"]

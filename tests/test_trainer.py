@@ -54,6 +54,7 @@ def test_rebuild_encodes_seq_len_even_frames_per_tracklet_whatever_test_sampling
     trainer.close()
 
 
+@pytest.mark.slow
 def test_rebuild_period_two_rebuilds_at_epochs_one_and_three(tiny_root, tmp_path):
     trainer = make_tiny_trainer(tiny_root, tmp_path / "run", "MODEL.MEMORY.REBUILD_PERIOD", "2", "SOLVER.MAX_EPOCHS", "3")
     steps_per_epoch = len(trainer.train_loader)
@@ -68,6 +69,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_ranks_draw_different_random_numbers_and_each_rank_is_reproducible(tiny_root, tmp_path, monkeypatch):
     trainer = make_tiny_trainer(tiny_root, tmp_path / "run")
     seeded = trainer_module.seed_everything
@@ -257,6 +259,7 @@ def test_free_space_check_warns_when_the_checkpoints_will_not_fit(ten_epoch_trai
     trainer.close()
 
 
+@pytest.mark.slow
 def test_a_bad_test_frame_does_not_cost_the_run(ten_epoch_trainer, tmp_path):
     """An unreadable frame is replaced by a neighbour and named; a tracklet with no readable frame is
     left out of the CSV and named; the submission is written; the messages are in log.txt."""

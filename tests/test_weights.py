@@ -14,6 +14,7 @@ from model.weights import PretrainedWeightsError, pretrained_weights_path
 from tests.helpers.paths import REPO_ROOT
 
 
+@pytest.mark.slow
 def test_importing_weights_pulls_in_neither_the_tower_nor_open_clip():
     # model.prsd and model.smpl import PretrainedWeightsError from here; model.backbone imports this module
     code = ("import sys, model.weights; "

@@ -68,6 +68,7 @@ def _evaluate(model_path, tmp_path):
 
 
 # ----------------------------------------------------------------------------- another config
+@pytest.mark.slow
 @pytest.mark.parametrize("name, shapes", [
     ("other width", ("checkpoint (32", "vs model (64")),
     ("other class count", ("checkpoint (7,", "vs model (4,")),
@@ -80,6 +81,7 @@ def test_checkpoint_of_another_config_is_refused_by_evaluate_cli(trained, foreig
     assert not os.path.exists(tmp_path / "submission.csv") and not os.path.exists(tmp_path / "results.json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["other width", "other class count"])
 def test_mismatched_checkpoint_loads_nothing(trained, foreign, name):
     model = build_model(trained.cfg, num_classes=trained.meta["num_classes"], num_cameras=trained.meta["num_cameras"])
@@ -90,6 +92,7 @@ def test_mismatched_checkpoint_loads_nothing(trained, foreign, name):
     assert all(torch.equal(before[k], after[k]) for k in before)  # not even the tensors that would fit
 
 
+@pytest.mark.slow
 def test_training_resume_from_another_config_stops_with_the_mismatch(trained, foreign, tmp_path):
     out = str(tmp_path / "resume")
     with pytest.raises(CheckpointError, match=r"nothing was loaded(.|\n)*checkpoint \(7,"):
@@ -99,6 +102,7 @@ def test_training_resume_from_another_config_stops_with_the_mismatch(trained, fo
 
 
 # ----------------------------------------------------------------------------- truncated files
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
 def test_truncated_checkpoint_is_a_clear_error(trained, tmp_path, keep):
     data = open(os.path.join(trained.out, "checkpoint_epoch1.pth"), "rb").read()
@@ -110,6 +114,7 @@ def test_truncated_checkpoint_is_a_clear_error(trained, tmp_path, keep):
     assert path in str(caught.value) and "truncated or not a checkpoint" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_resume_auto_reads_only_until_the_newest_good_checkpoint(trained, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     shutil.copytree(trained.out, out)
@@ -124,6 +129,7 @@ def test_resume_auto_reads_only_until_the_newest_good_checkpoint(trained, tmp_pa
     assert read == ["checkpoint_last.pth", "checkpoint_epoch2.pth"]  # epoch 1 is never read
 
 
+@pytest.mark.slow
 def test_train_cli_resume_auto_falls_back_to_the_previous_good_checkpoint(trained, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(trained.out, out)
@@ -163,6 +169,7 @@ def _payload_checkpoint(trained, folder, fmt: str) -> SimpleNamespace:
     return SimpleNamespace(path=path, marker=marker)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
 def test_checkpoint_with_code_is_refused_and_nothing_runs(trained, tmp_path, fmt):
     payload = _payload_checkpoint(trained, tmp_path, fmt)
@@ -171,6 +178,7 @@ def test_checkpoint_with_code_is_refused_and_nothing_runs(trained, tmp_path, fmt
     assert not os.path.exists(payload.marker)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
 def test_resume_auto_passes_over_a_checkpoint_with_code(trained, tmp_path, fmt):
     payload = _payload_checkpoint(trained, tmp_path, fmt)
@@ -180,6 +188,7 @@ def test_resume_auto_passes_over_a_checkpoint_with_code(trained, tmp_path, fmt):
     assert not os.path.exists(payload.marker)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_refuses_a_checkpoint_with_code(trained, tmp_path):
     payload = _payload_checkpoint(trained, tmp_path, "zip")
     proc = _evaluate(payload.path, tmp_path)
@@ -188,6 +197,7 @@ def test_evaluate_cli_refuses_a_checkpoint_with_code(trained, tmp_path):
 
 
 # ----------------------------------------------------------------------------- non-finite loss
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(trained, tmp_path):
     out = str(tmp_path / "run")
     os.makedirs(out)

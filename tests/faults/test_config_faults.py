@@ -70,6 +70,7 @@ def test_numbers_written_naturally_are_accepted(tmp_path):
     assert list(cfg.INPUT.PIXEL_MEAN) == [0.0, 0.5, 0.001] and list(cfg.INPUT.PIXEL_STD) == [1.0, 0.1, 2.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["unknown key", "_BASE_ cycle", "wrong type"])
 def test_train_cli_exits_with_the_message_and_no_traceback(bad_configs, tmp_path, fault):
     path, needles = bad_configs[fault]
@@ -79,6 +80,7 @@ def test_train_cli_exits_with_the_message_and_no_traceback(bad_configs, tmp_path
     assert not os.path.exists(out_dir)  # nothing was started
 
 
+@pytest.mark.slow
 def test_train_cli_bad_override_exits_with_the_message(tmp_path):
     proc = run_cli("train.py", "--config_file", DEMO_CONFIG, "SOLVER.MAX_EPOCHS", "many", "OUTPUT_DIR", str(tmp_path))
     assert_clean_failure(proc, "error: ", "SOLVER.MAX_EPOCHS", "many")

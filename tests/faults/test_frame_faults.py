@@ -26,6 +26,7 @@ def _clip_frame(cfg, tracklet, position=0):
     return tracklet.frames[int(indices[position])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, workers", [(kind, 0) for kind in FRAME_DAMAGE] + [("truncated", 2)],
                          ids=[*FRAME_DAMAGE, "truncated-in-a-loader-worker"])
 def test_unreadable_frame_is_an_error_naming_the_file(tiny_root_copy, kind, workers):
@@ -42,6 +43,7 @@ def test_unreadable_frame_is_an_error_naming_the_file(tiny_root_copy, kind, work
     assert "DATASETS.SKIP_CORRUPT_FRAMES" in message  # the fix is named
 
 
+@pytest.mark.slow
 def test_skip_corrupt_frames_uses_a_neighbour_warns_and_counts(tiny_root_copy, caplog):
     cfg = make_tiny_cfg(tiny_root_copy, "DATASETS.SKIP_CORRUPT_FRAMES", "True")
     tracklet = next(t for t in build_dataset(cfg).cases[1].gallery if t.num_frames >= 5)
@@ -69,6 +71,7 @@ def test_tracklet_without_one_readable_frame_is_an_error_naming_it(tiny_root_cop
         list(build_inference_loader(cfg, [tracklet]))
 
 
+@pytest.mark.slow
 def test_training_stops_on_an_unreadable_frame_or_skips_and_counts_it(tiny_root_copy, tmp_path, caplog):
     cfg = load_config(DEMO_CONFIG, make_tiny_opts(tiny_root_copy, str(tmp_path / "unused"), epochs=1))
     tracklet = build_dataset(cfg).train[0]
@@ -92,6 +95,7 @@ def test_training_stops_on_an_unreadable_frame_or_skips_and_counts_it(tiny_root_
     assert os.path.isfile(os.path.join(skip, "checkpoint_last.pth"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("leftover", [None, "Thumbs.db"])
 def test_empty_tracklet_folder_is_an_error_naming_it(tiny_root_copy, leftover):
     empty = os.path.join(tiny_root_copy, "case3_aerial_to_aerial", "gallery", "0008", "0008_99")

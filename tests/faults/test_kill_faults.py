@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from tests.children import kill_child
@@ -54,6 +55,7 @@ def _assert_whole(path: str, fill: float) -> None:
     assert all(bool((v == fill).all()) and v.numel() == kill_child.TENSOR_VALUES for v in state["model"].values())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_checkpoint_keeps_the_previous_checkpoint(tmp_path):
     path = str(tmp_path / "checkpoint_last.pth")
     save_checkpoint(kill_child.checkpoint_state(1.0), path)
@@ -73,6 +75,7 @@ def test_sigkill_mid_checkpoint_keeps_the_previous_checkpoint(tmp_path):
     assert _others(tmp_path, "checkpoint_last.pth") == []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_csv_keeps_the_previous_csv(tmp_path):
     path = str(tmp_path / "submission.csv")
     write_submission(path, [(1, "0001_1", ["0002_2", "0001_3"])])
@@ -90,6 +93,7 @@ def test_sigkill_mid_csv_keeps_the_previous_csv(tmp_path):
     assert sum(os.path.getsize(tmp_path / n) for n in leftovers) > 0  # the kill did land mid-write
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_times_never_leaves_a_broken_checkpoint(tmp_path):
     path = str(tmp_path / "checkpoint_last.pth")
     save_checkpoint(kill_child.checkpoint_state(1.0), path)

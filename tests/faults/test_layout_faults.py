@@ -28,6 +28,7 @@ def _layout_error(root) -> str:
     return str(caught.value)
 
 
+@pytest.mark.slow
 def test_missing_case_folder_names_it_and_the_layout(tiny_root_copy):
     missing = os.path.join(tiny_root_copy, CASE_FOLDERS[2])
     shutil.rmtree(missing)
@@ -83,6 +84,7 @@ def test_same_tracklet_name_under_two_pids_in_one_case_is_an_error(tiny_root_cop
     assert original in message and copy in message and "rename" in message
 
 
+@pytest.mark.slow
 def test_submission_checker_cli_reports_the_ambiguous_name(tiny_root_copy, tmp_path):
     _duplicate_tracklet_name(tiny_root_copy, 2, "gallery")
     csv_path = str(tmp_path / "submission.csv")
@@ -92,6 +94,7 @@ def test_submission_checker_cli_reports_the_ambiguous_name(tiny_root_copy, tmp_p
     assert proc.returncode == 1 and "several PIDs" in proc.stdout, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_layout_errors_reach_the_command_lines_without_a_traceback(tiny_root_copy, tmp_path):
     pid_folder = os.path.join(tiny_root_copy, CASE_FOLDERS[1], "gallery", "not_a_pid")
     os.makedirs(pid_folder)
@@ -103,6 +106,7 @@ def test_layout_errors_reach_the_command_lines_without_a_traceback(tiny_root_cop
     assert not re.search(r"epoch 1 \[", train.stdout)
 
 
+@pytest.mark.slow
 def test_unusable_tracklet_names_stop_train_cli_before_training(tiny_root_copy, tmp_path):
     # A space, a comma, a quote, a non-{pid}_{tid} name and a Unicode digit: one message for all, before epoch 1.
     pid_dir = os.path.join(tiny_root_copy, "train", "0003")

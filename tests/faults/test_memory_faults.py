@@ -34,6 +34,7 @@ def test_chunked_distances_give_the_full_matrix_results(metric):
     assert a["mAP"] == b["mAP"] and a["R1"] == b["R1"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_chunked_evaluation_peak_memory_is_far_below_the_full_matrix():
     # Many queries, a moderate gallery: the full matrix is large while a (chunk, G) block is small.

@@ -45,6 +45,7 @@ def test_missing_weight_file_fails_before_data_and_model(key, tmp_path, monkeypa
         assert word in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["MODEL.PRSD.SMPL_MODEL_PATH", "MODEL.PRETRAIN_PATH"])
 def test_train_cli_missing_weights_exits_at_start_up(key, tmp_path):
     name, extra, what = MISSING[key]

@@ -104,6 +104,7 @@ def _inject(monkeypatch, where, code):
         monkeypatch.setattr(fileio.tempfile, "mkstemp", fail)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", WRITERS)
 @pytest.mark.parametrize("where,code", [("write", errno.ENOSPC), ("fsync", errno.ENOSPC), ("create", errno.EROFS),
                                         ("create", errno.EACCES)])
@@ -177,6 +178,7 @@ def test_output_folder_that_cannot_be_created_is_a_write_failure(tmp_path):
         setup_logging(str(blocker / "out"), 0)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_print_a_write_failure_as_one_line(tmp_path):
     """The entry points: one line on stderr, exit status 1, no traceback."""
     from configs import load_config
