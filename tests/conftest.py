@@ -90,8 +90,8 @@ def trained_run(tmp_path_factory):
     (2 epochs, validation every epoch, test evaluation at the end). Shared: tests that change a run copy it."""
     base = tmp_path_factory.mktemp("trained_run")
     data_root, run_dir = str(base / "data" / "xfd"), str(base / "run")
-    opts = make_tiny_opts(data_root, run_dir, epochs=2, **{"SOLVER.EVAL_PERIOD": "1", "TEST.EVAL_AFTER_TRAINING": "True",
-                                                            "SOLVER.LOG_PERIOD": "100"})
+    opts = make_tiny_opts(data_root, run_dir, epochs=2, **{"SOLVER.EVAL_PERIOD": "1", "SOLVER.LOG_PERIOD": "100",
+                                                            "TEST.EVAL_AFTER_TRAINING": "True"})
     proc = run_cli("train.py", "--config_file", DEMO_CONFIG, *opts)
     assert_ok(proc)
     return data_root, run_dir, output_of(proc), opts

@@ -56,7 +56,8 @@ def test_rebuild_encodes_seq_len_even_frames_per_tracklet_whatever_test_sampling
 
 @pytest.mark.slow
 def test_rebuild_period_two_rebuilds_at_epochs_one_and_three(tiny_root, tmp_path):
-    trainer = make_tiny_trainer(tiny_root, tmp_path / "run", "MODEL.MEMORY.REBUILD_PERIOD", "2", "SOLVER.MAX_EPOCHS", "3")
+    trainer = make_tiny_trainer(tiny_root, tmp_path / "run", "MODEL.MEMORY.REBUILD_PERIOD", "2",
+                                "SOLVER.MAX_EPOCHS", "3")
     steps_per_epoch = len(trainer.train_loader)
     rebuilt_at = []
     trainer.rebuild_memory = lambda: rebuilt_at.append(trainer.global_step // steps_per_epoch + 1)
@@ -230,7 +231,8 @@ def test_run_clock_estimates_epochs_validations_and_the_final_evaluation():
 @pytest.fixture
 def ten_epoch_trainer(tiny_root_copy, tmp_path):
     """A trainer planned for 10 epochs with a checkpoint every 5, on a private copy of the tiny data."""
-    return make_tiny_trainer(tiny_root_copy, tmp_path / "run", "SOLVER.MAX_EPOCHS", "10", "SOLVER.CHECKPOINT_PERIOD", "5")
+    return make_tiny_trainer(tiny_root_copy, tmp_path / "run", "SOLVER.MAX_EPOCHS", "10",
+                             "SOLVER.CHECKPOINT_PERIOD", "5")
 
 
 def test_free_space_check_warns_when_the_checkpoints_will_not_fit(ten_epoch_trainer, monkeypatch, caplog):

@@ -51,8 +51,8 @@ def test_train_cli_missing_weights_exits_at_start_up(key, tmp_path):
     name, extra, what = MISSING[key]
     value = str(tmp_path / "pretrained" / name)
     data_root = str(tmp_path / "not_generated_yet")  # the demo config would generate it if it were reached
-    proc = run_cli("train.py", "--config_file", DEMO_CONFIG, *make_tiny_opts(data_root, str(tmp_path / "out"), epochs=1),
-                   key, value, *extra)
+    proc = run_cli("train.py", "--config_file", DEMO_CONFIG,
+                   *make_tiny_opts(data_root, str(tmp_path / "out"), epochs=1), key, value, *extra)
     assert_clean_failure(proc, key, value, *what)
     assert not os.path.exists(data_root)
     assert "DetReIDX at" not in proc.stdout and "SASModel:" not in proc.stdout
@@ -66,8 +66,8 @@ def test_evaluate_with_a_missing_smpl_file_exits_before_building(tmp_path, monke
 
     value = str(tmp_path / "pretrained" / "SMPL_NEUTRAL.npz")  # named by the stored config, gone on this machine
     data_root = str(tmp_path / "not_generated_yet")
-    cfg = load_config(DEMO_CONFIG,
-                      make_tiny_opts(data_root, str(tmp_path / "out"), epochs=1) + ["MODEL.PRSD.SMPL_MODEL_PATH", value])
+    opts = make_tiny_opts(data_root, str(tmp_path / "out"), epochs=1)
+    cfg = load_config(DEMO_CONFIG, opts + ["MODEL.PRSD.SMPL_MODEL_PATH", value])
     path = str(tmp_path / "checkpoint_last.pth")
     save_checkpoint({"config": cfg.dump(), "model": {}, "meta": {"num_classes": 4, "num_cameras": 3}}, path)
     monkeypatch.setattr(model.build, "build_model", lambda *a, **k: pytest.fail("the model was built"))
