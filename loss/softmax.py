@@ -9,7 +9,7 @@ def label_smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps
     """Mean over samples of CE against the target (1−ε)·onehot(y) + ε/C.
 
     logits (N, C); labels (N,) long. torch's ``label_smoothing=ε`` uses exactly this target
-    (tests/test_losses.py checks it against the explicit formula). Computed in float32 so that
+    (tests/test_loss.py checks it against the explicit formula). Computed in float32 so that
     fp16/bf16 autocast logits do not lose the small ε/C terms.
     """
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:

@@ -172,7 +172,6 @@ def test_resize_keeps_class_position_and_identity():
 
 def test_pos_embed_interp_key_reaches_the_backbone():
     from configs import get_defaults
-    from model.backbone import build_backbone
 
     cfg = get_defaults()
     assert cfg.MODEL.POS_EMBED_INTERP == "bilinear"

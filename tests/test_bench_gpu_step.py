@@ -1,21 +1,18 @@
 """bench/gpu_step.py on CPU (the smoke test of the code a GPU run uses): every figure is taken without
 error, the step's regions add up to the whole step's ATen ops, and the compiled figures include the
 compiled backbone-only step and the compile seconds per region."""
-import importlib.util
 import json
-import os
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "gpu_step.py")
+from tests.helpers.paths import load_bench
+
+pytestmark = pytest.mark.slow   # every test here runs the command end to end
 
 
 @pytest.fixture(scope="module")
 def gpu_step():
-    spec = importlib.util.spec_from_file_location("bench_gpu_step", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("gpu_step")
 
 
 @pytest.fixture(scope="module")

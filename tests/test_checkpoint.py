@@ -1,12 +1,19 @@
-"""Checkpoint I/O: atomic writes, weights_only refusal, damaged-file fallback, strict loading."""
+"""Checkpoint I/O (utils/checkpoint.py): atomic writes, weights_only refusal, damaged-file fallback, strict
+loading; checksums written with the checkpoint, verified on every load, a mismatch refused as "corrupt" and passed
+over by --resume auto, files without one loaded with a warning; error messages without torch's advice to load
+with weights_only=False."""
+import logging
 import os
+import pickle
 import random
+import stat
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import utils.checkpoint as checkpoint
 from utils.checkpoint import (
     CheckpointError,
     find_resume_checkpoint,
@@ -15,6 +22,7 @@ from utils.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    verify_checksum,
 )
 
 
@@ -78,3 +86,117 @@ def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(load_checkpoint(str(tmp_path / "r.pth"))["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+# ----------------------------------------------------------------------------- checksums
+def state(epoch, size=20000):
+    gen = torch.Generator().manual_seed(epoch)
+    return {"model": {"w": torch.randn(size, generator=gen)}, "epoch": epoch, "best_map": 1.5}
+
+
+def flip(path, offset, count=8):
+    data = bytearray(open(path, "rb").read())
+    for i in range(offset, offset + count):
+        data[i] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Many checksum chunks (and the parallel path) on a small file."""
+    monkeypatch.setattr(checkpoint, "CHUNK_BYTES", 4096)
+
+
+def test_checkpoint_carries_a_checksum_and_torch_still_reads_it(tmp_path):
+    path = str(tmp_path / "c.pth")
+    save_checkpoint(state(3), path)
+    assert open(path, "rb").read()[-8:] == checkpoint.CHECKSUM_MAGIC
+    assert verify_checksum(path) is True
+    plain = torch.load(path, weights_only=True)          # the trailer is invisible to torch
+    assert torch.equal(plain["model"]["w"], state(3)["model"]["w"])
+    assert load_checkpoint(path)["epoch"] == 3
+
+
+@pytest.mark.parametrize("where", [0.5, 0.1, 0.9])
+def test_flipped_bytes_are_refused_as_corrupt(tmp_path, small_chunks, where):
+    path = str(tmp_path / "c.pth")
+    save_checkpoint(state(3), path)
+    payload = os.path.getsize(path) - 32 - 4 * -(-(os.path.getsize(path)) // 4096)
+    offset = int(payload * where)
+    flip(path, offset)
+    with pytest.raises(CheckpointError, match="corrupt") as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert path in message and "checksum mismatch" in message
+    chunk_start = offset // 4096 * 4096
+    assert f"bytes {chunk_start}.." in message            # the damaged chunk is located
+
+
+def test_damaged_checksum_record_is_refused(tmp_path):
+    path = str(tmp_path / "c.pth")
+    save_checkpoint(state(3), path)
+    flip(path, os.path.getsize(path) - 36, 2)             # inside the CRC table
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_load_goes_through_torch_load_weights_only(tmp_path, monkeypatch):
+    path = str(tmp_path / "c.pth")
+    save_checkpoint(state(1), path)
+    seen = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: seen.append(k) or real(*a, **k))
+    load_checkpoint(path)
+    assert seen and all(k.get("weights_only") is True for k in seen)
+
+
+def test_checkpoint_without_checksum_loads_with_a_warning(tmp_path, caplog):
+    path = str(tmp_path / "old.pth")
+    torch.save(state(2), path)                             # as older versions wrote it
+    with caplog.at_level(logging.WARNING, logger="utils.checkpoint"):
+        assert load_checkpoint(path)["epoch"] == 2
+    assert any("no checksum" in r.getMessage() and path in r.getMessage() for r in caplog.records)
+
+
+def test_resume_auto_passes_over_a_corrupt_checkpoint(tmp_path, caplog):
+    save_checkpoint(state(4), str(tmp_path / "checkpoint_epoch4.pth"))
+    save_checkpoint(state(5), str(tmp_path / "checkpoint_epoch5.pth"))
+    save_checkpoint(state(5), str(tmp_path / "checkpoint_last.pth"))
+    for name in ("checkpoint_last.pth", "checkpoint_epoch5.pth"):
+        path = str(tmp_path / name)
+        flip(path, os.path.getsize(path) // 2)
+    with caplog.at_level(logging.WARNING):
+        path, loaded = find_resume_checkpoint(str(tmp_path))
+    assert path.endswith("checkpoint_epoch4.pth") and loaded["epoch"] == 4
+    assert sum("corrupt" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"x", b"PK\x03\x04" + b"\0" * 20, bytes(range(256)) * 2])
+def test_short_or_foreign_files_are_not_called_code(tmp_path, content):
+    path = str(tmp_path / "bad.pth")
+    open(path, "wb").write(content)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert "truncated or not a checkpoint" in str(caught.value) and "possibly code" not in str(caught.value)
+    assert path in str(caught.value)
+
+
+def test_checkpoint_file_mode_is_that_of_a_plain_write(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(state(1), str(tmp_path / "c.pth"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "c.pth").st_mode) == 0o644
+
+
+# ----------------------------------------------------------------------------- error messages
+def test_a_checkpoint_error_never_passes_on_the_advice_to_load_with_weights_only_false(tmp_path):
+    path = str(tmp_path / "plain.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"state": set(range(50))}, f)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert "weights_only" not in message and "Re-running" not in message, message
+    assert "Unsupported operand" in message and path in message

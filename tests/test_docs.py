@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from tests.inference_fixtures import ROOT_DIR
+from tests.helpers.paths import REPO_ROOT
 
 README = "README.md"
 DOCS_DIR = "docs"
@@ -127,11 +127,11 @@ def layout_paths(readme: str) -> list[str]:
 
 def documents() -> dict[str, str]:
     """README.md and every docs/*.md, by path relative to the repository root."""
-    names = [README] + sorted(os.path.join(DOCS_DIR, n) for n in os.listdir(os.path.join(ROOT_DIR, DOCS_DIR))
+    names = [README] + sorted(os.path.join(DOCS_DIR, n) for n in os.listdir(os.path.join(REPO_ROOT, DOCS_DIR))
                               if n.endswith(".md"))
     texts = {}
     for name in names:
-        with open(os.path.join(ROOT_DIR, name), encoding="utf-8") as f:
+        with open(os.path.join(REPO_ROOT, name), encoding="utf-8") as f:
             texts[name] = f.read()
     return texts
 
@@ -142,16 +142,16 @@ def all_citations() -> list[tuple[str, Citations]]:
 
 def repo_files(top: str, basename: str) -> list[str]:
     """Files named `basename` anywhere under the folder `top` of the repository."""
-    return [os.path.join(folder, basename) for folder, _, files in os.walk(os.path.join(ROOT_DIR, top))
+    return [os.path.join(folder, basename) for folder, _, files in os.walk(os.path.join(REPO_ROOT, top))
             if basename in files]
 
 
 def path_exists(path: str) -> bool:
     if path in REPO_FILES:
-        return os.path.isfile(os.path.join(ROOT_DIR, path))
+        return os.path.isfile(os.path.join(REPO_ROOT, path))
     if "/" not in path:  # a bare test file name: anywhere under tests/
         return bool(repo_files("tests", path))
-    full = os.path.join(ROOT_DIR, path)
+    full = os.path.join(REPO_ROOT, path)
     if "*" in path:
         import glob
         return bool(glob.glob(full))
@@ -167,7 +167,7 @@ def report(missing: list[str], what: str) -> str:
 
 def module_file(module: str) -> str | None:
     """The source file of a project module (a package's __init__.py), or None."""
-    base = os.path.join(ROOT_DIR, *module.split("."))
+    base = os.path.join(REPO_ROOT, *module.split("."))
     for candidate in (base + ".py", os.path.join(base, "__init__.py")):
         if os.path.isfile(candidate):
             return candidate
@@ -238,7 +238,7 @@ def dotted_name_exists(dotted: str) -> bool:
 
 
 def runnable_module_exists(module: str) -> bool:
-    base = os.path.join(ROOT_DIR, *module.split("."))
+    base = os.path.join(REPO_ROOT, *module.split("."))
     return os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__main__.py"))
 
 
@@ -246,7 +246,7 @@ def runnable_module_exists(module: str) -> bool:
 
 def resolve_test_file(cited_file: str) -> str | None:
     if "/" in cited_file:
-        full = os.path.join(ROOT_DIR, cited_file)
+        full = os.path.join(REPO_ROOT, cited_file)
         return full if os.path.isfile(full) else None
     matches = repo_files("tests", cited_file)
     return matches[0] if len(matches) == 1 else None
@@ -279,7 +279,7 @@ def test_cited_repository_paths_exist():
     missing = [f"{doc}: {path}" for doc, c in all_citations() for path in c.paths if not path_exists(path)]
     missing += [f"{README} (Layout): {path}" for path in layout_paths(documents()[README]) if not path_exists(path)]
     missing += [f"{doc}: {name} (under configs/)" for doc, c in all_citations() for name in c.config_files
-                if not (os.path.isfile(os.path.join(ROOT_DIR, "configs", name))
+                if not (os.path.isfile(os.path.join(REPO_ROOT, "configs", name))
                         or repo_files("configs", os.path.basename(name)))]
     assert not missing, report(missing, "files and folders")
 
@@ -326,13 +326,13 @@ def test_links_between_readme_and_docs_resolve():
     for doc, c in all_citations():
         for target in c.links:
             path, _, anchor = target.partition("#")
-            full = os.path.normpath(os.path.join(ROOT_DIR, os.path.dirname(doc), path)) if path else \
-                os.path.join(ROOT_DIR, doc)
+            full = os.path.normpath(os.path.join(REPO_ROOT, os.path.dirname(doc), path)) if path else \
+                os.path.join(REPO_ROOT, doc)
             if not os.path.exists(full):
                 missing.append(f"{doc}: ({target}) no such file")
                 continue
             if anchor:
-                target_doc = os.path.relpath(full, ROOT_DIR)
+                target_doc = os.path.relpath(full, REPO_ROOT)
                 if target_doc in texts:
                     text = texts[target_doc]
                 else:
@@ -363,10 +363,10 @@ def test_quick_start_gets_the_cpu_torch_of_the_pins_and_ci_runs_its_commands():
     commands = bash_block_commands(readme_section("Quick start"))
     cpu = [c for c in commands if "--index-url https://download.pytorch.org/whl/cpu" in c]
     assert len(cpu) == 1
-    with open(os.path.join(ROOT_DIR, "requirements.txt"), encoding="utf-8") as f:
+    with open(os.path.join(REPO_ROOT, "requirements.txt"), encoding="utf-8") as f:
         pins = [line.strip() for line in f if line.startswith(("torch==", "torchvision=="))]
     assert len(pins) == 2 and all(pin in cpu[0].split() for pin in pins)  # the versions requirements.txt pins
-    with open(os.path.join(ROOT_DIR, ".ci", "run"), encoding="utf-8") as f:
+    with open(os.path.join(REPO_ROOT, ".ci", "run"), encoding="utf-8") as f:
         ci = f.read().splitlines()
     test_command = next(c for c in commands if "pytest" in c)
     assert test_command.startswith("pip install -e . && ") and test_command in ci

@@ -1,4 +1,5 @@
-"""Three-case evaluation: each tracklet encoded once, CSV/score agreement, anonymised test sets, CLI."""
+"""Three-case evaluation (processor/evaluation.py): each tracklet encoded once, CSV/score agreement, dense sampling,
+anonymised test sets, the summary's pooled mAP-3, and the model rebuilt from a checkpoint by evaluate_all_cases."""
 import json
 import os
 import shutil
@@ -12,24 +13,20 @@ from datasets.build import build_dataset
 from model.build import build_model
 from processor.encoding import unique_tracklets
 from processor.evaluation import CaseResult, format_summary, run_case_evaluation, summarize
-from tests.datasets_fixtures import make_tiny_root, tiny_cfg
+from tests.helpers.data import make_tiny_cfg
 from utils.checkpoint import save_checkpoint
 from utils.submission import check_submission, score_submission
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_tiny_root(tmp_path_factory.mktemp("eval"))
-
-
 def eval_cfg(root, *opts):
     """The tiny data config with frames large enough for the 16-pixel patches of tiny-vit-16."""
-    return tiny_cfg(root, "INPUT.SIZE_TRAIN", "[32,16]", "INPUT.SIZE_TEST", "[32,16]", *opts)
+    return make_tiny_cfg(root, "INPUT.SIZE_TRAIN", "[32,16]", "INPUT.SIZE_TEST", "[32,16]", *opts)
 
 
 @pytest.fixture(scope="module")
-def setup(root):
-    cfg = eval_cfg(root)
+def setup(tiny_root):
+    """(cfg, dataset, model): the tiny data and a randomly initialised model in eval mode."""
+    cfg = eval_cfg(tiny_root)
     dataset = build_dataset(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, num_classes=dataset.num_train_pids, num_cameras=dataset.num_cameras).eval()
@@ -49,6 +46,7 @@ class CountingModel(torch.nn.Module):
         return self.model(frames, camids, views)
 
 
+@pytest.mark.slow
 def test_each_tracklet_is_encoded_once_and_csv_scores_match(setup, tmp_path):
     cfg, dataset, model = setup
     counting = CountingModel(model)
@@ -107,6 +105,7 @@ def test_anonymised_test_set_gives_csv_and_no_metrics(setup, tmp_path, caplog):
     assert "Metrics unavailable" in caplog.text
 
 
+@pytest.mark.slow
 def test_cli_rebuilds_model_from_checkpoint(setup, tmp_path, capsys):
     cfg, dataset, model = setup
     ckpt = str(tmp_path / "model.pth")

@@ -1,7 +1,5 @@
 """tools.export: ONNX / TorchScript export of the eval embedding graph, parity with PyTorch, clear errors."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -9,13 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from processor.inference import FeatureExtractor
-from tests.inference_fixtures import ROOT_DIR, make_nan_checkpoint, make_tiny_checkpoint
+from tests.helpers.checkpoints import make_nan_checkpoint
+from tests.helpers.cli import run_cli
 from tools import export
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("export"))
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -45,8 +39,9 @@ def check_exported(ckpt, runner, frames):
     np.testing.assert_allclose(got, extractor.embed_clips(clips, camids).numpy(), atol=1e-4)
 
 
-def test_torchscript_export_parity(tiny, tmp_path, capsys):
-    _, ckpt = tiny
+@pytest.mark.slow
+def test_torchscript_export_parity(tiny_checkpoint, tmp_path, capsys):
+    _, ckpt = tiny_checkpoint
     out = str(tmp_path / "model.pt")
     diff = export.main(["--model_path", ckpt, "--format", "torchscript", "--out", out, "--frames", "6"])
     assert diff <= 1e-4 and os.path.isfile(out)
@@ -54,14 +49,15 @@ def test_torchscript_export_parity(tiny, tmp_path, capsys):
     check_exported(ckpt, export.load_runner(out, "torchscript"), frames=6)
 
 
-def test_a_model_compile_checkpoint_exports_as_a_plain_module(tiny, tmp_path):
+@pytest.mark.slow
+def test_a_model_compile_checkpoint_exports_as_a_plain_module(tiny_checkpoint, tmp_path):
     """A run trained with MODEL.COMPILE stores it in its config; tracing cannot enter compiled regions,
     so the export builds the model uncompiled (before: "using FX to torch.jit.trace a dynamo-optimized
     function")."""
     from configs import config_from_yaml_text
     from utils.checkpoint import load_checkpoint, save_checkpoint
 
-    _, ckpt = tiny
+    _, ckpt = tiny_checkpoint
     state = load_checkpoint(ckpt)
     cfg = config_from_yaml_text(state["config"])
     cfg.defrost()
@@ -74,9 +70,10 @@ def test_a_model_compile_checkpoint_exports_as_a_plain_module(tiny, tmp_path):
     check_exported(ckpt, export.load_runner(out, "torchscript"), frames=4)
 
 
-def test_onnx_export_parity(tiny, tmp_path, capsys):
+@pytest.mark.slow
+def test_onnx_export_parity(tiny_checkpoint, tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="ONNX export needs onnxruntime (pip install onnx onnxruntime)")
-    _, ckpt = tiny
+    _, ckpt = tiny_checkpoint
     out = str(tmp_path / "model.onnx")
     diff = export.main(["--model_path", ckpt, "--format", "onnx", "--out", out])
     assert diff <= 1e-4 and os.path.isfile(out)
@@ -89,8 +86,9 @@ def test_onnx_export_parity(tiny, tmp_path, capsys):
     check_exported(ckpt, export.load_runner(out, "onnx"), frames=4)  # default T = TEST.SEQ_LEN of the checkpoint
 
 
-def test_failed_parity_and_bad_checkpoint_exit_cleanly(tiny, tmp_path):
-    _, ckpt = tiny
+@pytest.mark.slow
+def test_failed_parity_and_bad_checkpoint_exit_cleanly(tiny_checkpoint, tmp_path):
+    _, ckpt = tiny_checkpoint
     with pytest.raises(SystemExit, match=r"parity check failed: max \|diff\|"):
         export.main(["--model_path", ckpt, "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
                      "--tolerance", "-1"])
@@ -104,22 +102,22 @@ def test_failed_parity_and_bad_checkpoint_exit_cleanly(tiny, tmp_path):
     assert not os.path.exists(tmp_path / "x.pt")
 
 
-def test_cli_unwritable_output_is_one_line(tiny):
+@pytest.mark.slow
+def test_cli_unwritable_output_is_one_line(tiny_checkpoint):
     """A WriteFailure through the command line: one line naming the file, no traceback."""
-    _, ckpt = tiny
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.export", "--model_path", ckpt, "--format", "torchscript", "--out", "/sys/m.pt"],
-        cwd=ROOT_DIR, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
-    )
+    _, ckpt = tiny_checkpoint
+    proc = run_cli("-m", "tools.export", "--model_path", ckpt, "--format", "torchscript", "--out", "/sys/m.pt",
+                   timeout=300)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot write '/sys/m.pt'"), proc.stderr
 
 
-def test_nan_checkpoint_is_an_error_naming_it(tiny, tmp_path):
+@pytest.mark.slow
+def test_nan_checkpoint_is_an_error_naming_it(tiny_checkpoint, tmp_path):
     from utils.metrics import NonFiniteFeaturesError
 
-    _, ckpt = tiny
+    _, ckpt = tiny_checkpoint
     nan_ckpt = make_nan_checkpoint(ckpt, str(tmp_path / "diverged.pth"))
     out = tmp_path / "m.pt"
     with pytest.raises(NonFiniteFeaturesError, match=r"diverged\.pth produces non-finite features"):

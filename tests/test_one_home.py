@@ -1,27 +1,30 @@
 """One home for each name in model/, loss/, solver/ and utils/: a module imports a project name to use
 it, never only to offer it to its own importers (a re-export left behind by a move, a package
-``__init__`` that gathers its submodules' names), so every name has one import path."""
+``__init__`` that gathers its submodules' names), so every name has one import path. The datasets.detreidx
+package maps its modules in its docstring and re-exports nothing."""
 import ast
 import os
+import pkgutil
 import tomllib
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.paths import REPO_ROOT
+
 CHECKED_PACKAGES = ("model", "loss", "solver", "utils")
 
 
 def _project_packages() -> set:
-    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
         return set(tomllib.load(f)["tool"]["setuptools"]["packages"])
 
 
 def _modules():
     for package in CHECKED_PACKAGES:
-        for folder, _, files in os.walk(os.path.join(ROOT, package)):
+        for folder, _, files in os.walk(os.path.join(REPO_ROOT, package)):
             for name in sorted(files):
                 if name.endswith(".py"):
-                    yield os.path.relpath(os.path.join(folder, name), ROOT)
+                    yield os.path.relpath(os.path.join(folder, name), REPO_ROOT)
 
 
 def offered_names(source: str, project: set) -> list:
@@ -45,7 +48,7 @@ def offered_names(source: str, project: set) -> list:
 
 @pytest.mark.parametrize("path", list(_modules()))
 def test_a_module_imports_project_names_only_to_use_them(path):
-    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+    with open(os.path.join(REPO_ROOT, path), encoding="utf-8") as f:
         offered = offered_names(f.read(), _project_packages())
     assert not offered, f"{path} offers names it does not use: {offered}; import them from their own module"
 
@@ -55,3 +58,13 @@ def test_the_check_sees_a_re_export_and_a_used_import():
     assert offered_names("from utils.fileio import atomic_write\n", project) == ["atomic_write (from utils.fileio)"]
     assert offered_names("from utils.fileio import atomic_write\natomic_write('a', print)\n", project) == []
     assert offered_names("import os\n__all__ = ['x']\n", project) == ["__all__"]
+
+
+def test_the_package_maps_every_module_and_re_exports_nothing():
+    import datasets.detreidx as package
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+    assert {"names", "frames", "records", "scan", "scan_cache", "splits", "dataset", "__main__"} <= modules
+    # Attributes of the package are its submodules (set on import), never names taken from them.
+    assert {name for name in vars(package) if not name.startswith("__")} <= modules
+    assert all(f"``{module}``" in package.__doc__ for module in modules)

@@ -17,9 +17,9 @@ import zipfile
 import pytest
 
 from processor import packages
-from tests.inference_fixtures import ROOT_DIR
+from tests.helpers.paths import REPO_ROOT
 
-PYPROJECT = os.path.join(ROOT_DIR, "pyproject.toml")
+PYPROJECT = os.path.join(REPO_ROOT, "pyproject.toml")
 COMMANDS = ("sas-train", "sas-evaluate", "sas-search", "sas-export")
 
 
@@ -32,10 +32,10 @@ def test_pyproject_lists_every_top_level_package_and_the_yaml_configs():
     """A new package or sub-package must be listed (else the installed API misses it); the clash check must
     know every top-level one."""
     setuptools = read_pyproject()["tool"]["setuptools"]
-    on_disk = {name for name in os.listdir(ROOT_DIR)
-               if os.path.isfile(os.path.join(ROOT_DIR, name, "__init__.py")) and name not in ("tests", "bench")}
-    with_sub_packages = {os.path.relpath(folder, ROOT_DIR).replace(os.sep, ".")
-                         for top in on_disk for folder, _, files in os.walk(os.path.join(ROOT_DIR, top))
+    on_disk = {name for name in os.listdir(REPO_ROOT)
+               if os.path.isfile(os.path.join(REPO_ROOT, name, "__init__.py")) and name not in ("tests", "bench")}
+    with_sub_packages = {os.path.relpath(folder, REPO_ROOT).replace(os.sep, ".")
+                         for top in on_disk for folder, _, files in os.walk(os.path.join(REPO_ROOT, top))
                          if "__init__.py" in files}
     assert set(setuptools["packages"]) == with_sub_packages
     assert {name for name in setuptools["packages"] if "." not in name} == on_disk == set(packages.PROJECT_PACKAGES)
@@ -71,7 +71,7 @@ def test_shadowed_package_is_named_with_the_fix(tmp_path, monkeypatch):
     (stub / "__init__.py").write_text('"""a stub standing in for Hugging Face datasets"""\n')
     # Another project root whose `datasets` folder is not the one Python finds.
     other_root = tmp_path / "project"
-    assert packages.shadowed_packages(str(other_root), ("datasets",)) == {"datasets": os.path.realpath(ROOT_DIR + "/datasets")}
+    assert packages.shadowed_packages(str(other_root), ("datasets",)) == {"datasets": os.path.realpath(REPO_ROOT + "/datasets")}
     monkeypatch.delitem(sys.modules, "datasets")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
@@ -106,16 +106,17 @@ def installed(tmp_path_factory):
             *(p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages"))]
     with open(os.path.join(purelib, "_this_environment.pth"), "w") as f:
         f.write("\n".join(dict.fromkeys(p for p in here if os.path.isdir(p))) + "\n")
-    before = set(os.listdir(ROOT_DIR))
+    before = set(os.listdir(REPO_ROOT))
     run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--no-cache-dir",
-         "--disable-pip-version-check", "-e", ROOT_DIR], cwd=str(base))
-    new = set(os.listdir(ROOT_DIR)) - before
+         "--disable-pip-version-check", "-e", REPO_ROOT], cwd=str(base))
+    new = set(os.listdir(REPO_ROOT)) - before
     assert not [name for name in new if name in ("build", "dist") or name.endswith(".egg-info")]  # nothing left behind
     outside = base / "elsewhere"
     outside.mkdir()
     return venv, purelib, str(outside)
 
 
+@pytest.mark.slow
 def test_api_and_commands_work_from_another_folder_after_install(installed):
     venv, _, outside = installed
     code = ("import os, processor.inference as api, configs, train, evaluate_all_cases\n"
@@ -125,13 +126,14 @@ def test_api_and_commands_work_from_another_folder_after_install(installed):
             "print(configs.resolve_config_path('demo.yml'))\n"
             "print(sorted(ep.name for ep in entry_points(group='console_scripts') if ep.name.startswith('sas-')))\n")
     root, demo, commands = run([str(venv / "bin" / "python"), "-c", code], cwd=outside).stdout.strip().splitlines()
-    assert os.path.realpath(root) == os.path.realpath(ROOT_DIR)
-    assert os.path.isfile(demo) and os.path.realpath(demo) == os.path.realpath(os.path.join(ROOT_DIR, "configs", "demo.yml"))
+    assert os.path.realpath(root) == os.path.realpath(REPO_ROOT)
+    assert os.path.isfile(demo) and os.path.realpath(demo) == os.path.realpath(os.path.join(REPO_ROOT, "configs", "demo.yml"))
     assert commands == str(sorted(COMMANDS))
     proc = run([str(venv / "bin" / "sas-train"), "--help"], cwd=outside)
     assert "--config_file" in proc.stdout
 
 
+@pytest.mark.slow
 def test_an_installed_datasets_package_gets_a_clear_message(installed, tmp_path):
     """Hugging Face `datasets` installed next to the project: the API names it (before: the stub was imported
     as `datasets`, with the project's submodules grafted onto it by setuptools' editable hook), the sas-*
@@ -155,7 +157,7 @@ def test_an_installed_datasets_package_gets_a_clear_message(installed, tmp_path)
         # The fix the message gives.
         code = "import datasets.build, processor.inference; print(datasets.__file__)"
         proc = run([python, "-c", code], cwd=outside, env={"PYTHONPATH": packages.PROJECT_ROOT})
-        assert os.path.realpath(proc.stdout.strip()) == os.path.realpath(os.path.join(ROOT_DIR, "datasets", "__init__.py"))
+        assert os.path.realpath(proc.stdout.strip()) == os.path.realpath(os.path.join(REPO_ROOT, "datasets", "__init__.py"))
     finally:
         os.remove(os.path.join(stub, "__init__.py"))
         os.rmdir(stub)
@@ -170,7 +172,7 @@ def test_the_wheel_holds_the_packages_and_the_yaml_configs(tmp_path):
     keep = {"pyproject.toml", "README.md", "requirements.txt", "train.py", "evaluate_all_cases.py", *packages.PROJECT_PACKAGES}
     source.mkdir()
     for name in keep:
-        path = os.path.join(ROOT_DIR, name)
+        path = os.path.join(REPO_ROOT, name)
         if os.path.isdir(path):
             shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
@@ -179,7 +181,7 @@ def test_the_wheel_holds_the_packages_and_the_yaml_configs(tmp_path):
     run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_wheel({str(out)!r})"], cwd=str(source))
     wheel, = out.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    configs = {os.path.relpath(os.path.join(d, f), ROOT_DIR) for d, _, files in os.walk(os.path.join(ROOT_DIR, "configs"))
+    configs = {os.path.relpath(os.path.join(d, f), REPO_ROOT) for d, _, files in os.walk(os.path.join(REPO_ROOT, "configs"))
                for f in files if f.endswith(".yml")}
     assert configs and configs <= names
     assert {"train.py", "evaluate_all_cases.py", "processor/inference.py", "datasets/build.py", "tools/console.py",
@@ -188,4 +190,3 @@ def test_the_wheel_holds_the_packages_and_the_yaml_configs(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert all(f"{command} = tools.console:" in text for command in COMMANDS)
-

@@ -1,6 +1,7 @@
-"""PRSD shape branch: trained end to end (prior-loss gradients reach the encoder and regressor),
-clips independent of batch-mates, SPIN/VIBE checkpoints mapped by key, smplx decoding on a small
-synthetic SMPL file, 6D rotations, and the chumpy-free SMPL converter."""
+"""PRSD shape branch (model/prsd.py, model/smpl.py): trained end to end (prior-loss gradients reach the encoder
+and regressor), clips independent of batch-mates, SPIN/VIBE checkpoints mapped by key, smplx decoding on a small
+synthetic SMPL file, 6D rotations, the chumpy-free SMPL converter, and the authors' defaults (the regressor
+starts from the prior mean shape, dropouts 0.5 / 0.2)."""
 import os
 import pickle
 import sys
@@ -12,8 +13,17 @@ import torch
 
 from configs import load_config
 from model.prsd import PRSD, build_prsd, load_pretrained_regressor
-from model.smpl import (FACE_KEYPOINT_NAMES, SMPLDecoder, default_mean_params, identity_rot6d, load_mean_params,
-                        load_smpl_arrays, read_smpl_pickle, rot6d_to_rotmat)
+from model.smpl import (
+    FACE_KEYPOINT_NAMES,
+    SMPLDecoder,
+    default_mean_params,
+    identity_rot6d,
+    load_mean_params,
+    load_smpl_arrays,
+    read_smpl_pickle,
+    rot6d_to_rotmat,
+)
+from tests.helpers.models import make_tiny_sas
 
 PRIOR_MEAN = torch.tensor([0.2056, 0.3356, -0.3507, 0.3561, 0.4175, 0.0309, 0.3048, 0.2361, 0.2091, 0.3121])
 SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
@@ -330,3 +340,27 @@ def test_fused_regressor_under_bf16_autocast_stays_close_to_spin_loop():
     for name in ("pose6d", "betas", "cam"):
         assert fused[name].dtype == torch.float32
         torch.testing.assert_close(fused[name], reference[name].float(), rtol=2e-2, atol=2e-2)
+
+
+def test_regressor_starts_from_the_prior_mean_shape_without_a_mean_params_file():
+    model = build_prsd(small_cfg(), in_dim=16).eval()
+    torch.testing.assert_close(model.regressor.init_shape[0], PRIOR_MEAN)
+    with torch.no_grad():  # with the updates switched off, every frame's betas are the starting betas
+        model.regressor.decshape.weight.zero_()
+        model.regressor.decshape.bias.zero_()
+        betas = model(torch.randn(2, 3, 5, 16))["betas"]
+    torch.testing.assert_close(betas, PRIOR_MEAN.expand(2, 3, 10))
+
+
+def test_init_betas_zero_and_a_bad_value():
+    model = build_prsd(small_cfg("MODEL.PRSD.INIT_BETAS", "zero"), in_dim=16)
+    assert torch.equal(model.regressor.init_shape, torch.zeros(1, 10))
+    with pytest.raises(ValueError, match="MODEL.PRSD.INIT_BETAS"):
+        build_prsd(small_cfg("MODEL.PRSD.INIT_BETAS", "mean"), in_dim=16)
+
+
+def test_prsd_dropouts_are_the_authors():
+    cfg, model = make_tiny_sas()
+    assert (cfg.MODEL.PRSD.REGRESSOR_DROPOUT, cfg.MODEL.PRSD.AGG_DROPOUT) == (0.5, 0.2)
+    assert model.prsd.regressor.drop1.p == 0.5 and model.prsd.regressor.drop2.p == 0.5
+    assert {layer.dropout.p for layer in model.prsd.aggregator.transformer.layers} == {0.2}

@@ -1,6 +1,5 @@
 """model.rnn: under torch.compile a GRU is one opaque op (sas::gru) with the same outputs and gradients
 as nn.GRU; outside torch.compile it is nn.GRU itself. The CUDA cases (cuDNN) run where a GPU is."""
-import os
 import subprocess
 import sys
 import warnings
@@ -11,6 +10,7 @@ from torch import nn
 
 import model.rnn as rnn
 from model.rnn import gru_op, run_gru
+from tests.helpers.paths import REPO_ROOT
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -53,6 +53,7 @@ def test_compiled_gru_equals_nn_gru_in_outputs_and_gradients(layers, device):
         assert not [w for w in caught if "contiguous chunk" in str(w.message)]
 
 
+@pytest.mark.slow
 def test_the_weight_packing_warning_is_silenced_for_this_module_only():
     # A fresh interpreter: pytest puts its own "always" filter in front of every test's warnings.
     code = ("import warnings, model.rnn\n"
@@ -61,8 +62,7 @@ def test_the_weight_packing_warning_is_silenced_for_this_module_only():
             "        warnings.warn_explicit('RNN module weights are not part of single contiguous chunk of memory.',\n"
             "                               UserWarning, module + '.py', 1, module=module)\n"
             "print([w.filename for w in caught])")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     assert result.stdout.strip() == "['elsewhere.py']"
 
 
@@ -116,6 +116,7 @@ def test_outside_compile_run_gru_is_the_module_call():
     assert len(calls) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_gru_under_autocast_runs_in_the_input_dtype(device, backend):

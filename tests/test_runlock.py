@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
+from tests.helpers.paths import DEMO_CONFIG, REPO_ROOT
 from utils.runlock import LOCK_NAME, RunLock, RunLockError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLDER = ("import sys, time\n"
           "from utils.runlock import RunLock\n"
           "lock = RunLock(sys.argv[1], what='OUTPUT_DIR', elsewhere='train into another folder').acquire()\n"
@@ -22,8 +22,8 @@ HOLDER = ("import sys, time\n"
 
 def start_holder(folder):
     """A real process holding the lock on ``folder`` (it says 'held' once it does)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, folder, "--some-option", "x y"], cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, folder, "--some-option", "x y"], cwd=REPO_ROOT,
+                            env=dict(os.environ, PYTHONPATH=REPO_ROOT), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -107,16 +107,15 @@ def test_train_cli_releases_the_lock_and_a_wrong_root_leaves_no_folder(tmp_path)
 
     out = str(tmp_path / "out")
     with pytest.raises(Exception, match="does not exist"):
-        train.main(["--config_file", os.path.join(ROOT, "configs", "demo.yml"), "DATASETS.ROOT_DIR",
+        train.main(["--config_file", DEMO_CONFIG, "DATASETS.ROOT_DIR",
                     str(tmp_path / "typo"), "OUTPUT_DIR", out])
     assert not os.path.exists(out), "a wrong data root must leave no config.yaml, log.txt or folder"
 
 
-def test_an_evaluation_refuses_a_folder_another_evaluation_holds(tmp_path):
+def test_an_evaluation_refuses_a_folder_another_evaluation_holds(tiny_checkpoint, tmp_path):
     import evaluate_all_cases
-    from tests.inference_fixtures import make_tiny_checkpoint
 
-    root, checkpoint = make_tiny_checkpoint(tmp_path)
+    root, checkpoint = tiny_checkpoint
     eval_dir = str(tmp_path / "eval")
     holder = start_holder(eval_dir)
     try:

@@ -3,7 +3,7 @@ of a real ``train.py`` with loader workers, in each phase of a run (training ste
 validation, the final evaluation), and the run lock on OUTPUT_DIR held against a second real process
 (issue 20.1). Plus the unit behaviour of ``utils.signals``.
 
-The phase runs use ``tests/signal_child.py`` (the real train.py, with its phases announced in a file and
+The phase runs use ``tests/children/signal_child.py`` (the real train.py, with its phases announced in a file and
 the loader workers slowed down in the chosen phase) so the signal lands in that phase every time.
 """
 import json
@@ -16,20 +16,12 @@ import time
 
 import pytest
 
-from tests.training_utils import DEMO, ROOT, tiny_opts
+from tests.helpers.cli import CLI_ENV
+from tests.helpers.paths import DEMO_CONFIG, REPO_ROOT
+from tests.helpers.training import make_tiny_opts
 
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT, OMP_NUM_THREADS="1", SAS_PROGRESS="0")
-CHILD = os.path.join(ROOT, "tests", "signal_child.py")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from configs import load_config
-    from datasets.build import build_dataset
-
-    root = str(tmp_path_factory.mktemp("signals") / "xfd")
-    build_dataset(load_config(DEMO, tiny_opts(root, "unused")))
-    return root
+ENV = dict(CLI_ENV, SAS_PROGRESS="0")
+CHILD = os.path.join(REPO_ROOT, "tests", "children", "signal_child.py")
 
 
 _started = []
@@ -48,7 +40,7 @@ def no_run_left_behind():
 
 def run_opts(data_root, out, **extra):
     """Two epochs, validation every epoch, test evaluation at the end, two loader workers."""
-    return tiny_opts(data_root, out, epochs=2, **{"DATALOADER.NUM_WORKERS": "2", "SOLVER.EVAL_PERIOD": "1",
+    return make_tiny_opts(data_root, out, epochs=2, **{"DATALOADER.NUM_WORKERS": "2", "SOLVER.EVAL_PERIOD": "1",
                                                   "TEST.EVAL_AFTER_TRAINING": "True", "SOLVER.LOG_PERIOD": "100",
                                                   **extra})
 
@@ -59,8 +51,8 @@ def start_in_phase(tmp_path, target, opts, hold=False):
     phase_file, marker = str(tmp_path / "phase"), str(tmp_path / "marker")
     if hold:
         open(marker + ".hold", "w").close()
-    proc = subprocess.Popen([sys.executable, CHILD, phase_file, target, marker, "--config_file", DEMO, *opts],
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, CHILD, phase_file, target, marker, "--config_file", DEMO_CONFIG, *opts],
+                            cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     _started.append(proc)
     deadline = time.time() + 900
@@ -105,16 +97,17 @@ def assert_stopped(proc, stdout, stderr, out, *needles):
     return lines[0]
 
 
-def test_sigterm_to_the_group_in_training_steps_and_the_run_lock(data_root, tmp_path):
+@pytest.mark.slow
+def test_sigterm_to_the_group_in_training_steps_and_the_run_lock(train_data_root, tmp_path):
     out = str(tmp_path / "run")
-    proc = start_in_phase(tmp_path, "train2", run_opts(data_root, out), hold=True)
+    proc = start_in_phase(tmp_path, "train2", run_opts(train_data_root, out), hold=True)
     # A second real process into the same OUTPUT_DIR refuses at once, naming the first; the first's
     # files stay as they are.
     log = os.path.join(out, "log.txt")
     config = open(os.path.join(out, "config.yaml"), "rb").read()
     log_start = open(log).read()
-    second = subprocess.run([sys.executable, "train.py", "--config_file", DEMO, *run_opts(data_root, out)],
-                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    second = subprocess.run([sys.executable, "train.py", "--config_file", DEMO_CONFIG, *run_opts(train_data_root, out)],
+                            cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     text = second.stdout + second.stderr
     assert second.returncode == 1 and "Traceback" not in text, text[-3000:]
     message = [line for line in text.splitlines() if line.startswith("error: ")]
@@ -136,17 +129,19 @@ def test_sigterm_to_the_group_in_training_steps_and_the_run_lock(data_root, tmp_
     assert torch.load(os.path.join(out, "checkpoint_last.pth"), weights_only=True)["epoch"] == 1
 
 
-def test_sigint_to_the_group_in_the_memory_rebuild(data_root, tmp_path):
+@pytest.mark.slow
+def test_sigint_to_the_group_in_the_memory_rebuild(train_data_root, tmp_path):
     out = str(tmp_path / "run")
-    proc = start_in_phase(tmp_path, "rebuild2", run_opts(data_root, out))
+    proc = start_in_phase(tmp_path, "rebuild2", run_opts(train_data_root, out))
     stdout, stderr = signal_group(proc, signal.SIGINT)
     assert_stopped(proc, stdout, stderr, out, "Interrupted at epoch 2, during the memory rebuild", "epoch 1) is kept",
                    "--resume auto")
 
 
-def test_sigusr1_in_validation_saves_the_epoch_and_the_resumed_run_validates_it_first(data_root, tmp_path):
+@pytest.mark.slow
+def test_sigusr1_in_validation_saves_the_epoch_and_the_resumed_run_validates_it_first(train_data_root, tmp_path):
     out = str(tmp_path / "run")
-    proc = start_in_phase(tmp_path, "validation epoch 1", run_opts(data_root, out))
+    proc = start_in_phase(tmp_path, "validation epoch 1", run_opts(train_data_root, out))
     stdout, stderr = signal_group(proc, signal.SIGUSR1)
     assert_stopped(proc, stdout, stderr, out, "Interrupted at epoch 1, during its validation",
                    "(epoch 1, validation pending) is kept", "--resume auto")
@@ -154,9 +149,9 @@ def test_sigusr1_in_validation_saves_the_epoch_and_the_resumed_run_validates_it_
 
     state = load_checkpoint(os.path.join(out, "checkpoint_last.pth"))
     assert state["epoch"] == 1 and state["validation_pending"] is True
-    resumed = subprocess.run([sys.executable, "train.py", "--config_file", DEMO, "--resume", "auto",
-                              *run_opts(data_root, out, **{"TEST.EVAL_AFTER_TRAINING": "False"})],
-                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run([sys.executable, "train.py", "--config_file", DEMO_CONFIG, "--resume", "auto",
+                              *run_opts(train_data_root, out, **{"TEST.EVAL_AFTER_TRAINING": "False"})],
+                             cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     text = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, text[-5000:]
     assert "Validating epoch 1 first (its validation was interrupted)" in text
@@ -166,16 +161,17 @@ def test_sigusr1_in_validation_saves_the_epoch_and_the_resumed_run_validates_it_
     assert "validation_pending" not in load_checkpoint(os.path.join(out, "checkpoint_last.pth"))
 
 
-def test_sigterm_in_the_final_evaluation_then_resume_auto_only_evaluates(data_root, tmp_path):
+@pytest.mark.slow
+def test_sigterm_in_the_final_evaluation_then_resume_auto_only_evaluates(train_data_root, tmp_path):
     out = str(tmp_path / "run")
-    proc = start_in_phase(tmp_path, "final", run_opts(data_root, out))
+    proc = start_in_phase(tmp_path, "final", run_opts(train_data_root, out))
     stdout, stderr = signal_group(proc, signal.SIGTERM)
     assert_stopped(proc, stdout, stderr, out, "Interrupted during the final evaluation: training is complete",
                    "no submission.csv was written", "--resume auto")
     assert not os.path.exists(os.path.join(out, "submission.csv"))
     tables = open(os.path.join(out, "log.txt")).read().count("DetReIDX at ")
-    resumed = subprocess.run([sys.executable, "train.py", "--config_file", DEMO, "--resume", "auto",
-                              *run_opts(data_root, out)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+    resumed = subprocess.run([sys.executable, "train.py", "--config_file", DEMO_CONFIG, "--resume", "auto",
+                              *run_opts(train_data_root, out)], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True,
                              timeout=900)
     text = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, text[-5000:]
@@ -233,14 +229,15 @@ def test_a_loader_error_is_the_interrupt_only_after_a_stop_signal():
     assert not signals.stop_requested()
 
 
-def test_inference_loader_is_a_step_boundary_and_its_workers_ignore_stop_signals(tmp_path):
+@pytest.mark.slow
+def test_inference_loader_is_a_step_boundary_and_its_workers_ignore_stop_signals(tiny_root):
     """A stop signal ends an inference loop before its next batch; the workers, forked with the signals
     blocked, ignore them (a worker killed by a group signal would end the run with a traceback)."""
     from datasets.build import build_dataset, build_inference_loader
-    from tests.datasets_fixtures import make_tiny_root, tiny_cfg
+    from tests.helpers.data import make_tiny_cfg
     from utils import signals
 
-    cfg = tiny_cfg(make_tiny_root(tmp_path), "DATALOADER.NUM_WORKERS", "2", "TEST.IMS_PER_BATCH", "2")
+    cfg = make_tiny_cfg(tiny_root, "DATALOADER.NUM_WORKERS", "2", "TEST.IMS_PER_BATCH", "2")
     tracklets = build_dataset(cfg).cases[3].gallery
     loader = build_inference_loader(cfg, tracklets)
     with signals.stop_at_step_boundaries():
@@ -282,11 +279,12 @@ print("exiting", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_workers_end_on_their_parents_sigterm_so_exit_does_not_hang():
     """Workers drop a SIGTERM from anyone but their parent; the parent's own SIGTERM (how the DataLoader
     and multiprocessing's exit handler stop workers) still ends them, so a process that exits with live
     persistent workers does not hang."""
-    proc = subprocess.Popen([sys.executable, "-c", EXIT_WITH_LIVE_WORKERS], cwd=ROOT, env=ENV, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", EXIT_WITH_LIVE_WORKERS], cwd=REPO_ROOT, env=ENV, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         workers = [int(pid) for pid in proc.stdout.readline().split()]

@@ -1,4 +1,6 @@
-"""Optimizer parameter groups and LR schedules."""
+"""solver/: optimizer parameter groups and LR schedules, and the authors' learning rates on the SAS model (the
+encoder's biases at the backbone LR, x2 for the temporal and frame classifiers only, every bias at x2 by
+default, GRU biases included), each behind a key that restores the earlier choice."""
 import pytest
 import torch
 from torch import nn
@@ -6,6 +8,7 @@ from torch import nn
 from configs import load_config
 from solver.optimizer import build_optimizer, parameter_groups
 from solver.scheduler import build_scheduler, lr_factor
+from tests.helpers.models import make_tiny_sas
 
 
 class TinyModel(nn.Module):
@@ -86,3 +89,57 @@ def test_scheduler_steps_per_epoch():
         opt.step()
         sched.step()
     assert seen == pytest.approx([0.1, 0.55, 1.0, 0.1, 0.1])
+
+
+def lr_of(optimizer, name):
+    return next(g["lr"] for g in optimizer.param_groups if name in g["names"])
+
+
+def test_default_parameter_group_lrs_follow_the_authors():
+    cfg, model = make_tiny_sas()
+    opt = build_optimizer(cfg, model)
+    base, backbone = cfg.SOLVER.BASE_LR, cfg.SOLVER.BACKBONE_LR
+    named = dict(model.named_parameters())
+    encoder_biases = [n for n, p in named.items() if n.startswith("backbone.") and n.endswith("bias") and p.requires_grad]
+    assert encoder_biases
+    for name in encoder_biases:  # the encoder's biases at the backbone LR, not x BIAS_LR_FACTOR
+        assert lr_of(opt, name) == pytest.approx(backbone), name
+    assert lr_of(opt, "backbone.ln_post.weight") == pytest.approx(backbone)
+    for name in ("classifier_tp.weight", "classifier_frame.weight"):  # temporal and frame classifiers x2
+        assert lr_of(opt, name) == pytest.approx(2 * base), name
+    for name in ("classifier_shape.weight", "classifier_framewise_shape.weight", "classifier_appearance.weight",
+                 "mgtm.fusion_logits", "prsd.input_proj.weight"):  # shape classifiers and other heads: base LR
+        assert lr_of(opt, name) == pytest.approx(base), name
+    head_biases = [n for n, p in named.items() if not n.startswith("backbone.") and n.endswith("bias") and p.requires_grad]
+    assert head_biases
+    for name in head_biases:  # biases outside the encoder keep BIAS_LR_FACTOR
+        assert lr_of(opt, name) == pytest.approx(base * cfg.SOLVER.BIAS_LR_FACTOR), name
+
+
+def test_keys_restore_the_other_choices():
+    cfg, model = make_tiny_sas("SOLVER.BACKBONE_BIAS_LR_FACTOR", "2.0",
+                               "SOLVER.HEAD_LR_CLASSIFIERS", "['tp', 'frame', 'shape', 'framewise_shape']")
+    opt = build_optimizer(cfg, model)
+    base, backbone = cfg.SOLVER.BASE_LR, cfg.SOLVER.BACKBONE_LR
+    assert lr_of(opt, "backbone.ln_post.bias") == pytest.approx(2 * backbone)
+    assert lr_of(opt, "backbone.ln_post.weight") == pytest.approx(backbone)
+    for name in ("classifier_tp.weight", "classifier_frame.weight", "classifier_shape.weight",
+                 "classifier_framewise_shape.weight"):
+        assert lr_of(opt, name) == pytest.approx(2 * base), name
+
+
+def test_unknown_head_lr_classifier_is_an_error_naming_the_key():
+    cfg, model = make_tiny_sas("SOLVER.HEAD_LR_CLASSIFIERS", "['tp', 'temporal']")
+    with pytest.raises(ValueError, match="SOLVER.HEAD_LR_CLASSIFIERS.*temporal"):
+        build_optimizer(cfg, model)
+
+
+def test_gru_biases_train_at_the_bias_factor():
+    cfg, model = make_tiny_sas()
+    assert cfg.SOLVER.BIAS_NAME_MATCH == "substring"
+    base = cfg.SOLVER.BASE_LR
+    opt = build_optimizer(cfg, model)
+    assert lr_of(opt, "prsd.encoder.gru.bias_ih_l0") == pytest.approx(base * cfg.SOLVER.BIAS_LR_FACTOR)
+    assert lr_of(opt, "prsd.encoder.gru.weight_ih_l0") == pytest.approx(base)
+    cfg, model = make_tiny_sas("SOLVER.BIAS_NAME_MATCH", "suffix")
+    assert lr_of(build_optimizer(cfg, model), "prsd.encoder.gru.bias_ih_l0") == pytest.approx(base)

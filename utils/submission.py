@@ -21,7 +21,7 @@ tracklet id are read as integers from ``{pid}_{tid}`` names (``utils.protocol.sp
 pid, another tid; an entry of another identity is never junk; queries without a good entry are left
 out of the means; AP by the trapezoid rule; mAP, R1, R5, R10, R20 per case and mAP-3 pooled over all
 scored queries (``utils.metrics.pool_cases``, as evaluation pools them). Its per-query AP is an
-independent per-row implementation; ``tests/test_scorer_oracle.py`` checks it and ``utils.metrics.evaluate_ranking(junk_rule="tracklet", ap_mode="trapezoid")`` against a loop
+independent per-row implementation; ``tests/test_submission.py`` checks it and ``utils.metrics.evaluate_ranking(junk_rule="tracklet", ap_mode="trapezoid")`` against a loop
 written from that rule.
 """
 from __future__ import annotations

@@ -16,20 +16,21 @@ from configs import config_from_yaml_text
 from model.backbone import TINY_CONFIGS
 from model.build import build_model
 from processor.trainer import NonFiniteLossError
-from tests.datasets_fixtures import make_tiny_root
-from tests.faults.helpers import DEMO, assert_clean_failure, fast_opts, run_cli, sha256
+from tests.helpers.cli import assert_clean_failure, run_cli
+from tests.helpers.files import sha256
+from tests.helpers.paths import DEMO_CONFIG
+from tests.helpers.training import make_tiny_opts
 from utils import checkpoint as checkpoint_module
-from utils.checkpoint import (CheckpointError, find_resume_checkpoint, load_checkpoint, load_model_state,
-                              save_checkpoint)
+from utils.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, load_model_state, save_checkpoint
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 2-epoch tiny run: checkpoint_epoch1.pth, checkpoint_epoch2.pth, checkpoint_last.pth."""
+def trained(tiny_root, tmp_path_factory):
+    """A 2-epoch tiny run on tiny_root: checkpoint_epoch1.pth, checkpoint_epoch2.pth, checkpoint_last.pth."""
     base = tmp_path_factory.mktemp("checkpoints")
-    root = make_tiny_root(base)
+    root = tiny_root
     out = str(base / "run")
-    train.main(["--config_file", DEMO, *fast_opts(root, out, epochs=2)])
+    train.main(["--config_file", DEMO_CONFIG, *make_tiny_opts(root, out, epochs=2)])
     state = load_checkpoint(os.path.join(out, "checkpoint_last.pth"))
     return SimpleNamespace(root=root, out=out, base=base, state=state,
                            cfg=config_from_yaml_text(state["config"]), meta=state["meta"])
@@ -67,6 +68,7 @@ def _evaluate(model_path, tmp_path):
 
 
 # ----------------------------------------------------------------------------- another config
+@pytest.mark.slow
 @pytest.mark.parametrize("name, shapes", [
     ("other width", ("checkpoint (32", "vs model (64")),
     ("other class count", ("checkpoint (7,", "vs model (4,")),
@@ -79,6 +81,7 @@ def test_checkpoint_of_another_config_is_refused_by_evaluate_cli(trained, foreig
     assert not os.path.exists(tmp_path / "submission.csv") and not os.path.exists(tmp_path / "results.json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["other width", "other class count"])
 def test_mismatched_checkpoint_loads_nothing(trained, foreign, name):
     model = build_model(trained.cfg, num_classes=trained.meta["num_classes"], num_cameras=trained.meta["num_cameras"])
@@ -89,15 +92,17 @@ def test_mismatched_checkpoint_loads_nothing(trained, foreign, name):
     assert all(torch.equal(before[k], after[k]) for k in before)  # not even the tensors that would fit
 
 
+@pytest.mark.slow
 def test_training_resume_from_another_config_stops_with_the_mismatch(trained, foreign, tmp_path):
     out = str(tmp_path / "resume")
     with pytest.raises(CheckpointError, match=r"nothing was loaded(.|\n)*checkpoint \(7,"):
-        train.main(["--config_file", DEMO, "--resume", foreign.paths["other class count"],
-                    *fast_opts(trained.root, out, epochs=2)])
+        train.main(["--config_file", DEMO_CONFIG, "--resume", foreign.paths["other class count"],
+                    *make_tiny_opts(trained.root, out, epochs=2)])
     assert not os.path.exists(os.path.join(out, "checkpoint_last.pth"))
 
 
 # ----------------------------------------------------------------------------- truncated files
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
 def test_truncated_checkpoint_is_a_clear_error(trained, tmp_path, keep):
     data = open(os.path.join(trained.out, "checkpoint_epoch1.pth"), "rb").read()
@@ -109,6 +114,7 @@ def test_truncated_checkpoint_is_a_clear_error(trained, tmp_path, keep):
     assert path in str(caught.value) and "truncated or not a checkpoint" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_resume_auto_reads_only_until_the_newest_good_checkpoint(trained, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     shutil.copytree(trained.out, out)
@@ -123,13 +129,15 @@ def test_resume_auto_reads_only_until_the_newest_good_checkpoint(trained, tmp_pa
     assert read == ["checkpoint_last.pth", "checkpoint_epoch2.pth"]  # epoch 1 is never read
 
 
+@pytest.mark.slow
 def test_train_cli_resume_auto_falls_back_to_the_previous_good_checkpoint(trained, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(trained.out, out)
     for name in ("checkpoint_last.pth", "checkpoint_epoch2.pth"):  # killed mid-epoch-2 by a faulty disk, say
         with open(os.path.join(out, name), "r+b") as f:
             f.truncate(os.path.getsize(os.path.join(out, name)) // 2)
-    proc = run_cli("train.py", "--config_file", DEMO, "--resume", "auto", *fast_opts(trained.root, out, epochs=2))
+    proc = run_cli("train.py", "--config_file", DEMO_CONFIG, "--resume", "auto",
+                   *make_tiny_opts(trained.root, out, epochs=2))
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-4000:]
     assert "Skipping damaged checkpoint" in text and "checkpoint_last.pth" in text
@@ -161,6 +169,7 @@ def _payload_checkpoint(trained, folder, fmt: str) -> SimpleNamespace:
     return SimpleNamespace(path=path, marker=marker)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
 def test_checkpoint_with_code_is_refused_and_nothing_runs(trained, tmp_path, fmt):
     payload = _payload_checkpoint(trained, tmp_path, fmt)
@@ -169,6 +178,7 @@ def test_checkpoint_with_code_is_refused_and_nothing_runs(trained, tmp_path, fmt
     assert not os.path.exists(payload.marker)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
 def test_resume_auto_passes_over_a_checkpoint_with_code(trained, tmp_path, fmt):
     payload = _payload_checkpoint(trained, tmp_path, fmt)
@@ -178,6 +188,7 @@ def test_resume_auto_passes_over_a_checkpoint_with_code(trained, tmp_path, fmt):
     assert not os.path.exists(payload.marker)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_refuses_a_checkpoint_with_code(trained, tmp_path):
     payload = _payload_checkpoint(trained, tmp_path, "zip")
     proc = _evaluate(payload.path, tmp_path)
@@ -186,6 +197,7 @@ def test_evaluate_cli_refuses_a_checkpoint_with_code(trained, tmp_path):
 
 
 # ----------------------------------------------------------------------------- non-finite loss
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(trained, tmp_path):
     out = str(tmp_path / "run")
     os.makedirs(out)
@@ -194,8 +206,8 @@ def test_non_finite_loss_stops_naming_step_and_term_and_keeps_the_checkpoint(tra
     before = sha256(os.path.join(out, "checkpoint_last.pth"))
     # Every identity term stays finite (~1.4e38) but their float32 sum overflows to inf at the first step.
     with pytest.raises(NonFiniteLossError) as caught:
-        train.main(["--config_file", DEMO, "--resume", "auto",
-                    *fast_opts(trained.root, out, epochs=2, **{"LOSS.ID_WEIGHT": "1e38"})])
+        train.main(["--config_file", DEMO_CONFIG, "--resume", "auto",
+                    *make_tiny_opts(trained.root, out, epochs=2, **{"LOSS.ID_WEIGHT": "1e38"})])
     message = str(caught.value)
     assert "Non-finite loss at epoch 2, step 1" in message and "overflow" in message and "id_" in message
     assert "last good checkpoint" in message and "another rank" not in message

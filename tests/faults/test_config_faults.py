@@ -7,7 +7,8 @@ import os
 import pytest
 
 from configs import ConfigError, load_config
-from tests.faults.helpers import DEMO, assert_clean_failure, run_cli
+from tests.helpers.cli import assert_clean_failure, run_cli
+from tests.helpers.paths import DEMO_CONFIG
 
 
 def _write(folder, name, text) -> str:
@@ -22,7 +23,7 @@ def bad_configs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("configs")
     _write(folder, "b.yml", "_BASE_: a.yml\n")  # a.yml -> b.yml -> a.yml
     return {
-        "unknown key": (_write(folder, "unknown.yml", f"_BASE_: {DEMO}\nSOLVER:\n  MAX_EPOCH: 3\n"),
+        "unknown key": (_write(folder, "unknown.yml", f"_BASE_: {DEMO_CONFIG}\nSOLVER:\n  MAX_EPOCH: 3\n"),
                         ["SOLVER.MAX_EPOCH", "unknown.yml", "Did you mean SOLVER.MAX_EPOCHS"]),
         "_BASE_ cycle": (_write(folder, "a.yml", "_BASE_: b.yml\nSOLVER:\n  MAX_EPOCHS: 3\n"),
                          ["_BASE_ cycle", "a.yml", "b.yml"]),
@@ -54,14 +55,14 @@ def test_bad_config_file_is_an_error_naming_key_and_file(bad_configs, fault):
 ], ids=["unknown key", "wrong type", "list of the wrong type", "odd count"])
 def test_bad_override_is_an_error_naming_the_key(opts, needles):
     with pytest.raises(ConfigError) as caught:
-        load_config(DEMO, opts)
+        load_config(DEMO_CONFIG, opts)
     for needle in needles:
         assert needle in str(caught.value)
 
 
 def test_numbers_written_naturally_are_accepted(tmp_path):
     """1 for a float key and 1e-3 (read by YAML as a string) are numbers, in a file or on the command line."""
-    path = _write(tmp_path, "ints.yml", f"_BASE_: {DEMO}\nSOLVER:\n  BASE_LR: 1\nLOSS:\n  ID_WEIGHT: 2\n"
+    path = _write(tmp_path, "ints.yml", f"_BASE_: {DEMO_CONFIG}\nSOLVER:\n  BASE_LR: 1\nLOSS:\n  ID_WEIGHT: 2\n"
                                         "INPUT:\n  PIXEL_MEAN: [0, 0.5, 1e-3]\n")
     cfg = load_config(path, ["LOSS.TRIPLET_WEIGHT", "3", "INPUT.PIXEL_STD", "[1, 1e-1, 2]"])
     assert isinstance(cfg.SOLVER.BASE_LR, float) and cfg.SOLVER.BASE_LR == 1.0
@@ -69,6 +70,7 @@ def test_numbers_written_naturally_are_accepted(tmp_path):
     assert list(cfg.INPUT.PIXEL_MEAN) == [0.0, 0.5, 0.001] and list(cfg.INPUT.PIXEL_STD) == [1.0, 0.1, 2.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["unknown key", "_BASE_ cycle", "wrong type"])
 def test_train_cli_exits_with_the_message_and_no_traceback(bad_configs, tmp_path, fault):
     path, needles = bad_configs[fault]
@@ -78,6 +80,7 @@ def test_train_cli_exits_with_the_message_and_no_traceback(bad_configs, tmp_path
     assert not os.path.exists(out_dir)  # nothing was started
 
 
+@pytest.mark.slow
 def test_train_cli_bad_override_exits_with_the_message(tmp_path):
-    proc = run_cli("train.py", "--config_file", DEMO, "SOLVER.MAX_EPOCHS", "many", "OUTPUT_DIR", str(tmp_path))
+    proc = run_cli("train.py", "--config_file", DEMO_CONFIG, "SOLVER.MAX_EPOCHS", "many", "OUTPUT_DIR", str(tmp_path))
     assert_clean_failure(proc, "error: ", "SOLVER.MAX_EPOCHS", "many")

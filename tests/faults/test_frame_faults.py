@@ -5,7 +5,6 @@ Rows: corrupt / truncated / zero-byte JPEG in a tracklet; empty tracklet folder;
 import logging
 import os
 import re
-import shutil
 
 import pytest
 import torch
@@ -16,21 +15,9 @@ from datasets.build import build_dataset, build_inference_loader, build_train_lo
 from datasets.detreidx.scan import DatasetLayoutError
 from datasets.frame_sampling import inference_clips
 from datasets.video import CorruptFrameError
-from tests.datasets_fixtures import make_tiny_root, tiny_cfg
-from tests.faults.helpers import DEMO, FRAME_DAMAGE, damage_frame, fast_opts
-
-
-@pytest.fixture(scope="module")
-def pristine_root(tmp_path_factory):
-    return make_tiny_root(tmp_path_factory.mktemp("frames"))
-
-
-@pytest.fixture
-def root(pristine_root, tmp_path):
-    """A private copy of the tiny dataset that a test may damage."""
-    copy = str(tmp_path / "xfd")
-    shutil.copytree(pristine_root, copy)
-    return copy
+from tests.helpers.data import FRAME_DAMAGE, damage_frame, make_tiny_cfg
+from tests.helpers.paths import DEMO_CONFIG
+from tests.helpers.training import make_tiny_opts
 
 
 def _clip_frame(cfg, tracklet, position=0):
@@ -39,11 +26,12 @@ def _clip_frame(cfg, tracklet, position=0):
     return tracklet.frames[int(indices[position])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, workers", [(kind, 0) for kind in FRAME_DAMAGE] + [("truncated", 2)],
                          ids=[*FRAME_DAMAGE, "truncated-in-a-loader-worker"])
-def test_unreadable_frame_is_an_error_naming_the_file(root, kind, workers):
+def test_unreadable_frame_is_an_error_naming_the_file(tiny_root_copy, kind, workers):
     # (After a worker error, torch's DataLoader takes ~5 s to join its workers: the worker case runs once.)
-    cfg = tiny_cfg(root, "DATALOADER.NUM_WORKERS", str(workers))
+    cfg = make_tiny_cfg(tiny_root_copy, "DATALOADER.NUM_WORKERS", str(workers))
     gallery = build_dataset(cfg).cases[1].gallery
     bad = _clip_frame(cfg, gallery[1])
     damage_frame(bad, kind)
@@ -55,8 +43,9 @@ def test_unreadable_frame_is_an_error_naming_the_file(root, kind, workers):
     assert "DATASETS.SKIP_CORRUPT_FRAMES" in message  # the fix is named
 
 
-def test_skip_corrupt_frames_uses_a_neighbour_warns_and_counts(root, caplog):
-    cfg = tiny_cfg(root, "DATASETS.SKIP_CORRUPT_FRAMES", "True")
+@pytest.mark.slow
+def test_skip_corrupt_frames_uses_a_neighbour_warns_and_counts(tiny_root_copy, caplog):
+    cfg = make_tiny_cfg(tiny_root_copy, "DATASETS.SKIP_CORRUPT_FRAMES", "True")
     tracklet = next(t for t in build_dataset(cfg).cases[1].gallery if t.num_frames >= 5)
     clip = inference_clips(tracklet.num_frames, int(cfg.TEST.SEQ_LEN), "even")[0]
     bad = [tracklet.frames[int(i)] for i in clip[:3]]
@@ -73,8 +62,8 @@ def test_skip_corrupt_frames_uses_a_neighbour_warns_and_counts(root, caplog):
         assert path in warned
 
 
-def test_tracklet_without_one_readable_frame_is_an_error_naming_it(root):
-    cfg = tiny_cfg(root, "DATASETS.SKIP_CORRUPT_FRAMES", "True")
+def test_tracklet_without_one_readable_frame_is_an_error_naming_it(tiny_root_copy):
+    cfg = make_tiny_cfg(tiny_root_copy, "DATASETS.SKIP_CORRUPT_FRAMES", "True")
     tracklet = build_dataset(cfg).cases[2].query[0]
     for path in tracklet.frames:
         damage_frame(path, "truncated")
@@ -82,8 +71,9 @@ def test_tracklet_without_one_readable_frame_is_an_error_naming_it(root):
         list(build_inference_loader(cfg, [tracklet]))
 
 
-def test_training_stops_on_an_unreadable_frame_or_skips_and_counts_it(root, tmp_path, caplog):
-    cfg = load_config(DEMO, fast_opts(root, str(tmp_path / "unused")))
+@pytest.mark.slow
+def test_training_stops_on_an_unreadable_frame_or_skips_and_counts_it(tiny_root_copy, tmp_path, caplog):
+    cfg = load_config(DEMO_CONFIG, make_tiny_opts(tiny_root_copy, str(tmp_path / "unused"), epochs=1))
     tracklet = build_dataset(cfg).train[0]
     bad = tracklet.frames[:-1]  # every frame but the last: any clip of this tracklet meets a damaged one
     for i, path in enumerate(bad):
@@ -91,31 +81,33 @@ def test_training_stops_on_an_unreadable_frame_or_skips_and_counts_it(root, tmp_
 
     stop = str(tmp_path / "stop")
     with pytest.raises(CorruptFrameError) as caught:
-        train.main(["--config_file", DEMO, *fast_opts(root, stop)])
+        train.main(["--config_file", DEMO_CONFIG, *make_tiny_opts(tiny_root_copy, stop, epochs=1)])
     assert any(path in str(caught.value) for path in bad)
     assert not os.path.exists(os.path.join(stop, "checkpoint_last.pth"))
 
     skip = str(tmp_path / "skip")
     with caplog.at_level(logging.INFO):
-        train.main(["--config_file", DEMO, *fast_opts(root, skip, **{"DATASETS.SKIP_CORRUPT_FRAMES": "True"})])
+        train.main(["--config_file", DEMO_CONFIG,
+                    *make_tiny_opts(tiny_root_copy, skip, epochs=1, **{"DATASETS.SKIP_CORRUPT_FRAMES": "True"})])
     assert "Skipping unreadable frame" in caplog.text and any(path in caplog.text for path in bad)
     counts = [int(n) for n in re.findall(r"[Ss]kipped (\d+) unreadable", caplog.text)]
     assert counts and max(counts) >= 1, caplog.text[-3000:]
     assert os.path.isfile(os.path.join(skip, "checkpoint_last.pth"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("leftover", [None, "Thumbs.db"])
-def test_empty_tracklet_folder_is_an_error_naming_it(root, leftover):
-    empty = os.path.join(root, "case3_aerial_to_aerial", "gallery", "0008", "0008_99")
+def test_empty_tracklet_folder_is_an_error_naming_it(tiny_root_copy, leftover):
+    empty = os.path.join(tiny_root_copy, "case3_aerial_to_aerial", "gallery", "0008", "0008_99")
     os.makedirs(empty)
     if leftover:
         open(os.path.join(empty, leftover), "wb").close()
     with pytest.raises(DatasetLayoutError, match=re.escape(empty)):
-        build_dataset(tiny_cfg(root))
+        build_dataset(make_tiny_cfg(tiny_root_copy))
 
 
-def test_one_frame_tracklet_is_padded_to_the_clip_length(root):
-    cfg = tiny_cfg(root)
+def test_one_frame_tracklet_is_padded_to_the_clip_length(tiny_root_copy):
+    cfg = make_tiny_cfg(tiny_root_copy)
     dataset = build_dataset(cfg)
     train_tracklet, gallery_tracklet = dataset.train[0], dataset.cases[1].gallery[0]
     for tracklet in (train_tracklet, gallery_tracklet):
@@ -133,7 +125,7 @@ def test_one_frame_tracklet_is_padded_to_the_clip_length(root):
 
     one = next(t for t in dataset.cases[1].gallery if t.name == gallery_tracklet.name)
     for mode in ("even", "dense"):
-        mode_cfg = tiny_cfg(root, "TEST.SAMPLING", mode)
+        mode_cfg = make_tiny_cfg(tiny_root_copy, "TEST.SAMPLING", mode)
         batches = list(build_inference_loader(mode_cfg, [one]))
         assert len(batches) == 1 and batches[0]["frames"].shape == (1, int(cfg.TEST.SEQ_LEN), 3, 16, 8)
         clip = batches[0]["frames"][0]

@@ -1,7 +1,7 @@
 """SIGKILL while the real writers write a checkpoint or the submission CSV.
 
 Row: process killed (SIGKILL) while writing -> the previous file is intact and loadable; no half
-file under the final name. The child (tests/faults/kill_child.py) calls the real save_checkpoint /
+file under the final name. The child (tests/children/kill_child.py) calls the real save_checkpoint /
 write_submission on a large payload and pauses in the middle of the write (torch's zip writer is
 wrapped to pause after half the tensors; the CSV rows come from a generator that pauses), or
 rewrites a checkpoint in a loop and is killed at random times.
@@ -13,17 +13,19 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
-from tests.faults import kill_child
-from tests.faults.helpers import ROOT, sha256
+from tests.children import kill_child
+from tests.helpers.files import sha256
+from tests.helpers.paths import REPO_ROOT
 from utils.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
 from utils.submission import read_submission, write_submission
 
 
 def _start(mode: str, path: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, "-m", "tests.faults.kill_child", mode, path], cwd=ROOT, env=env,
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    return subprocess.Popen([sys.executable, "-m", "tests.children.kill_child", mode, path], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -53,6 +55,7 @@ def _assert_whole(path: str, fill: float) -> None:
     assert all(bool((v == fill).all()) and v.numel() == kill_child.TENSOR_VALUES for v in state["model"].values())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_checkpoint_keeps_the_previous_checkpoint(tmp_path):
     path = str(tmp_path / "checkpoint_last.pth")
     save_checkpoint(kill_child.checkpoint_state(1.0), path)
@@ -72,6 +75,7 @@ def test_sigkill_mid_checkpoint_keeps_the_previous_checkpoint(tmp_path):
     assert _others(tmp_path, "checkpoint_last.pth") == []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_csv_keeps_the_previous_csv(tmp_path):
     path = str(tmp_path / "submission.csv")
     write_submission(path, [(1, "0001_1", ["0002_2", "0001_3"])])
@@ -89,6 +93,7 @@ def test_sigkill_mid_csv_keeps_the_previous_csv(tmp_path):
     assert sum(os.path.getsize(tmp_path / n) for n in leftovers) > 0  # the kill did land mid-write
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_times_never_leaves_a_broken_checkpoint(tmp_path):
     path = str(tmp_path / "checkpoint_last.pth")
     save_checkpoint(kill_child.checkpoint_state(1.0), path)

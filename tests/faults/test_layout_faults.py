@@ -11,8 +11,10 @@ import pytest
 
 from datasets.build import build_dataset
 from datasets.detreidx.scan import DatasetLayoutError
-from tests.datasets_fixtures import make_tiny_root, tiny_cfg
-from tests.faults.helpers import DEMO, assert_clean_failure, fast_opts, run_cli
+from tests.helpers.cli import assert_clean_failure, run_cli
+from tests.helpers.data import make_tiny_cfg
+from tests.helpers.paths import DEMO_CONFIG
+from tests.helpers.training import make_tiny_opts
 from utils.protocol import CASE_FOLDERS
 from utils.submission import check_submission, write_submission
 
@@ -20,57 +22,46 @@ from utils.submission import check_submission, write_submission
 LAYOUT = "<PID>/<tracklet>/"
 
 
-@pytest.fixture(scope="module")
-def pristine_root(tmp_path_factory):
-    return make_tiny_root(tmp_path_factory.mktemp("layout"))
-
-
-@pytest.fixture
-def root(pristine_root, tmp_path):
-    copy = str(tmp_path / "xfd")
-    shutil.copytree(pristine_root, copy)
-    return copy
-
-
 def _layout_error(root) -> str:
     with pytest.raises(DatasetLayoutError) as caught:
-        build_dataset(tiny_cfg(root))
+        build_dataset(make_tiny_cfg(root))
     return str(caught.value)
 
 
-def test_missing_case_folder_names_it_and_the_layout(root):
-    missing = os.path.join(root, CASE_FOLDERS[2])
+@pytest.mark.slow
+def test_missing_case_folder_names_it_and_the_layout(tiny_root_copy):
+    missing = os.path.join(tiny_root_copy, CASE_FOLDERS[2])
     shutil.rmtree(missing)
-    message = _layout_error(root)
+    message = _layout_error(tiny_root_copy)
     assert missing in message and LAYOUT in message
 
 
-def test_missing_split_folder_names_it_and_the_layout(root):
-    missing = os.path.join(root, CASE_FOLDERS[3], "gallery")
+def test_missing_split_folder_names_it_and_the_layout(tiny_root_copy):
+    missing = os.path.join(tiny_root_copy, CASE_FOLDERS[3], "gallery")
     shutil.rmtree(missing)
-    message = _layout_error(root)
+    message = _layout_error(tiny_root_copy)
     assert missing in message and LAYOUT in message
 
 
 @pytest.mark.parametrize("where", ["train", os.path.join(CASE_FOLDERS[1], "query")])
-def test_pid_folder_not_an_integer_names_it_and_the_layout(root, where):
-    part = os.path.join(root, where)
+def test_pid_folder_not_an_integer_names_it_and_the_layout(tiny_root_copy, where):
+    part = os.path.join(tiny_root_copy, where)
     first = sorted(os.listdir(part))[0]
     renamed = os.path.join(part, "person_" + first)
     os.rename(os.path.join(part, first), renamed)
-    message = _layout_error(root)
+    message = _layout_error(tiny_root_copy)
     assert renamed in message and LAYOUT in message
 
 
-def test_unknown_frame_name_scheme_names_the_file_and_the_schemes(root):
-    folder = os.path.join(root, "train", "0002", sorted(os.listdir(os.path.join(root, "train", "0002")))[0])
+def test_unknown_frame_name_scheme_names_the_file_and_the_schemes(tiny_root_copy):
+    folder = os.path.join(tiny_root_copy, "train", "0002", sorted(os.listdir(os.path.join(tiny_root_copy, "train", "0002")))[0])
     for number, frame in enumerate(sorted(os.listdir(folder)), start=1):  # a camera's own naming
         os.rename(os.path.join(folder, frame), os.path.join(folder, f"IMG_{number:04d}.jpg"))
-    message = _layout_error(root)
+    message = _layout_error(tiny_root_copy)
     assert folder in message and "IMG_0001.jpg" in message
     assert "PID_DD_MM_YYYY" in message and "DATASETS.UNKNOWN_NAMES_AS_GROUND" in message
     # The documented escape hatch: such frames count as ground frames.
-    dataset = build_dataset(tiny_cfg(root, "DATASETS.UNKNOWN_NAMES_AS_GROUND", "True"))
+    dataset = build_dataset(make_tiny_cfg(tiny_root_copy, "DATASETS.UNKNOWN_NAMES_AS_GROUND", "True"))
     assert dataset.train
 
 
@@ -87,47 +78,52 @@ def _duplicate_tracklet_name(root, case: int, source: str) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("source", ["query", "gallery"])
-def test_same_tracklet_name_under_two_pids_in_one_case_is_an_error(root, source):
-    original, copy = _duplicate_tracklet_name(root, 1, source)
-    message = _layout_error(root)
+def test_same_tracklet_name_under_two_pids_in_one_case_is_an_error(tiny_root_copy, source):
+    original, copy = _duplicate_tracklet_name(tiny_root_copy, 1, source)
+    message = _layout_error(tiny_root_copy)
     assert original in message and copy in message and "rename" in message
 
 
-def test_submission_checker_cli_reports_the_ambiguous_name(root, tmp_path):
-    _duplicate_tracklet_name(root, 2, "gallery")
+@pytest.mark.slow
+def test_submission_checker_cli_reports_the_ambiguous_name(tiny_root_copy, tmp_path):
+    _duplicate_tracklet_name(tiny_root_copy, 2, "gallery")
     csv_path = str(tmp_path / "submission.csv")
     write_submission(csv_path, [(2, "0007_1", ["0007_2"])])
-    assert any("several PIDs" in p for p in check_submission(csv_path, root))
-    proc = run_cli("-m", "utils.submission", "check", csv_path, "--root", root)
+    assert any("several PIDs" in p for p in check_submission(csv_path, tiny_root_copy))
+    proc = run_cli("-m", "utils.submission", "check", csv_path, "--root", tiny_root_copy)
     assert proc.returncode == 1 and "several PIDs" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_layout_errors_reach_the_command_lines_without_a_traceback(root, tmp_path):
-    pid_folder = os.path.join(root, CASE_FOLDERS[1], "gallery", "not_a_pid")
+@pytest.mark.slow
+def test_layout_errors_reach_the_command_lines_without_a_traceback(tiny_root_copy, tmp_path):
+    pid_folder = os.path.join(tiny_root_copy, CASE_FOLDERS[1], "gallery", "not_a_pid")
     os.makedirs(pid_folder)
-    scan = run_cli("-m", "datasets.detreidx", "--root", root)
+    scan = run_cli("-m", "datasets.detreidx", "--root", tiny_root_copy)
     assert_clean_failure(scan, pid_folder, LAYOUT)
-    train = run_cli("train.py", "--config_file", DEMO, *fast_opts(root, str(tmp_path / "out")))
+    train = run_cli("train.py", "--config_file", DEMO_CONFIG,
+                    *make_tiny_opts(tiny_root_copy, str(tmp_path / "out"), epochs=1))
     assert_clean_failure(train, pid_folder, LAYOUT)
     assert not re.search(r"epoch 1 \[", train.stdout)
 
 
-def test_unusable_tracklet_names_stop_train_cli_before_training(root, tmp_path):
+@pytest.mark.slow
+def test_unusable_tracklet_names_stop_train_cli_before_training(tiny_root_copy, tmp_path):
     # A space, a comma, a quote, a non-{pid}_{tid} name and a Unicode digit: one message for all, before epoch 1.
-    pid_dir = os.path.join(root, "train", "0003")
+    pid_dir = os.path.join(tiny_root_copy, "train", "0003")
     source = os.path.join(pid_dir, sorted(os.listdir(pid_dir))[0])
     bad = ["0003_1 a", "0003_2,", "0003_'3", "0003_x", "0003_4\u00b2"]
     for name in bad:
         shutil.copytree(source, os.path.join(pid_dir, name))
-    train = run_cli("train.py", "--config_file", DEMO, *fast_opts(root, str(tmp_path / "out")))
+    train = run_cli("train.py", "--config_file", DEMO_CONFIG,
+                    *make_tiny_opts(tiny_root_copy, str(tmp_path / "out"), epochs=1))
     out = assert_clean_failure(train, "5 tracklet folder name(s) cannot go into the submission CSV",
                                *(repr(os.path.join(pid_dir, name)) for name in bad))
     assert not re.search(r"epoch 1 \[", out)
 
 
-def test_pid_folder_with_a_trailing_space_is_shown_quoted(root):
-    part = os.path.join(root, "train")
+def test_pid_folder_with_a_trailing_space_is_shown_quoted(tiny_root_copy):
+    part = os.path.join(tiny_root_copy, "train")
     first = sorted(os.listdir(part))[0]
     os.rename(os.path.join(part, first), os.path.join(part, first + " "))
-    message = _layout_error(root)
+    message = _layout_error(tiny_root_copy)
     assert repr(os.path.join(part, first + " ")) in message and LAYOUT in message

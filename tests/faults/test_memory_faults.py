@@ -2,7 +2,7 @@
 
 Row: utils.metrics.ChunkedDistance computes the distances ``chunk`` query rows at a time;
 evaluate_ranking and rank_gallery read it block by block, so the full matrix never exists.
-The peak is measured in a fresh process (tests/faults/memory_probe.py) and must stay far below
+The peak is measured in a fresh process (tests/children/memory_probe.py) and must stay far below
 the size of the full matrix; the results must equal those of the full matrix.
 """
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.faults.helpers import run_cli
+from tests.helpers.cli import run_cli
 from utils.metrics import ChunkedDistance, compute_distance, evaluate_ranking, rank_gallery
 
 
@@ -34,11 +34,12 @@ def test_chunked_distances_give_the_full_matrix_results(metric):
     assert a["mAP"] == b["mAP"] and a["R1"] == b["R1"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_chunked_evaluation_peak_memory_is_far_below_the_full_matrix():
     # Many queries, a moderate gallery: the full matrix is large while a (chunk, G) block is small.
     num_query, num_gallery, chunk = 8192, 5000, 16
-    proc = run_cli("-m", "tests.faults.memory_probe", str(num_query), str(num_gallery), "32", str(chunk))
+    proc = run_cli("-m", "tests.children.memory_probe", str(num_query), str(num_gallery), "32", str(chunk))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     if "unsupported" in report:

@@ -9,7 +9,9 @@ import pytest
 
 import train
 from model.weights import PretrainedWeightsError
-from tests.faults.helpers import DEMO, assert_clean_failure, fast_opts, run_cli
+from tests.helpers.cli import assert_clean_failure, run_cli
+from tests.helpers.paths import DEMO_CONFIG
+from tests.helpers.training import make_tiny_opts
 
 MISSING = {
     # key: (file name, extra overrides, words the message must hold: what to get)
@@ -34,7 +36,8 @@ def test_missing_weight_file_fails_before_data_and_model(key, tmp_path, monkeypa
     monkeypatch.setattr(trainer_module, "build_model", lambda *a, **k: touched.append("model"))
     data_root = str(tmp_path / "not_generated_yet")
     with pytest.raises(PretrainedWeightsError) as caught:
-        train.main(["--config_file", DEMO, *fast_opts(data_root, str(tmp_path / "out")), key, value, *extra])
+        train.main(["--config_file", DEMO_CONFIG, *make_tiny_opts(data_root, str(tmp_path / "out"), epochs=1),
+                    key, value, *extra])
     assert touched == []
     message = str(caught.value)
     assert key in message and f" at {value}" in message and "put " in message  # which key, where to put it
@@ -42,12 +45,14 @@ def test_missing_weight_file_fails_before_data_and_model(key, tmp_path, monkeypa
         assert word in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["MODEL.PRSD.SMPL_MODEL_PATH", "MODEL.PRETRAIN_PATH"])
 def test_train_cli_missing_weights_exits_at_start_up(key, tmp_path):
     name, extra, what = MISSING[key]
     value = str(tmp_path / "pretrained" / name)
     data_root = str(tmp_path / "not_generated_yet")  # the demo config would generate it if it were reached
-    proc = run_cli("train.py", "--config_file", DEMO, *fast_opts(data_root, str(tmp_path / "out")), key, value, *extra)
+    proc = run_cli("train.py", "--config_file", DEMO_CONFIG,
+                   *make_tiny_opts(data_root, str(tmp_path / "out"), epochs=1), key, value, *extra)
     assert_clean_failure(proc, key, value, *what)
     assert not os.path.exists(data_root)
     assert "DetReIDX at" not in proc.stdout and "SASModel:" not in proc.stdout
@@ -61,11 +66,11 @@ def test_evaluate_with_a_missing_smpl_file_exits_before_building(tmp_path, monke
 
     value = str(tmp_path / "pretrained" / "SMPL_NEUTRAL.npz")  # named by the stored config, gone on this machine
     data_root = str(tmp_path / "not_generated_yet")
-    cfg = load_config(DEMO, fast_opts(data_root, str(tmp_path / "out")) + ["MODEL.PRSD.SMPL_MODEL_PATH", value])
+    opts = make_tiny_opts(data_root, str(tmp_path / "out"), epochs=1)
+    cfg = load_config(DEMO_CONFIG, opts + ["MODEL.PRSD.SMPL_MODEL_PATH", value])
     path = str(tmp_path / "checkpoint_last.pth")
     save_checkpoint({"config": cfg.dump(), "model": {}, "meta": {"num_classes": 4, "num_cameras": 3}}, path)
     monkeypatch.setattr(model.build, "build_model", lambda *a, **k: pytest.fail("the model was built"))
-    from model.weights import PretrainedWeightsError
     from utils.cli import is_explained_error
 
     with pytest.raises(PretrainedWeightsError) as caught:   # the command line prints it as one line

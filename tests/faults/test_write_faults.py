@@ -19,7 +19,9 @@ import pytest
 import torch
 
 import utils.fileio as fileio
-from tests.faults.helpers import DEMO, assert_clean_failure, fast_opts, run_cli
+from tests.helpers.cli import assert_clean_failure, run_cli
+from tests.helpers.paths import DEMO_CONFIG
+from tests.helpers.training import make_tiny_opts
 from utils.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
 from utils.fileio import WriteFailure, remove_stale_temp_files, write_text_atomic
 from utils.submission import write_submission
@@ -102,6 +104,7 @@ def _inject(monkeypatch, where, code):
         monkeypatch.setattr(fileio.tempfile, "mkstemp", fail)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", WRITERS)
 @pytest.mark.parametrize("where,code", [("write", errno.ENOSPC), ("fsync", errno.ENOSPC), ("create", errno.EROFS),
                                         ("create", errno.EACCES)])
@@ -175,6 +178,7 @@ def test_output_folder_that_cannot_be_created_is_a_write_failure(tmp_path):
         setup_logging(str(blocker / "out"), 0)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_print_a_write_failure_as_one_line(tmp_path):
     """The entry points: one line on stderr, exit status 1, no traceback."""
     from configs import load_config
@@ -183,11 +187,11 @@ def test_train_and_evaluate_print_a_write_failure_as_one_line(tmp_path):
     blocker.write_text("")
     out = str(blocker / "out")
     data_root = str(tmp_path / "not_generated")
-    proc = run_cli("train.py", "--config_file", DEMO, *fast_opts(data_root, out))
+    proc = run_cli("train.py", "--config_file", DEMO_CONFIG, *make_tiny_opts(data_root, out, epochs=1))
     text = assert_clean_failure(proc, "error: cannot write", repr(out))
     assert len(proc.stderr.strip().splitlines()) == 1, text
 
-    cfg = load_config(DEMO, fast_opts(data_root, str(tmp_path / "train_out")))
+    cfg = load_config(DEMO_CONFIG, make_tiny_opts(data_root, str(tmp_path / "train_out"), epochs=1))
     checkpoint = str(tmp_path / "checkpoint_last.pth")
     save_checkpoint({"config": cfg.dump(), "model": {}, "meta": {"num_classes": 4, "num_cameras": 3}}, checkpoint)
     proc = run_cli("evaluate_all_cases.py", "--model_path", checkpoint, "OUTPUT_DIR", out)
