@@ -254,8 +254,16 @@ CATALOG = (
 
 # ----------------------------------------------------------------------------- locating
 def tracked_files(root: str = ROOT) -> list[str]:
-    """Tracked files (``git ls-files``) that exist in the working tree, relative to ``root``."""
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True).stdout
+    """Tracked files (``git ls-files``) that exist in the working tree, relative to ``root``; outside a git
+    checkout (an unpacked copy) every file below ``root`` except hidden folders and caches."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        found = []
+        for folder, subfolders, names in os.walk(root):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d != "__pycache__")
+            found += [os.path.relpath(os.path.join(folder, n), root) for n in sorted(names)]
+        return found
     return [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p and os.path.isfile(os.path.join(root, p))]
 
 
@@ -348,15 +356,20 @@ def _first_failure(output: str) -> str:
     return ""
 
 
-def run_mutant(outcome: Outcome, files: list[str], timeout: float, keep: bool) -> Outcome:
-    """Copy the tracked files, apply the mutant, run pytest on its tests; fills in status/flag/first_failure."""
+def copy_files(files: list[str], source: str, target: str) -> None:
+    for path in files:
+        destination = os.path.join(target, path)
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        shutil.copy2(os.path.join(source, path), destination)
+
+
+def run_mutant(outcome: Outcome, files: list[str], source: str, timeout: float, keep: bool) -> Outcome:
+    """Copy ``files`` from ``source`` (the snapshot taken at the start), apply the mutant, run pytest on its
+    tests; fills in status/flag/first_failure."""
     mutant = outcome.mutant
     folder = tempfile.mkdtemp(prefix=f"mutant-{mutant.id}-")
     try:
-        for path in files:
-            target = os.path.join(folder, path)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.copy2(os.path.join(ROOT, path), target)
+        copy_files(files, source, folder)
         target = os.path.join(folder, outcome.path)
         with open(target, encoding="utf-8") as f:
             text = f.read()
@@ -461,15 +474,22 @@ def main(argv=None) -> int:
     print(f"{len(runnable)} mutants to run ({len(outcomes) - len(runnable)} not applicable), {args.jobs} at a time",
           flush=True)
 
+    # One snapshot of the tracked files at the start: edits made while the mutants run do not leak into them.
+    snapshot = tempfile.mkdtemp(prefix="mutation-snapshot-")
+    copy_files(files, ROOT, snapshot)
+
     def one(outcome: Outcome) -> Outcome:
-        run_mutant(outcome, files, args.timeout, args.keep)
+        run_mutant(outcome, files, snapshot, args.timeout, args.keep)
         detail = outcome.flag or outcome.first_failure
         print(f"{outcome.status:>8}  {outcome.mutant.id} [{outcome.module}]" + (f"  {detail}" if detail else "")
               + f"  ({len(outcome.tests)} test files)", flush=True)
         return outcome
 
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        list(pool.map(one, runnable))
+    try:
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            list(pool.map(one, runnable))
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
     print(report(outcomes), flush=True)
     return 0
 
