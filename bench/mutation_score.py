@@ -1,6 +1,6 @@
 """Mutation score: how many hand-made, realistic bugs the test suite catches (issue 20, point 6).
 
-``python bench/mutation_score.py [--list] [--only ID,...] [--jobs 1] [--timeout 600] [--keep]``
+``python bench/mutation_score.py [--list] [--only ID,...] [--jobs 1] [--timeout 600] [--keep] [--tests T,...]``
 
 Each catalog entry is one bug someone could plausibly write (an off-by-one, a dropped condition, a
 field forgotten in a cache key, swapped arguments, a sort key of the wrong type, ...): a short id, the
@@ -454,6 +454,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant (a timeout counts as caught)")
     parser.add_argument("--keep", action="store_true", help="keep the mutated copies (their paths are printed)")
+    parser.add_argument("--tests", default="", help="comma-separated test files or node ids to run instead of the "
+                                                    "selection (to check that a new test kills a mutant)")
     args = parser.parse_args(argv)
     mutants = list(CATALOG)
     if args.only:
@@ -464,6 +466,9 @@ def main(argv=None) -> int:
         mutants = [m for m in mutants if m.id in wanted]
     files = tracked_files()
     outcomes = plan(mutants, files)
+    if args.tests:
+        for outcome in outcomes:
+            outcome.tests = tuple(t.strip() for t in args.tests.split(",") if t.strip())
     print(f"Test selection: {SELECTION_RULE}", flush=True)
     if args.list:
         for o in outcomes:
