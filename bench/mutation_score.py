@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -324,10 +325,16 @@ def select_tests(module: str, test_texts: dict[str, str]) -> list[str]:
     return sorted(chosen)
 
 
+# Checks the catalog itself (each snippet occurs once): it fails on any mutated copy, so it is never selected.
+CATALOG_TEST = "tests/test_mutation_catalog.py"
+
+
 def test_sources(files: list[str], root: str = ROOT) -> dict[str, str]:
+    """{path: text} of the test files (tests/**/test_*.py) a mutant may select; CATALOG_TEST left out."""
     texts = {}
     for path in files:
-        if path.startswith("tests/") and os.path.basename(path).startswith("test_") and path.endswith(".py"):
+        if path.startswith("tests/") and os.path.basename(path).startswith("test_") and path.endswith(".py") \
+                and path != CATALOG_TEST:
             with open(os.path.join(root, path), encoding="utf-8") as f:
                 texts[path] = f.read()
     return texts
@@ -340,13 +347,27 @@ class Outcome:
     path: str | None
     occurrences: int
     tests: tuple[str, ...] = ()
-    status: str = "not applicable"   # caught | survived | not applicable
+    status: str = "not applicable"   # caught | survived | not applicable | not run (interrupted)
     flag: str = ""                   # timeout | collection error | no tests
     first_failure: str = ""
 
     @property
     def module(self) -> str:
         return module_name(self.path) if self.path else "-"
+
+
+_stopping = threading.Event()          # set by SIGINT/SIGTERM: no further mutant starts
+_running: set[int] = set()             # process groups of the pytest runs in flight
+
+
+def _stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    """End the pytest runs in flight (each has its own process group) and start no other."""
+    _stopping.set()
+    for group in list(_running):
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _first_failure(output: str) -> str:
@@ -380,12 +401,18 @@ def run_mutant(outcome: Outcome, files: list[str], source: str, timeout: float, 
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *outcome.tests]
         process = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, start_new_session=True)   # its own group: a timeout ends its children too
+        _running.add(process.pid)
         try:
             output, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
             outcome.status, outcome.flag = "caught", "timeout"
+            return outcome
+        finally:
+            _running.discard(process.pid)
+        if _stopping.is_set():
+            outcome.status = "not run"
             return outcome
         code = process.returncode
         outcome.first_failure = _first_failure(output)
@@ -421,13 +448,13 @@ def report(outcomes: list[Outcome]) -> str:
     lines = ["", "Per module (caught / total of the applicable mutants):"]
     modules: dict[str, list[Outcome]] = {}
     for outcome in outcomes:
-        if outcome.status != "not applicable":
+        if outcome.status in ("caught", "survived"):
             modules.setdefault(outcome.module, []).append(outcome)
     width = max([len(m) for m in modules] + [6])
     for module, group in sorted(modules.items()):
         caught = sum(o.status == "caught" for o in group)
         lines.append(f"  {module:<{width}}  {caught:>3} / {len(group):<3} {100 * caught / len(group):5.1f} %")
-    applicable = [o for o in outcomes if o.status != "not applicable"]
+    applicable = [o for o in outcomes if o.status in ("caught", "survived")]
     caught = sum(o.status == "caught" for o in applicable)
     if applicable:
         lines.append(f"  {'total':<{width}}  {caught:>3} / {len(applicable):<3} {100 * caught / len(applicable):5.1f} %")
@@ -483,7 +510,13 @@ def main(argv=None) -> int:
     snapshot = tempfile.mkdtemp(prefix="mutation-snapshot-")
     copy_files(files, ROOT, snapshot)
 
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop)
+
     def one(outcome: Outcome) -> Outcome:
+        if _stopping.is_set():
+            outcome.status = "not run"
+            return outcome
         run_mutant(outcome, files, snapshot, args.timeout, args.keep)
         detail = outcome.flag or outcome.first_failure
         print(f"{outcome.status:>8}  {outcome.mutant.id} [{outcome.module}]" + (f"  {detail}" if detail else "")
@@ -495,6 +528,8 @@ def main(argv=None) -> int:
             list(pool.map(one, runnable))
     finally:
         shutil.rmtree(snapshot, ignore_errors=True)
+    if _stopping.is_set():
+        print("Interrupted: the mutants still to run were not run", flush=True)
     print(report(outcomes), flush=True)
     return 0
 
