@@ -89,3 +89,9 @@ def test_frame_lists_may_span_folders(tmp_path):
     assert list(frames) == paths and frames[1] == paths[1] and len(frames) == 3
     same = FramePaths.from_paths(["./a/f1.jpg", "a/f2.jpg"])       # one folder, spelled two ways
     assert same.folder == "a" and list(same) == ["a/f1.jpg", "a/f2.jpg"]
+
+
+def test_an_explicit_session_token_wins_over_a_bare_integer_before_the_frame_number():
+    # 25 tokens: field 22 holds "S2", the token before the frame number a bare "1" (a soft-biometric value).
+    assert parse_frame_name(f"{HEAD}_{SOFT_12}_2_S2_1_000123.jpg").session == "S2"
+    assert parse_frame_name(f"{HEAD}_{SOFT_12}_2_1_S2_000123.jpg").session == "S2"

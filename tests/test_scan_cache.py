@@ -193,3 +193,18 @@ def test_bench_scan_runs_small_and_leaves_the_listing_function_alone(capsys):
     assert detreidx._list_frame_names is real
     out = capsys.readouterr().out
     assert "index of 12 tracklets x 30 frame names = 360 frames" in out and "cached start" in out
+
+
+def test_switching_the_name_reading_option_is_a_new_key_not_a_refused_cache(root, tmp_path, caplog):
+    """The option is part of the key: the lenient scan's cache is simply not the strict scan's (no warning
+    that the cache was refused as if edited by hand)."""
+    cache = str(tmp_path / "cache")
+    folder = os.path.join(root, "train", "0001", sorted(os.listdir(os.path.join(root, "train", "0001")))[0])
+    for i, frame in enumerate(sorted(os.listdir(folder), key=natural_sort_key)):
+        os.rename(os.path.join(folder, frame), os.path.join(folder, f"frame_{i:04d}.jpg"))
+    _age(root)
+    DetReIDX(root, unknown_names_as_ground=True, scan_cache_dir=cache)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="datasets.detreidx"), pytest.raises(DatasetLayoutError):
+        DetReIDX(root, unknown_names_as_ground=False, scan_cache_dir=cache)
+    assert not [r for r in caplog.records if "scan cache" in r.getMessage()], caplog.text
