@@ -262,3 +262,48 @@ def test_a_failed_start_does_not_block_the_corrected_retry(trained, tmp_path):
     assert_clean_failure(failed, missing_root)
     leftovers = check_run_folder(run, resume="", overwrite=False)   # no RunFolderError
     assert {os.path.basename(p) for p in leftovers} <= {"config.yaml", "log.txt", "metrics.jsonl", "tensorboard"}
+
+
+# ----------------------------------------------------------------------------- run folders without training
+def _files(folder, names):
+    os.makedirs(folder, exist_ok=True)
+    for name, text in names.items():
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+
+
+def test_config_log_and_an_empty_metrics_log_alone_are_a_failed_start_not_a_run(tmp_path):
+    from processor.trainer import check_run_folder
+
+    run = str(tmp_path / "run")
+    _files(run, {"config.yaml": "MODEL: {}\n", "log.txt": "started\n", "metrics.jsonl": "", "notes.md": "mine\n"})
+    leftovers = check_run_folder(run, resume="", overwrite=False)    # no RunFolderError
+    assert sorted(os.path.basename(p) for p in leftovers) == ["config.yaml", "log.txt", "metrics.jsonl"]
+
+
+def test_a_run_that_logged_metrics_but_saved_no_checkpoint_is_a_run(tmp_path):
+    from processor.trainer import RunFolderError, check_run_folder
+
+    run = str(tmp_path / "run")
+    _files(run, {"config.yaml": "MODEL: {}\n", "log.txt": "started\n", "metrics.jsonl": '{"kind": "step"}\n'})
+    with pytest.raises(RunFolderError, match="metrics.jsonl"):
+        check_run_folder(run, resume="", overwrite=False)
+    assert check_run_folder(run, resume="auto", overwrite=False) == []
+
+
+def test_run_folders_whose_names_hold_glob_characters_are_seen(tmp_path):
+    from processor.trainer import RunFolderError, check_run_folder
+
+    run = str(tmp_path / "run[1]*?")
+    _files(run, {"checkpoint_last.pth": "x", "log.txt": "started\n"})
+    with pytest.raises(RunFolderError, match="checkpoint_last.pth"):
+        check_run_folder(run, resume="", overwrite=False)
+    assert sorted(os.path.basename(p) for p in check_run_folder(run, resume="", overwrite=True)) == [
+        "checkpoint_last.pth", "log.txt"]
+
+
+def test_every_rank_and_epoch_draws_from_its_own_seed():
+    from processor.trainer import epoch_seed
+
+    seeds = {epoch_seed(7, epoch, rank) for epoch in range(4) for rank in range(4)}
+    assert len(seeds) == 16
