@@ -296,3 +296,14 @@ def test_rank_list_kinds_with_and_without_ground_truth():
     # An anonymised test set: pids never shared, so nothing is drawn red.
     entries = visualize.ranklist_entries("q", names, [0, 1], q_pid=None, g_pids=None, labelled=False)
     assert [k for k, _ in entries] == ["unlabelled", "unlabelled"]
+
+
+def test_a_cached_row_moved_to_another_tracklets_key_fails_its_checksum():
+    """Each row's checksum covers its key: a row (with its own checksum) under another tracklet's key is refused."""
+    cache = search.FeatureCache(None, "model")
+    first, second = np.eye(4, dtype=np.float32)[0], np.eye(4, dtype=np.float32)[1]
+    cache.put("a", first)
+    cache.put("b", second)
+    cache.features["a"], cache.digests["a"] = cache.features["b"], cache.digests["b"]
+    assert cache.get("a", 4) is None and cache.refused["checksum mismatch"] == 1
+    assert cache.get("b", 4) is not None
