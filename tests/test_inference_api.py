@@ -148,3 +148,37 @@ def test_forward_clips_returns_copies_the_next_forward_cannot_overwrite():
     got = forward_clips(model, torch.zeros(2, 1, 3, 4, 4), torch.zeros(2, dtype=torch.long),
                         torch.zeros(2, dtype=torch.long), torch.device("cpu"), None, ("embedding",))["embedding"]
     assert torch.equal(got, model.out) and got.data_ptr() != model.out.data_ptr()
+
+
+def test_list_frames_is_in_natural_order_without_hidden_files(tmp_path):
+    from processor.inference import list_frames
+
+    for name in ("frame_10.jpg", "frame_2.jpg", "frame_1.jpg", "._frame_3.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [os.path.basename(p) for p in list_frames(str(tmp_path))] == ["frame_1.jpg", "frame_2.jpg", "frame_10.jpg"]
+
+
+def test_camera_views_are_ground_for_camera_0_only():
+    from processor.inference import camera_views
+
+    assert camera_views(torch.tensor([0, 1, 2, 0])).tolist() == [0, 1, 1, 0]
+
+
+def test_a_camera_id_equal_to_the_camera_count_is_refused(tiny, extractor):
+    good = build_dataset(extractor.cfg).cases[1].gallery[0]
+    count = extractor.num_cameras
+    with pytest.raises(InferenceInputError, match=rf"camera ids \[{count}\] are outside"):
+        extractor.embed_frame_lists([list(good.frames)], camids=count)
+
+
+def test_map3_pools_the_scored_queries_of_all_cases():
+    """mAP-3 weights each case by its queries that have a true match (num_valid), not by all its queries."""
+    from processor.inference import CaseResult, summarize
+
+    def result(case, m_ap, valid, queries=4):
+        metrics = {"mAP": m_ap, "mINP": m_ap, "R1": m_ap, "R5": 1.0, "R10": 1.0, "R20": 1.0, "num_valid": valid}
+        return CaseResult(case, [f"{i}_1" for i in range(queries)], ["9_9"], np.zeros((queries, 1), int), metrics)
+
+    summary = summarize({1: result(1, 0.5, 1), 2: result(2, 1.0, 3)}, "tracklet", "trapezoid")
+    assert summary["mAP-3"] == pytest.approx((50.0 * 1 + 100.0 * 3) / 4)
+    assert summary["mean_mAP"] == pytest.approx(75.0)
