@@ -70,3 +70,34 @@ def test_resume_continues_every_run_and_refuses_overwrite(tmp_path, monkeypatch)
     assert [a[a.index("SOLVER.SEED") + 1] for a in seen] == ["0", "1"]
     with pytest.raises(SystemExit):
         ablate.parse_args([config, "--resume", "--overwrite"])
+
+
+def test_a_run_row_takes_r1_from_mean_r1_and_names_the_weights_it_used(tmp_path, monkeypatch):
+    """Each column from its own summary key (no training: train.main reports fixed figures)."""
+    import train
+    from configs import load_config
+
+    config = os.path.join(ROOT, "configs", "ablations", "01_baseline.yml")
+    args = ablate.parse_args([config, "--output_dir", str(tmp_path)])
+    out = ablate.run_output_dir(args, config, None)
+
+    def fake_main(argv):
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            f.write(load_config(config).dump())
+        return {"final_val": {"mAP-3": 11.0, "mean_R1": 22.0, "mean_mAP": 33.0,
+                              "clothes_changed": {"clothes changed": {"mAP": 44.0}}},
+                "test": None, "final_weights": {"checkpoint": "/runs/x/checkpoint_epoch7.pth", "epoch": 7}}
+
+    monkeypatch.setattr(train, "main", fake_main)
+    row = ablate.train_one(config, args)
+    assert row["val mAP-3"] == 11.0 and row["val R1"] == 22.0 and row["val clothes changed mAP"] == 44.0
+    assert row["test mAP-3"] is None and row["weights"] == "checkpoint_epoch7.pth (epoch 7)"
+
+
+def test_one_seed_trains_into_the_config_folder_several_into_seed_folders(tmp_path):
+    config = os.path.join(ROOT, "configs", "ablations", "01_baseline.yml")
+    one = ablate.parse_args([config, "--seeds", "1", "--output_dir", str(tmp_path)])
+    assert ablate.run_output_dir(one, config, 0) == str(tmp_path / "01_baseline")
+    two = ablate.parse_args([config, "--seeds", "0,7", "--output_dir", str(tmp_path)])
+    assert ablate.run_output_dir(two, config, 7) == str(tmp_path / "01_baseline" / "seed7")
