@@ -296,13 +296,27 @@ def module_name(path: str) -> str:
 
 
 SELECTION_RULE = ("tests/**/test_*.py whose text names the mutated module: its dotted name (word-bounded, e.g. "
-                  "'utils.fileio', also '-m utils.fileio'), 'from <package> import ... <module>', the sub-package "
+                  "'utils.fileio', also '-m utils.fileio'), 'from <package> import ... <module>' or a name the package "
+                  "re-exports from the module ('from solver import build_optimizer'), the sub-package "
                   "for a module inside one (datasets.detreidx for datasets.detreidx.scan); a top-level module "
                   "(train, configs) by 'import X' / 'from X import' / 'X.py'; plus tests/faults/test_*.py for the "
                   f"run/IO modules {', '.join(RUN_IO_MODULES)}")
 
 
-def _name_patterns(module: str) -> list[re.Pattern]:
+def reexported_names(module: str, sources: dict[str, str]) -> set[str]:
+    """Names the package ``__init__.py`` above ``module`` re-exports from it (``from pkg.mod import a, b``,
+    ``from .mod import a``, or a lazy table ``"a": "pkg.mod"``): ``from solver import build_optimizer``
+    sees solver.optimizer."""
+    parent, _, leaf = module.rpartition(".")
+    text = sources.get(parent.replace(".", "/") + "/__init__.py", "") if parent else ""
+    names = set()
+    for match in re.finditer(rf"from\s+(?:{re.escape(parent)})?\.{re.escape(leaf)}\s+import\s+(\([^)]*\)|[^\n]*)", text):
+        names |= set(re.findall(r"\b(\w+)\b(?!\s+as\b)", match.group(1).split("#")[0])) - {"as"}
+    names |= set(re.findall(rf"[\"'](\w+)[\"']\s*:\s*[\"']{re.escape(module)}[\"']", text))
+    return names
+
+
+def _name_patterns(module: str, reexported: set[str] = frozenset()) -> list[re.Pattern]:
     parts = module.split(".")
     if len(parts) == 1:
         name = re.escape(module)
@@ -310,15 +324,17 @@ def _name_patterns(module: str) -> list[re.Pattern]:
                 re.compile(rf"\b{name}\.py\b")]
     patterns = [re.compile(rf"(?<![\w.]){re.escape(module)}\b")]
     parent, leaf = ".".join(parts[:-1]), parts[-1]
-    patterns.append(re.compile(rf"from\s+{re.escape(parent)}\s+import\s+(?:\([^)]*|[^\n]*)\b{re.escape(leaf)}\b"))
+    imported = "|".join(re.escape(n) for n in sorted({leaf} | set(reexported)))
+    patterns.append(re.compile(rf"from\s+{re.escape(parent)}\s+import\s+(?:\([^)]*|[^\n]*)\b(?:{imported})\b"))
     if len(parts) > 2:   # a module inside a sub-package: tests import the sub-package
         patterns.append(re.compile(rf"(?<![\w.]){re.escape(parent)}\b"))
     return patterns
 
 
-def select_tests(module: str, test_texts: dict[str, str]) -> list[str]:
-    """The test files that can see ``module`` (see SELECTION_RULE), sorted."""
-    patterns = _name_patterns(module)
+def select_tests(module: str, test_texts: dict[str, str], reexported: set[str] = frozenset()) -> list[str]:
+    """The test files that can see ``module`` (see SELECTION_RULE; ``reexported``: the names its package
+    re-exports from it, :func:`reexported_names`), sorted."""
+    patterns = _name_patterns(module, reexported)
     chosen = {path for path, text in test_texts.items() if any(p.search(text) for p in patterns)}
     if any(module == m or module.startswith(m + ".") for m in RUN_IO_MODULES):
         chosen |= {path for path in test_texts if path.startswith("tests/faults/")}
@@ -439,7 +455,8 @@ def plan(mutants, files: list[str]) -> list[Outcome]:
         path, count = locate(mutant, sources)
         outcome = Outcome(mutant, path, count)
         if path is not None:
-            outcome.tests = tuple(select_tests(module_name(path), tests))
+            module = module_name(path)
+            outcome.tests = tuple(select_tests(module, tests, reexported_names(module, sources)))
         outcomes.append(outcome)
     return outcomes
 

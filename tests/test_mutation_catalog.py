@@ -55,5 +55,13 @@ def test_selection_rule():
     assert select("datasets.detreidx.scan", texts) == []   # the sub-package named by 'from datasets import detreidx' only
     assert select("train", texts) == ["tests/faults/test_f.py", "tests/test_c.py"]
     assert select("tools.ablate", texts) == ["tests/test_d.py"]
+    texts["tests/test_g.py"] = "from solver import build_optimizer\n"
+    assert select("solver.optimizer", texts, {"build_optimizer"}) == ["tests/test_g.py"]
+    assert select("solver.optimizer", texts) == []
+    assert mutation_score.reexported_names("solver.optimizer", {
+        "solver/__init__.py": "from solver.optimizer import build_optimizer, parameter_groups  # x\n"}) == {
+        "build_optimizer", "parameter_groups"}
+    assert mutation_score.reexported_names("model.mgtm", {"model/__init__.py": '_EXPORTS = {"MGTM": "model.mgtm"}'}) == {
+        "MGTM"}
     assert mutation_score.module_name("datasets/detreidx/scan.py") == "datasets.detreidx.scan"
     assert mutation_score.module_name("configs/__init__.py") == "configs"
