@@ -89,3 +89,33 @@ def test_ablate_trains_each_config_and_writes_table_csv_and_plot(train_data_root
     assert (tmp_path / "abl" / "ablation.csv").read_text().splitlines()[0] == ",".join(ablate.RUN_COLUMNS)
     assert (tmp_path / "abl" / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     assert os.path.isfile(tmp_path / "abl" / "01_baseline" / "checkpoint_best.pth")
+
+
+def test_a_run_row_takes_r1_from_mean_r1_and_names_the_weights_it_used(tmp_path, monkeypatch):
+    """Each column from its own summary key (no training: the training run reports fixed figures)."""
+    from processor import training_run
+
+    config = os.path.join(REPO_ROOT, "configs", "ablations", "01_baseline.yml")
+    args = ablate.parse_args([config, "--output_dir", str(tmp_path)])
+    out = ablate.run_output_dir(args, config, None)
+
+    def fake_run_training(cfg, **options):
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            f.write(cfg.dump())
+        return {"final_val": {"mAP-3": 11.0, "mean_R1": 22.0, "mean_mAP": 33.0,
+                              "clothes_changed": {"clothes changed": {"mAP": 44.0}}},
+                "test": None, "final_weights": {"checkpoint": "/runs/x/checkpoint_epoch7.pth", "epoch": 7}}
+
+    monkeypatch.setattr(training_run, "run_training", fake_run_training)
+    row = ablate.train_one(config, args)
+    assert row["val mAP-3"] == 11.0 and row["val R1"] == 22.0 and row["val clothes changed mAP"] == 44.0
+    assert row["test mAP-3"] is None and row["weights"] == "checkpoint_epoch7.pth (epoch 7)"
+
+
+def test_one_seed_trains_into_the_config_folder_several_into_seed_folders(tmp_path):
+    config = os.path.join(REPO_ROOT, "configs", "ablations", "01_baseline.yml")
+    one = ablate.parse_args([config, "--seeds", "1", "--output_dir", str(tmp_path)])
+    assert ablate.run_output_dir(one, config, 0) == str(tmp_path / "01_baseline")
+    two = ablate.parse_args([config, "--seeds", "0,7", "--output_dir", str(tmp_path)])
+    assert ablate.run_output_dir(two, config, 7) == str(tmp_path / "01_baseline" / "seed7")

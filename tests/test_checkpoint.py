@@ -200,3 +200,51 @@ def test_a_checkpoint_error_never_passes_on_the_advice_to_load_with_weights_only
     message = str(refused.value)
     assert "weights_only" not in message and "Re-running" not in message, message
     assert "Unsupported operand" in message and path in message
+
+
+def _file_with_checksum(path, length, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    open(path, "wb").write(bytes(torch.randint(0, 256, (length,), generator=gen, dtype=torch.uint8).tolist()))
+    checkpoint.append_checksum(path)
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+def test_a_payload_one_byte_past_a_whole_chunk_is_checked_to_its_last_byte(tmp_path, small_chunks, extra):
+    path = str(tmp_path / "c.bin")
+    length = 3 * 4096 + extra
+    _file_with_checksum(path, length)
+    assert verify_checksum(path) is True
+    flip(path, length - 1, 1)                              # the payload's very last byte
+    with pytest.raises(CheckpointError, match="checksum mismatch") as caught:
+        verify_checksum(path)
+    last_chunk = (length - 1) // 4096 * 4096
+    assert f"bytes {last_chunk}..{length - 1} of {length}" in str(caught.value)
+
+
+def test_chunk_size_keeps_any_length_within_max_chunks(tmp_path, monkeypatch):
+    """Files longer than MAX_CHUNKS chunks get larger chunks (rounded up): the trailer never exceeds its bound."""
+    monkeypatch.setattr(checkpoint, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(checkpoint, "MAX_CHUNKS", 4)
+    for length in range(1, 40):
+        path = str(tmp_path / f"c{length}.bin")
+        _file_with_checksum(path, length, seed=length)
+        count = (os.path.getsize(path) - length - 32) // 4
+        assert count <= 4 and verify_checksum(path) is True, length
+
+
+def test_a_checkpoint_shortened_before_its_trailer_is_reported_as_truncated(tmp_path):
+    path = str(tmp_path / "c.pth")
+    save_checkpoint(state(3), path)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:1000] + data[1100:])       # 100 payload bytes lost, the trailer kept
+    with pytest.raises(CheckpointError, match="does not fit its size"):
+        load_checkpoint(path)
+
+
+def test_resume_auto_falls_back_to_the_newest_good_epoch_checkpoint(tmp_path):
+    for epoch in (3, 4, 5):
+        save_checkpoint(state(epoch), str(tmp_path / f"checkpoint_epoch{epoch}.pth"))
+    save_checkpoint(state(5), str(tmp_path / "checkpoint_last.pth"))
+    flip(str(tmp_path / "checkpoint_last.pth"), os.path.getsize(tmp_path / "checkpoint_last.pth") // 2)
+    path, loaded = find_resume_checkpoint(str(tmp_path))
+    assert path.endswith("checkpoint_epoch5.pth") and loaded["epoch"] == 5

@@ -82,3 +82,16 @@ def test_given_camera_table_keeps_ids_in_range_and_reports_the_fallback(root_wit
     assert all(0 <= t.camid < 3 for s in given.cases.values() for t in s.query + s.gallery)
     assert {t.name: t for t in given.cases[1].query}[tracklet].camid == 1
     assert "aerial-unknown" in caplog.text and "camera 1" in caplog.text
+
+
+def test_case_queries_are_in_submission_row_order_pid_then_name_as_a_string(tmp_path):
+    """0024_5453 before 0024_987 (plain string order, the organisers' row order), PID 9 before PID 24."""
+    root = tmp_path / "rows"
+    for part, names in (("query", ["0024_987", "0024_5453", "0009_12"]), ("gallery", ["0024_1", "0009_3"])):
+        for name in names:
+            folder = root / CASE_FOLDERS[1] / part / name.split("_")[0] / name
+            folder.mkdir(parents=True)
+            (folder / f"{name.split('_')[0]}_00001.jpg").write_bytes(b"")
+    split = DetReIDX(str(root), cases=[1]).cases[1]
+    assert [t.name for t in split.query] == ["0009_12", "0024_5453", "0024_987"]
+    assert [t.name for t in split.gallery] == ["0009_3", "0024_1"]

@@ -243,3 +243,9 @@ def test_a_dropped_capture_field_never_reads_as_a_detreidx_capture_point(point, 
     except ValueError:
         return                                           # refused outright: also detected
     assert (info.height, info.distance, info.angle) not in {tuple(map(float, p)) for p in CAPTURE_POINTS}
+
+
+def test_an_explicit_session_token_wins_over_a_bare_integer_before_the_frame_number():
+    # 25 tokens: field 22 holds "S2", the token before the frame number a bare "1" (a soft-biometric value).
+    assert parse_frame_name(f"{HEAD_WITH_CAPTURE}_{SOFT_12}_2_S2_1_000123.jpg").session == "S2"
+    assert parse_frame_name(f"{HEAD_WITH_CAPTURE}_{SOFT_12}_2_1_S2_000123.jpg").session == "S2"

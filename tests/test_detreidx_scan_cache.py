@@ -208,3 +208,19 @@ def test_damaged_scan_cache_is_ignored(tiny_root_copy, tmp_path):
         f.truncate(100)
     again = DetReIDX(tiny_root_copy, scan_cache_dir=cache)
     assert not again.scan_summary.from_cache and again.train
+
+
+def test_switching_the_name_reading_option_is_a_new_key_not_a_refused_cache(aged_root, tmp_path, caplog):
+    """The option is part of the key: the lenient scan's cache is simply not the strict scan's (no warning
+    that the cache was refused as if edited by hand)."""
+    root = aged_root
+    cache = str(tmp_path / "cache")
+    folder = os.path.join(root, "train", "0001", sorted(os.listdir(os.path.join(root, "train", "0001")))[0])
+    for i, frame in enumerate(sorted(os.listdir(folder), key=natural_sort_key)):
+        os.rename(os.path.join(folder, frame), os.path.join(folder, f"frame_{i:04d}.jpg"))
+    age_tree(root)
+    DetReIDX(root, unknown_names_as_ground=True, scan_cache_dir=cache)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="datasets.detreidx"), pytest.raises(DatasetLayoutError):
+        DetReIDX(root, unknown_names_as_ground=False, scan_cache_dir=cache)
+    assert not [r for r in caplog.records if "scan cache" in r.getMessage()], caplog.text

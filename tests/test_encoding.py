@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from datasets.build import build_dataset
-from processor.encoding import encode_tracklets, forward_clips
+from processor.encoding import camera_views, encode_tracklets, forward_clips
 from tests.helpers.data import make_tiny_cfg
 from utils.logger import PROGRESS_ENV
 
@@ -51,3 +51,7 @@ def test_forward_clips_returns_copies_the_next_forward_cannot_overwrite():
     got = forward_clips(model, torch.zeros(2, 1, 3, 4, 4), torch.zeros(2, dtype=torch.long),
                         torch.zeros(2, dtype=torch.long), torch.device("cpu"), None, ("embedding",))["embedding"]
     assert torch.equal(got, model.out) and got.data_ptr() != model.out.data_ptr()
+
+
+def test_camera_views_are_ground_for_camera_0_only():
+    assert camera_views(torch.tensor([0, 1, 2, 0])).tolist() == [0, 1, 1, 0]

@@ -149,3 +149,16 @@ def test_summary_pools_queries_and_skips_cases_without_a_match():
     results[3] = CaseResult(3, ["q0"], ["g"], np.zeros((1, 1), int), None)
     summary = summarize(results, "tracklet", "trapezoid")
     assert summary["cases_scored"] == [1, 2] and summary["cases"][3]["metrics"].startswith("unavailable")
+
+
+def test_map3_pools_the_scored_queries_of_all_cases():
+    """mAP-3 weights each case by its queries that have a true match (num_valid), not by all its queries."""
+    def result(case, m_ap, valid, queries=4):
+        ap = np.array([m_ap] * valid + [np.nan] * (queries - valid))     # nan: a query without a true match
+        metrics = {"mAP": m_ap, "mINP": m_ap, "R1": m_ap, "R5": 1.0, "R10": 1.0, "R20": 1.0, "num_valid": valid,
+                   "AP": ap, "R1_hit": ~np.isnan(ap)}
+        return CaseResult(case, [f"{i}_1" for i in range(queries)], ["9_9"], np.zeros((queries, 1), int), metrics)
+
+    summary = summarize({1: result(1, 0.5, 1), 2: result(2, 1.0, 3)}, "tracklet", "trapezoid")
+    assert summary["mAP-3"] == pytest.approx((50.0 * 1 + 100.0 * 3) / 4)
+    assert summary["mean_mAP"] == pytest.approx(75.0)

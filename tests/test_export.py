@@ -123,3 +123,30 @@ def test_nan_checkpoint_is_an_error_naming_it(tiny_checkpoint, tmp_path):
     with pytest.raises(NonFiniteFeaturesError, match=r"diverged\.pth produces non-finite features"):
         export.main(["--model_path", nan_ckpt, "--format", "torchscript", "--out", str(out)])
     assert not out.exists()
+
+
+class _FirstFeatures(torch.nn.Module):
+    """A stand-in graph: frames (B, T, 3, H, W), camids (B,) -> (B, 4)."""
+
+    def forward(self, frames, camids):
+        return frames.flatten(1)[:, :4] + camids[:, None]
+
+
+def test_parity_is_the_worst_difference_over_every_batch_size():
+    graph = _FirstFeatures()
+    first = export.PARITY_BATCHES[0]
+
+    def runner(frames, camids):   # exported graph wrong on the first batch size only
+        out = graph(frames, camids).numpy()
+        return out + 0.5 if frames.shape[0] == first else out
+
+    assert export.parity(graph, runner, 2, (4, 2), 3) == pytest.approx(0.5)
+
+
+def test_a_nan_parity_difference_fails_the_export(tiny_checkpoint, tmp_path, monkeypatch):
+    _, ckpt = tiny_checkpoint
+    monkeypatch.setattr(export, "parity", lambda *args: float("nan"))
+    out = tmp_path / "m.pt"
+    with pytest.raises(export.ExportError, match=r"parity check failed: max \|diff\| nan"):
+        export.export(ckpt, "torchscript", str(out))
+    assert not out.exists()

@@ -252,3 +252,18 @@ def test_list_frames_skips_hidden_files(tmp_path):
     for name in ("00002.jpg", "00001.jpg", "._00001.jpg", ".hidden.jpg"):
         (tmp_path / name).write_bytes(b"")
     assert [p.rsplit("/", 1)[1] for p in list_frames(str(tmp_path))] == ["00001.jpg", "00002.jpg"]
+
+
+def test_list_frames_is_in_natural_order_without_hidden_files(tmp_path):
+    from processor.inference import list_frames
+
+    for name in ("frame_10.jpg", "frame_2.jpg", "frame_1.jpg", "._frame_3.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [os.path.basename(p) for p in list_frames(str(tmp_path))] == ["frame_1.jpg", "frame_2.jpg", "frame_10.jpg"]
+
+
+def test_a_camera_id_equal_to_the_camera_count_is_refused(extractor):
+    good = build_dataset(extractor.cfg).cases[1].gallery[0]
+    count = extractor.num_cameras
+    with pytest.raises(InferenceInputError, match=rf"camera ids \[{count}\] are outside"):
+        extractor.embed_frame_lists([list(good.frames)], camids=count)

@@ -208,3 +208,24 @@ def test_whole_clip_frames_and_fusion_of_clip_vectors_as_the_authors():
 def test_whole_frame_source_needs_the_whole_clip_level():
     with pytest.raises(ValueError, match="GRANULARITIES"):
         make_mgtm(granularities=(2, 4), frame_source="whole")
+
+
+def test_the_whole_clip_level_is_the_granularity_1_level_wherever_it_is_listed():
+    """FRAME_SOURCE "whole" takes f_frame from the granularity-1 level, not from the first one listed: the
+    same weights with the granularities listed in another order give the same outputs."""
+    first = make_mgtm(granularities=(1, 2, 4), frame_source="whole").eval()
+    with torch.no_grad():
+        first.fusion_logits.copy_(torch.tensor([0.7, -1.3, 2.1]))
+    listed = make_mgtm(granularities=(2, 4, 1), frame_source="whole").eval()
+    source = [first.granularities.index(g) for g in listed.granularities]   # listed level i = first's level source[i]
+    state = {}
+    for key, value in first.state_dict().items():
+        if key.startswith("levels."):
+            index = int(key.split(".")[1])
+            key = f"levels.{source.index(index)}." + key.split(".", 2)[2]
+        state[key] = value[source] if key == "fusion_logits" else value
+    listed.load_state_dict(state)
+    tokens = random_tokens(2, 8, seed=5)
+    with torch.no_grad():
+        for got, expected in zip(listed(tokens), first(tokens)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

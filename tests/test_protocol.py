@@ -82,3 +82,21 @@ def test_both_junk_rules_are_one_function():
 def test_natural_sort_orders_unpadded_frame_numbers():
     names = ["a_10.jpg", "a_2.jpg", "a_1.jpg"]
     assert sorted(names, key=natural_sort_key) == ["a_1.jpg", "a_2.jpg", "a_10.jpg"]
+
+
+def test_submission_row_key_is_pid_as_int_then_name_as_plain_string():
+    """The organisers' row order: PID numerically (9 before 10), then the name as a string (5453 before 987)."""
+    rows = [(24, "0024_987"), (10, "0010_1"), (24, "0024_5453"), (9, "9_2")]
+    assert sorted(rows, key=lambda r: protocol.submission_row_key(*r)) == [
+        (9, "9_2"), (10, "0010_1"), (24, "0024_5453"), (24, "0024_987")]
+    assert protocol.submission_row_key("0024", "0024_987") == (24, "0024_987")
+
+
+@pytest.mark.parametrize("name", ["0004_1\t2", "0004_1\n2", "0004_1\r2", "0004_1 2", "0004_1,2", '0004_1"2',
+                                  "0004_1'2", "0004_1\x0b2", ""])
+def test_csv_unsafe_names_include_tabs_and_line_breaks(name):
+    assert protocol.csv_unsafe_reason(name) is not None
+
+
+def test_csv_safe_names_pass():
+    assert protocol.csv_unsafe_reason("0004_12") is None and protocol.csv_unsafe_reason("a-b.c_d") is None

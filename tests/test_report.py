@@ -134,3 +134,13 @@ def test_condition_report_has_a_clothes_panel_and_no_all_unknown_session_panel()
     assert clothes["clothes changed"]["count"] == 1 and clothes["clothes changed"]["mAP"] == 0.5
     assert clothes["same clothes"]["count"] == 1 and "unknown" not in clothes
     assert "clothes" not in condition_report([0.5, 1.0], [False, True], queries, gallery)["conditions"]
+
+
+def test_queries_without_an_outfit_label_are_left_out_of_the_clothes_changed_figure():
+    gallery = ["0001_2", "0004_2", "0004_3"]                   # identity 4 has no outfit labels
+    queries = ["0001_1", "0004_1"]
+    ranking = np.array([[0, 1, 2], [1, 2, 0]])                 # both find their identity at rank 1
+    case = SimpleNamespace(query_names=queries, gallery_names=gallery, ranking=ranking,
+                           metrics={"AP": np.array([1.0, 1.0]), "R1_hit": np.ones(2, bool)})
+    summary = clothes_changed_summary({1: case}, OUTFITS)
+    assert summary["clothes changed"] == {"count": 1, "mAP": 100.0, "R1": 100.0}

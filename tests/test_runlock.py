@@ -141,3 +141,72 @@ def test_the_record_lock_alone_refuses_a_holder_whose_pid_cannot_be_checked(tmp_
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_one_process_cannot_hold_one_folder_twice_by_another_spelling_of_its_path(tmp_path):
+    folder = str(tmp_path / "run")
+    link = str(tmp_path / "link")
+    os.makedirs(folder)
+    os.symlink(folder, link)
+    with RunLock(folder):
+        for other in (folder + os.sep + ".", link):
+            with pytest.raises(RunLockError, match="already in use by this process"):
+                RunLock(other).acquire()
+
+
+def _sleeper():
+    """A live process that is not a lock holder (its pid is 'alive' to the lock's checks)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+
+def _plant_lock(folder, **info):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, LOCK_NAME), "w") as f:
+        f.write(json.dumps(info) + "\n")
+
+
+def test_a_stale_lock_whose_pid_was_reused_by_another_process_is_taken_over(tmp_path):
+    from utils.runlock import _process_start_ticks
+
+    folder = str(tmp_path / "run")
+    other = _sleeper()
+    try:
+        ticks = None
+        while ticks is None:
+            ticks = _process_start_ticks(other.pid)
+        # The lock's holder had this pid but started at another time: the pid now belongs to someone else.
+        _plant_lock(folder, pid=other.pid, host=socket.gethostname(), started="2026-01-01 00:00:00",
+                    command="python train.py", start_ticks=ticks + 1)
+        with RunLock(folder) as lock:
+            assert lock.taken_over and f"pid {other.pid}" in lock.taken_over
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_free_lock_of_a_pid_on_another_host_is_taken_over_even_when_that_pid_lives_here(tmp_path):
+    from utils.runlock import _process_start_ticks
+
+    folder = str(tmp_path / "run")
+    other = _sleeper()
+    try:
+        ticks = None
+        while ticks is None:
+            ticks = _process_start_ticks(other.pid)
+        _plant_lock(folder, pid=other.pid, host="another-machine", started="2026-01-01 00:00:00",
+                    command="python train.py", start_ticks=ticks)
+        with RunLock(folder) as lock:
+            assert lock.taken_over and "another-machine" in lock.taken_over
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_release_leaves_a_lock_file_that_is_no_longer_its_own(tmp_path):
+    folder = str(tmp_path / "run")
+    path = os.path.join(folder, LOCK_NAME)
+    lock = RunLock(folder).acquire()
+    os.remove(path)                                   # e.g. removed by hand, then another run locked the folder
+    _plant_lock(folder, pid=12345, host="elsewhere")
+    lock.release()
+    assert json.load(open(path))["pid"] == 12345

@@ -445,3 +445,14 @@ def test_rank_lists_without_labels_are_neutral_and_show_distances(search_folders
                                          distances_row=result.distances[0], labelled=False)
     assert [kind for kind, _ in entries] == ["unlabelled"] * 3
     assert [lines[1] for _, lines in entries] == [f"d {d:.4f}" for d in result.distances[0]]
+
+
+def test_a_cached_row_moved_to_another_tracklets_key_fails_its_checksum():
+    """Each row's checksum covers its key: a row (with its own checksum) under another tracklet's key is refused."""
+    cache = search.FeatureCache(None, "model")
+    first, second = np.eye(4, dtype=np.float32)[0], np.eye(4, dtype=np.float32)[1]
+    cache.put("a", first)
+    cache.put("b", second)
+    cache.features["a"], cache.digests["a"] = cache.features["b"], cache.digests["b"]
+    assert cache.get("a", 4) is None and cache.refused["checksum mismatch"] == 1
+    assert cache.get("b", 4) is not None

@@ -369,3 +369,15 @@ def test_score_names_the_file_and_line_of_an_unreadable_name(tmp_path, capsys):
     assert main(["score", path]) == 1
     err = capsys.readouterr().err
     assert "line 2" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_score_splits_the_ranked_names_on_any_whitespace_as_the_released_scorer(tmp_path):
+    """The released scorer reads the ranking column with str.split(): doubled spaces or a tab score the same
+    as single spaces (the checker reports them; the scorer does not mis-read them as names)."""
+    header = "row_id,case,query_tracklet,ranked_gallery_tracklets\n"
+    single, loose = tmp_path / "single.csv", tmp_path / "loose.csv"
+    single.write_text(header + f"1,{CASE_NAMES[1]},0001_1,0002_5 0001_3 0001_4\n", encoding="utf-8")
+    loose.write_text(header + f"1,{CASE_NAMES[1]},0001_1,0002_5  0001_3\t0001_4 \n", encoding="utf-8")
+    expected, got = score_submission(str(single)), score_submission(str(loose))
+    assert got[1]["num_valid"] == 1 and got[1]["R1"] == expected[1]["R1"] == 0.0
+    assert got[1]["mAP"] == expected[1]["mAP"] and got[1]["R5"] == expected[1]["R5"] == 1.0

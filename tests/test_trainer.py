@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import processor.trainer as trainer_module
-from processor.trainer import NonFiniteLossError, Trainer
+from processor.trainer import NonFiniteLossError, Trainer, epoch_seed
 from tests.helpers.data import damage_frame
 from tests.helpers.training import make_tiny_trainer
 
@@ -295,3 +295,8 @@ def test_a_bad_test_frame_does_not_cost_the_run(ten_epoch_trainer, tmp_path):
     assert json.load(open(os.path.join(trainer.output_dir, "test_results.json")))["left_out_tracklets"] == dead_copies
     assert summary["left_out_tracklets"] == dead_copies
     trainer.close()
+
+
+def test_every_rank_and_epoch_draws_from_its_own_seed():
+    seeds = {epoch_seed(7, epoch, rank) for epoch in range(4) for rank in range(4)}
+    assert len(seeds) == 16

@@ -319,3 +319,51 @@ def test_non_finite_features_stop_evaluation_before_any_metric(tmp_path, monkeyp
     assert "runs/x/checkpoint_epoch3.pth" in message and "non-finite" in message and "'0002_7'" in message
     assert "1 of 2" in message
     assert is_explained_error(caught.value)
+
+
+# ----------------------------------------------------------------------------- atomic writes: interrupts, fsync, links
+def test_a_keyboard_interrupt_inside_a_write_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("old\n")
+
+    def interrupted(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fileio.atomic_write(str(path), interrupted)
+    assert os.listdir(tmp_path) == ["results.json"] and path.read_text() == "old\n"
+
+
+def test_the_data_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.fspath(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    write_text_atomic(str(tmp_path / "a.json"), "{}")
+    kinds = [kind for kind, _ in events]
+    assert "fsync" in kinds and kinds.index("fsync") < kinds.index("replace"), events
+    temp = events[kinds.index("replace")][1]
+    assert events[kinds.index("fsync")][1] == os.path.realpath(temp)      # the temporary file's data
+
+
+def test_stale_temp_cleanup_does_not_follow_symbolic_links(tmp_path):
+    other = tmp_path / "another_run"
+    other.mkdir()
+    theirs = other / ".results.json.abcdefgh.tmp"      # another run's write in progress
+    theirs.write_text("x")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(other, run / "linked")
+    assert remove_stale_temp_files(str(run)) == []
+    assert theirs.exists()
