@@ -303,7 +303,8 @@ SELECTION_RULE = ("tests/**/test_*.py whose text names the mutated module: its d
                   "'utils.fileio', also '-m utils.fileio'), 'from <package> import ... <module>' or a name the package "
                   "re-exports from the module ('from solver import build_optimizer'), the sub-package "
                   "for a module inside one (datasets.detreidx for datasets.detreidx.scan); a top-level module "
-                  "(train, configs) by 'import X' / 'from X import' / 'X.py'; plus tests/faults/test_*.py for the "
+                  "(train, configs) by 'import X' / 'from X import' / 'X.py'; then the test files that import one "
+                  "of those (from tests.test_mgtm import ...); plus tests/faults/test_*.py for the "
                   f"run/IO modules {', '.join(RUN_IO_MODULES)}")
 
 
@@ -340,6 +341,9 @@ def select_tests(module: str, test_texts: dict[str, str], reexported: set[str] =
     re-exports from it, :func:`reexported_names`), sorted."""
     patterns = _name_patterns(module, reexported)
     chosen = {path for path, text in test_texts.items() if any(p.search(text) for p in patterns)}
+    # One step further: test files that import a chosen one (``from tests.test_mgtm import make_mgtm``).
+    helpers = [re.compile(rf"(?<![\w.]){re.escape(module_name(path))}\b") for path in sorted(chosen)]
+    chosen |= {path for path, text in test_texts.items() if any(p.search(text) for p in helpers)}
     if any(module == m or module.startswith(m + ".") for m in RUN_IO_MODULES):
         chosen |= {path for path in test_texts if path.startswith("tests/faults/")}
     return sorted(chosen)
