@@ -254,15 +254,19 @@ CATALOG = (
 
 
 # ----------------------------------------------------------------------------- locating
+UNTRACKED_FOLDERS = {".git", "__pycache__", ".pytest_cache", ".hypothesis", ".venv", ".venv-ci"}
+
+
 def tracked_files(root: str = ROOT) -> list[str]:
     """Tracked files (``git ls-files``) that exist in the working tree, relative to ``root``; outside a git
-    checkout (an unpacked copy) every file below ``root`` except hidden folders and caches."""
+    checkout (an unpacked ``git archive``) every file below ``root`` except version-control folders and caches
+    (``.ci/run`` and ``.gitignore`` are read by tests)."""
     try:
         out = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True).stdout
     except (OSError, subprocess.CalledProcessError):
         found = []
         for folder, subfolders, names in os.walk(root):
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d != "__pycache__")
+            subfolders[:] = sorted(d for d in subfolders if d not in UNTRACKED_FOLDERS)
             found += [os.path.relpath(os.path.join(folder, n), root) for n in sorted(names)]
         return found
     return [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p and os.path.isfile(os.path.join(root, p))]
@@ -299,7 +303,9 @@ SELECTION_RULE = ("tests/**/test_*.py whose text names the mutated module: its d
                   "'utils.fileio', also '-m utils.fileio'), 'from <package> import ... <module>' or a name the package "
                   "re-exports from the module ('from solver import build_optimizer'), the sub-package "
                   "for a module inside one (datasets.detreidx for datasets.detreidx.scan); a top-level module "
-                  "(train, configs) by 'import X' / 'from X import' / 'X.py'; plus tests/faults/test_*.py for the "
+                  "(train, configs) by 'import X' / 'from X import' / 'X.py'; then the test files that import one "
+                  "of those or a shared helper module that names it (from tests.helpers.models import make_tiny_sas); "
+                  "plus tests/faults/test_*.py for the "
                   f"run/IO modules {', '.join(RUN_IO_MODULES)}")
 
 
@@ -336,9 +342,13 @@ def select_tests(module: str, test_texts: dict[str, str], reexported: set[str] =
     re-exports from it, :func:`reexported_names`), sorted."""
     patterns = _name_patterns(module, reexported)
     chosen = {path for path, text in test_texts.items() if any(p.search(text) for p in patterns)}
+    # One step further: test files that import a chosen one (``from tests.test_mgtm import make_mgtm``) or a
+    # chosen shared helper module (``from tests.helpers.models import make_tiny_sas``).
+    helpers = [re.compile(rf"(?<![\w.]){re.escape(module_name(path))}\b") for path in sorted(chosen)]
+    chosen |= {path for path, text in test_texts.items() if any(p.search(text) for p in helpers)}
     if any(module == m or module.startswith(m + ".") for m in RUN_IO_MODULES):
         chosen |= {path for path in test_texts if path.startswith("tests/faults/")}
-    return sorted(chosen)
+    return sorted(path for path in chosen if os.path.basename(path).startswith("test_"))   # helpers are not run
 
 
 # Checks the catalog itself (each snippet occurs once): it fails on any mutated copy, so it is never selected.
@@ -346,11 +356,13 @@ CATALOG_TEST = "tests/test_mutation_catalog.py"
 
 
 def test_sources(files: list[str], root: str = ROOT) -> dict[str, str]:
-    """{path: text} of the test files (tests/**/test_*.py) a mutant may select; CATALOG_TEST left out."""
+    """{path: text} of the test files (tests/**/test_*.py) a mutant may select, CATALOG_TEST left out, and of the
+    shared helper modules (tests/helpers/*.py: never run, their importers are selected through them)."""
     texts = {}
     for path in files:
-        if path.startswith("tests/") and os.path.basename(path).startswith("test_") and path.endswith(".py") \
-                and path != CATALOG_TEST:
+        shared = path.startswith("tests/helpers/") and path.endswith(".py")
+        if path.startswith("tests/") and (os.path.basename(path).startswith("test_") or shared) \
+                and path.endswith(".py") and path != CATALOG_TEST:
             with open(os.path.join(root, path), encoding="utf-8") as f:
                 texts[path] = f.read()
     return texts
@@ -400,9 +412,52 @@ def copy_files(files: list[str], source: str, target: str) -> None:
         shutil.copy2(os.path.join(source, path), destination)
 
 
+def _pytest(folder: str, args: list[str], timeout: float) -> tuple[int, str] | None:
+    """Run ``pytest -x -q -p no:cacheprovider ARGS`` in ``folder`` (its own process group, PYTHONPATH=folder
+    so subprocesses import the copy too) -> (exit code, output), or None past ``timeout``."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args]
+    process = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)   # its own group: a timeout ends its children too
+    _running.add(process.pid)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        return None
+    finally:
+        _running.discard(process.pid)
+    return process.returncode, output
+
+
+_baseline: dict[str, bool] = {}      # test node id -> passes on the unmutated snapshot
+_baseline_lock = threading.Lock()
+
+
+def passes_unmutated(node: str, files: list[str], source: str, timeout: float) -> bool:
+    """Whether the test ``node`` passes on an unmutated copy of the snapshot (cached). A catch counts only
+    when it does: a test that fails without any mutant (a network or packaging test) catches nothing."""
+    with _baseline_lock:
+        if node in _baseline:
+            return _baseline[node]
+    folder = tempfile.mkdtemp(prefix="mutant-baseline-")
+    try:
+        copy_files(files, source, folder)
+        result = _pytest(folder, ["--collect-only", node] if "::" not in node else [node], timeout)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    ok = result is not None and result[0] == 0
+    with _baseline_lock:
+        _baseline[node] = ok
+    return ok
+
+
 def run_mutant(outcome: Outcome, files: list[str], source: str, timeout: float, keep: bool) -> Outcome:
     """Copy ``files`` from ``source`` (the snapshot taken at the start), apply the mutant, run pytest on its
-    tests; fills in status/flag/first_failure."""
+    tests; fills in status/flag/first_failure. A test that also fails unmutated is deselected and the run
+    repeated (see :func:`passes_unmutated`)."""
     mutant = outcome.mutant
     folder = tempfile.mkdtemp(prefix=f"mutant-{mutant.id}-")
     try:
@@ -412,35 +467,33 @@ def run_mutant(outcome: Outcome, files: list[str], source: str, timeout: float, 
             text = f.read()
         with open(target, "w", encoding="utf-8") as f:
             f.write(text.replace(mutant.snippet, mutant.replacement, 1))
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")])))
-        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *outcome.tests]
-        process = subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)   # its own group: a timeout ends its children too
-        _running.add(process.pid)
-        try:
-            output, _ = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            outcome.status, outcome.flag = "caught", "timeout"
+        deselected: list[str] = []
+        while True:
+            result = _pytest(folder, [*outcome.tests, *(f"--deselect={node}" for node in deselected)], timeout)
+            if _stopping.is_set():
+                outcome.status = "not run"
+                return outcome
+            if result is None:
+                outcome.status, outcome.flag = "caught", "timeout"
+                return outcome
+            code, output = result
+            outcome.first_failure = _first_failure(output)
+            if code == 0:
+                outcome.status = "survived"
+            elif code == 5:
+                outcome.status, outcome.flag = "survived", "no tests"
+            else:
+                outcome.status = "caught"
+                if code != 1:
+                    outcome.flag = f"pytest exit {code} (collection or internal error)"
+                node = outcome.first_failure.split(" ", 1)[1] if outcome.first_failure else ""
+                if node and node not in deselected and not passes_unmutated(node, files, source, timeout):
+                    deselected.append(node)
+                    continue
+            if deselected:
+                outcome.flag = (outcome.flag + "; " if outcome.flag else "") + \
+                    f"deselected, failing unmutated too: {', '.join(deselected)}"
             return outcome
-        finally:
-            _running.discard(process.pid)
-        if _stopping.is_set():
-            outcome.status = "not run"
-            return outcome
-        code = process.returncode
-        outcome.first_failure = _first_failure(output)
-        if code == 0:
-            outcome.status = "survived"
-        elif code == 5:
-            outcome.status, outcome.flag = "survived", "no tests"
-        else:
-            outcome.status = "caught"
-            if code != 1:
-                outcome.flag = f"pytest exit {code} (collection or internal error)"
-        return outcome
     finally:
         if keep:
             print(f"  kept {folder}", flush=True)
@@ -484,6 +537,10 @@ def report(outcomes: list[Outcome]) -> str:
     if flagged:
         lines.append("Caught with a flag (check by hand):")
         lines += [f"  {o.mutant.id} [{o.module}]: {o.flag}" for o in flagged]
+    broken = sorted(node for node, ok in _baseline.items() if not ok)
+    if broken:
+        lines.append("Tests that fail without any mutant (deselected where they stopped a run; they catch nothing):")
+        lines += [f"  {node}" for node in broken]
     stale = [o for o in outcomes if o.status == "not applicable"]
     if stale:
         lines.append("Not applicable (the snippet does not occur exactly once; update the catalog):")

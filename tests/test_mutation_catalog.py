@@ -55,6 +55,13 @@ def test_selection_rule():
     assert select("datasets.detreidx.scan", texts) == []   # the sub-package named by 'from datasets import detreidx' only
     assert select("train", texts) == ["tests/faults/test_f.py", "tests/test_c.py"]
     assert select("tools.ablate", texts) == ["tests/test_d.py"]
+    texts["tests/test_h.py"] = "from tests.test_a import helper\n"            # imports a chosen test file
+    assert select("utils.fileio", texts) == ["tests/faults/test_f.py", "tests/test_a.py", "tests/test_h.py"]
+    del texts["tests/test_h.py"]
+    texts["tests/helpers/files.py"] = "from utils import fileio\n"               # a shared helper: never run,
+    texts["tests/test_i.py"] = "from tests.helpers.files import snapshot\n"     # its importers are
+    assert select("utils.fileio", texts) == ["tests/faults/test_f.py", "tests/test_a.py", "tests/test_i.py"]
+    del texts["tests/helpers/files.py"], texts["tests/test_i.py"]
     texts["tests/test_g.py"] = "from solver import build_optimizer\n"
     assert select("solver.optimizer", texts, {"build_optimizer"}) == ["tests/test_g.py"]
     assert select("solver.optimizer", texts) == []

@@ -456,3 +456,11 @@ def test_a_cached_row_moved_to_another_tracklets_key_fails_its_checksum():
     cache.features["a"], cache.digests["a"] = cache.features["b"], cache.digests["b"]
     assert cache.get("a", 4) is None and cache.refused["checksum mismatch"] == 1
     assert cache.get("b", 4) is not None
+
+
+def test_a_hidden_frame_file_next_to_tracklet_folders_is_not_a_tracklet(copied):
+    """A macOS ``._x.jpg`` left beside the tracklet folders does not turn their parent into a tracklet."""
+    _, query, _, names = copied
+    folder = os.path.join(query, "person0")
+    shutil.copyfile(os.path.join(folder, sorted(os.listdir(folder))[0]), os.path.join(query, "._stray.jpg"))
+    assert sorted(t.name for t in search.find_tracklets(query, "--query")) == sorted(names)
